@@ -1,0 +1,336 @@
+"""The climb profile: every setting a user changes, loaded from one YAML file and validated.
+
+`CLIMB_CONFIG=path/to/profile.yaml` selects a file; otherwise `CLIMB_PROFILE=name` selects one of
+the profiles shipped in `climb_assets/profiles/` (default: `demo`). A profile may start with
+`extends: <name or path>` and then only lists the keys it changes.
+
+Validation is strict: an unknown key or a value of the wrong type raises `ProfileError` naming the
+key, what was given and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+PROFILES_DIR = Path(__file__).parent / "profiles"
+DEFAULT_PROFILE = "demo"
+
+
+class ProfileError(ValueError):
+    """A profile that cannot be used as written."""
+
+
+@dataclass(frozen=True)
+class StorageSettings:
+    """Where every output lives: a local folder or an `s3://bucket/prefix`."""
+
+    root: str = ".climb/demo"
+    """Relative local paths resolve against `CLIMB_HOME` (default: the current directory)."""
+
+
+@dataclass(frozen=True)
+class CorpusSettings:
+    """The input shards and their columns."""
+
+    path: str = ".climb/demo/corpus"
+    formats: tuple[str, ...] = ("parquet", "jsonl")
+    text_column: str = "text"
+    id_column: str | None = "doc_id"
+    """None: the id is a hash of the text."""
+    extra_columns: tuple[str, ...] = ()
+    """Carried through for evaluation and the catalog only; the algorithm never reads them."""
+    min_chars: int = 1
+    on_duplicate_id: Literal["error", "keep_first"] = "error"
+
+
+@dataclass(frozen=True)
+class EncoderSettings:
+    """The pretrained text encoder used for document embeddings."""
+
+    model: str = "sentence-transformers/all-MiniLM-L6-v2"
+    revision: str | None = None
+    max_tokens: int = 128
+    batch_size: int = 64
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    """auto: float16 on cuda, float32 on cpu."""
+    threads: int | None = None
+    """CPU threads for torch; None keeps torch's default."""
+    trust_remote_code: bool = False
+    """Needed by encoders that ship their own modelling code (stella_en_400M_v5)."""
+
+
+@dataclass(frozen=True)
+class KMeansSettings:
+    """FAISS k-means on the embeddings."""
+
+    k: int = 64
+    niter: int = 25
+    seed: int = 42
+    spherical: bool = True
+    init: Literal["kmeans++", "random"] = "kmeans++"
+    """kmeans++: seeded k-means++ start (lower inertia); random: FAISS's own random start."""
+    max_points_per_centroid: int = 256
+    """The fit uses at most k * this many documents, sampled with `seed` across all shards."""
+    assign_chunk_size: int = 65536
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
+@dataclass(frozen=True)
+class ScorerSettings:
+    """One document-quality scorer and the cluster-mean threshold it enforces (1..5 scale)."""
+
+    name: str
+    kind: Literal["heuristic", "fasttext", "hf_classifier"] = "heuristic"
+    path: str | None = None
+    threshold: float = 3.0
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class QualitySettings:
+    """Cluster pruning: a cluster is kept when its mean score reaches every scorer's threshold."""
+
+    scorers: tuple[ScorerSettings, ...] = (ScorerSettings(name="heuristic"),)
+    min_cluster_size: int = 1
+    top_terms: int = 10
+    sample_documents: int = 3
+    """Representative documents per cluster: the ones nearest its centroid."""
+
+
+@dataclass(frozen=True)
+class MergeSettings:
+    """Ward merge of kept clusters into super-clusters, by a distance threshold or target count."""
+
+    method: Literal["ward", "average", "complete", "single"] = "ward"
+    distance_threshold: float | None = 1.5
+    target_count: int | None = None
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Every setting of one climb deployment."""
+
+    name: str = DEFAULT_PROFILE
+    storage: StorageSettings = field(default_factory=StorageSettings)
+    corpus: CorpusSettings = field(default_factory=CorpusSettings)
+    encoder: EncoderSettings = field(default_factory=EncoderSettings)
+    kmeans: KMeansSettings = field(default_factory=KMeansSettings)
+    quality: QualitySettings = field(default_factory=QualitySettings)
+    merge: MergeSettings = field(default_factory=MergeSettings)
+
+    def __post_init__(self) -> None:
+        _check_ranges(self)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The profile as plain data (lists, dicts), as it would be written to YAML."""
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+    @property
+    def digest(self) -> str:
+        """A short hash of the whole profile, recorded in every output."""
+        blob = json.dumps(self.to_dict(), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def _check_ranges(p: Profile) -> None:
+    def need(ok: bool, key: str, msg: str) -> None:
+        if not ok:
+            raise ProfileError(f"profile '{p.name}': {key} {msg}")
+
+    need(p.encoder.max_tokens > 0, "encoder.max_tokens", "must be > 0")
+    need(p.encoder.batch_size > 0, "encoder.batch_size", "must be > 0")
+    need(p.kmeans.k >= 1, "kmeans.k", "must be >= 1")
+    need(p.kmeans.niter >= 1, "kmeans.niter", "must be >= 1")
+    need(p.kmeans.max_points_per_centroid >= 1, "kmeans.max_points_per_centroid", "must be >= 1")
+    need(p.kmeans.assign_chunk_size >= 1, "kmeans.assign_chunk_size", "must be >= 1")
+    need(bool(p.corpus.formats), "corpus.formats", "must list at least one of parquet, jsonl")
+    for fmt in p.corpus.formats:
+        need(fmt in ("parquet", "jsonl"), "corpus.formats", f"has '{fmt}'; allowed: parquet, jsonl")
+    need(bool(p.quality.scorers), "quality.scorers", "must list at least one scorer")
+    names = [s.name for s in p.quality.scorers]
+    need(len(set(names)) == len(names), "quality.scorers", f"has duplicate names {names}")
+    for s in p.quality.scorers:
+        need(1.0 <= s.threshold <= 5.0, f"quality.scorers[{s.name}].threshold", "must be in 1..5")
+        need(
+            s.kind == "heuristic" or bool(s.path),
+            f"quality.scorers[{s.name}].path",
+            f"is required for kind '{s.kind}'",
+        )
+    m = p.merge
+    need(
+        (m.distance_threshold is None) != (m.target_count is None),
+        "merge",
+        "needs exactly one of distance_threshold or target_count (set the other to null)",
+    )
+    need(m.target_count is None or m.target_count >= 1, "merge.target_count", "must be >= 1")
+    need(
+        m.distance_threshold is None or m.distance_threshold > 0,
+        "merge.distance_threshold",
+        "must be > 0",
+    )
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Checks `value` against the annotation `tp`, building nested dataclasses."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except ProfileError as exc:
+                errors.append(str(exc))
+        raise ProfileError(errors[0] if len(errors) == 1 else f"{key}: {value!r} is not valid")
+    if origin is Literal:
+        allowed = typing.get_args(tp)
+        if value not in allowed:
+            raise ProfileError(f"{key}: {value!r} is not allowed; use one of {list(allowed)}")
+        return value
+    if origin is tuple:
+        (item_tp, _ellipsis) = typing.get_args(tp)
+        if isinstance(value, str) or not isinstance(value, list | tuple):
+            raise ProfileError(f"{key}: expected a list, got {type(value).__name__} {value!r}")
+        return tuple(_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ProfileError(f"{key}: expected a mapping, got {type(value).__name__}")
+        return dict(value)
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, key)
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ProfileError(f"{key}: expected a number, got {type(value).__name__} {value!r}")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ProfileError(f"{key}: expected an integer, got {type(value).__name__} {value!r}")
+        return value
+    if tp in (str, bool):
+        if not isinstance(value, tp):
+            raise ProfileError(
+                f"{key}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}"
+            )
+        return value
+    raise ProfileError(f"{key}: unsupported type {tp}")  # pragma: no cover
+
+
+def _build(cls: Any, data: Any, prefix: str) -> Any:
+    if not isinstance(data, dict):
+        raise ProfileError(f"{prefix or 'profile'}: expected a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        where = f"{prefix}." if prefix else ""
+        raise ProfileError(
+            f"unknown key '{where}{unknown[0]}'; allowed keys{' in ' + prefix if prefix else ''}: "
+            f"{', '.join(sorted(fields))}"
+        )
+    kwargs = {}
+    for name, value in data.items():
+        key = f"{prefix}.{name}" if prefix else name
+        kwargs[name] = _coerce(value, hints[name], key)
+    missing = [
+        n
+        for n, f in fields.items()
+        if n not in kwargs
+        and f.default is dataclasses.MISSING
+        and f.default_factory is dataclasses.MISSING
+    ]
+    if missing:
+        raise ProfileError(f"{prefix or 'profile'}: missing required key '{missing[0]}'")
+    return cls(**kwargs)
+
+
+def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict) and k != "options":
+            out[k] = _deep_merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def _resolve_profile_file(name_or_path: str, relative_to: Path | None = None) -> Path:
+    candidate = Path(name_or_path).expanduser()
+    if candidate.suffix in (".yaml", ".yml"):
+        if not candidate.is_absolute() and relative_to is not None:
+            candidate = relative_to / candidate
+        if not candidate.is_file():
+            raise ProfileError(f"profile file {candidate} does not exist")
+        return candidate
+    shipped = PROFILES_DIR / f"{name_or_path}.yaml"
+    if not shipped.is_file():
+        names = sorted(p.stem for p in PROFILES_DIR.glob("*.yaml"))
+        raise ProfileError(
+            f"unknown profile '{name_or_path}'; shipped profiles: {', '.join(names)} "
+            "(or set CLIMB_CONFIG to a YAML file)"
+        )
+    return shipped
+
+
+def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    if path in seen:
+        raise ProfileError(f"profile {path} extends itself through {[str(s) for s in seen]}")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise ProfileError(f"profile {path} is not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ProfileError(f"profile {path} must be a mapping of settings")
+    parent = data.pop("extends", None)
+    if parent is not None:
+        base = _read_yaml(_resolve_profile_file(str(parent), path.parent), (*seen, path))
+        base.pop("name", None)
+        data = _deep_merge(base, data)
+    return data
+
+
+def profile_from_dict(data: dict[str, Any]) -> Profile:
+    """Validates plain data (as parsed from YAML) into a `Profile`."""
+    return _build(Profile, data, "")
+
+
+def load_profile(name_or_path: str | None = None) -> Profile:
+    """Loads a profile by shipped name or YAML path; None follows CLIMB_CONFIG / CLIMB_PROFILE."""
+    if name_or_path is None:
+        name_or_path = os.environ.get("CLIMB_CONFIG") or os.environ.get(
+            "CLIMB_PROFILE", DEFAULT_PROFILE
+        )
+    path = _resolve_profile_file(name_or_path)
+    data = _read_yaml(path)
+    data.setdefault("name", path.stem)
+    try:
+        return profile_from_dict(data)
+    except ProfileError as exc:
+        raise ProfileError(f"{path}: {exc}") from exc
+
+
+def resolve_location(location: str) -> str:
+    """Absolute form of a local path (relative to CLIMB_HOME or cwd); `s3://` URLs unchanged."""
+    if "://" in location:
+        return location
+    base = Path(os.environ.get("CLIMB_HOME", os.getcwd()))
+    path = Path(location).expanduser()
+    return str(path if path.is_absolute() else (base / path).resolve())

@@ -1,0 +1,97 @@
+"""The `cluster_catalog` asset: a DuckDB file of views that analysts query read-only."""
+
+import dagster as dg
+
+from climb_assets.defs.data_side import GROUP, pruned_clusters, super_clusters
+from climb_assets.defs.resources import ClimbResource
+from climb_assets.lib.catalog import build_catalog, parquet_source
+from climb_assets.lib.storage import Store
+
+CATALOG_FILE = "catalog.duckdb"
+
+
+def catalog_views(store: Store, scorer_names: list[str]) -> dict[str, str]:
+    """The catalog's views over whichever Parquet outputs exist under `store`."""
+
+    def src(pattern: str, filename: bool = False) -> str | None:
+        folder, _, name = pattern.rpartition("/")
+        if not store.list(folder, (name.replace("*", ""),)):
+            return None
+        call = parquet_source(store.uri(pattern))
+        return call[:-1] + ", filename = true)" if filename else call
+
+    docs = src("corpus_documents/*.parquet", filename=True)
+    views: dict[str, str] = {}
+    if docs is None:
+        return views
+    assigned = src("cluster_assignments/*.parquet")
+    quality = src("cluster_quality/*.parquet")
+    members = src("super_clusters/members/*.parquet")
+    clusters = src("clusters/clusters.parquet")
+    cluster_map = src("super_clusters/cluster_map.parquet")
+    cols = [
+        "d.* EXCLUDE (filename)",
+        "regexp_extract(d.filename, '([^/]+)\\.parquet$', 1) AS shard",
+    ]
+    joins = [f"FROM {docs} AS d"]
+    if assigned:
+        cols += ["a.cluster_id", "a.distance AS centroid_distance", "a.n_tokens"]
+        joins.append(f"LEFT JOIN {assigned} AS a USING (doc_id)")
+    if quality:
+        cols += [f'q."{n}" AS "quality_{n}"' for n in scorer_names]
+        joins.append(f"LEFT JOIN {quality} AS q USING (doc_id)")
+    if members:
+        cols.append("m.super_cluster_id")
+        joins.append(f"LEFT JOIN {members} AS m USING (doc_id)")
+    if clusters and assigned:
+        cols.append("c.kept AS cluster_kept")
+        joins.append(f"LEFT JOIN {clusters} AS c ON c.cluster_id = a.cluster_id")
+    views["documents"] = f"SELECT {', '.join(cols)} " + " ".join(joins)
+    rejects = src("corpus_rejects/*.parquet", filename=True)
+    if rejects:
+        views["rejected_rows"] = (
+            "SELECT regexp_extract(filename, '([^/]+)\\.parquet$', 1) AS shard, "
+            f"* EXCLUDE (filename) FROM {rejects}"
+        )
+    if clusters:
+        if cluster_map:
+            views["clusters"] = (
+                f"SELECT c.*, m.super_cluster_id FROM {clusters} AS c "
+                f"LEFT JOIN {cluster_map} AS m USING (cluster_id)"
+            )
+        else:
+            views["clusters"] = f"SELECT * FROM {clusters}"
+    summary = src("super_clusters/super_clusters.parquet")
+    if summary:
+        views["super_clusters"] = f"SELECT * FROM {summary}"
+    distances = src("kmeans/centroid_distances.parquet")
+    if distances:
+        views["centroid_distances"] = f"SELECT * FROM {distances}"
+    return views
+
+
+@dg.asset(group_name=GROUP, deps=[pruned_clusters, super_clusters], kinds={"duckdb"})
+def cluster_catalog(
+    context: dg.AssetExecutionContext, climb: ClimbResource
+) -> dg.MaterializeResult:
+    """A DuckDB file of views over the Parquet outputs: documents, clusters, super-clusters."""
+    profile, store = climb.settings(), climb.store()
+    path = store.local_path(CATALOG_FILE)
+    if path is None:
+        raise ValueError(
+            f"storage.root {store.uri()} is not a local folder; the DuckDB catalog is written "
+            "next to local outputs only"
+        )
+    views = catalog_views(store, [s.name for s in profile.quality.scorers])
+    if not views:
+        raise FileNotFoundError("no corpus_documents yet; materialize the data side first")
+    build_catalog(path, views)
+    return dg.MaterializeResult(
+        metadata={
+            "path": dg.MetadataValue.path(str(path)),
+            "views": sorted(views),
+            "open_with": dg.MetadataValue.md(
+                f"```\nduckdb -readonly {path}\n```\nor `duckdb.connect('{path}', read_only=True)`"
+            ),
+        }
+    )

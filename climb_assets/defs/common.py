@@ -1,0 +1,86 @@
+"""Shared helpers of the data-side assets: which shards exist, and completion markers."""
+
+import hashlib
+import json
+import time
+from typing import Any
+
+import dagster as dg
+
+from climb_assets.config import Profile
+from climb_assets.defs.partitions import shard_partitions
+from climb_assets.lib.storage import Store, safe_name
+
+# Which profile sections each asset's output depends on (directly or through its inputs).
+ASSET_SECTIONS = {
+    "corpus_documents": ("corpus",),
+    "embeddings": ("corpus", "encoder"),
+    "cluster_quality": ("corpus", "quality"),
+    "kmeans_centroids": ("corpus", "encoder", "kmeans"),
+    "cluster_assignments": ("corpus", "encoder", "kmeans"),
+}
+
+
+def fingerprint(profile: Profile, asset: str) -> str:
+    """Hash of the profile sections that determine `asset`'s output."""
+    data = profile.to_dict()
+    sections = ASSET_SECTIONS.get(asset, tuple(sorted(data)))
+    picked = {s: data[s] for s in sections if s != "name"}
+    return hashlib.sha256(json.dumps(picked, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def marker_path(asset: str, partition: str | None) -> str:
+    return f"_done/{asset}/{safe_name(partition) if partition else 'all'}.json"
+
+
+def write_marker(store: Store, profile: Profile, asset: str, partition: str | None) -> None:
+    """Records that `asset` (partition) finished with the current settings."""
+    store.write_json(
+        marker_path(asset, partition),
+        {"fingerprint": fingerprint(profile, asset), "finished_at": time.time()},
+    )
+
+
+def is_done(store: Store, profile: Profile, asset: str, partition: str | None) -> bool:
+    """True when `asset` (partition) finished before with the same relevant settings."""
+    rel = marker_path(asset, partition)
+    if not store.exists(rel):
+        return False
+    return store.read_json(rel).get("fingerprint") == fingerprint(profile, asset)
+
+
+def registered_shards(
+    context: dg.AssetExecutionContext | dg.AssetCheckExecutionContext,
+) -> list[str]:
+    """The shard partitions registered in the instance, sorted."""
+    keys = sorted(context.instance.get_dynamic_partitions(shard_partitions.name))
+    if not keys:
+        raise ValueError(
+            "no corpus shards are registered as partitions; run `climb register-shards` or turn "
+            "on the corpus_shards_sensor"
+        )
+    return keys
+
+
+def require_files(store: Store, rels: dict[str, str], asset: str) -> None:
+    """Raises naming the partitions whose upstream files are missing."""
+    missing = [key for key, rel in rels.items() if not store.exists(rel)]
+    if missing:
+        raise FileNotFoundError(
+            f"{asset} is missing for shard partition(s) {missing[:5]}"
+            f"{' and more' if len(missing) > 5 else ''}; materialize {asset} for them first"
+        )
+
+
+def md_table(rows: list[dict[str, Any]], limit: int = 20) -> dg.MetadataValue:
+    """A small markdown table for metadata."""
+    if not rows:
+        return dg.MetadataValue.md("_none_")
+    cols = list(rows[0])
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for row in rows[:limit]:
+        cells = [str(row[c]).replace("|", "\\|").replace("\n", " ")[:80] for c in cols]
+        lines.append("| " + " | ".join(cells) + " |")
+    if len(rows) > limit:
+        lines.append(f"\n_{len(rows) - limit} more rows_")
+    return dg.MetadataValue.md("\n".join(lines))

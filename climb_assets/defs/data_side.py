@@ -1,0 +1,448 @@
+"""Data-side assets: corpus shard -> embeddings -> k-means -> pruned clusters -> super-clusters.
+
+Per-shard assets are partitioned by shard file (dynamic partitions); the global ones (centroids,
+pruning, merging) read every registered shard. Assets write their own files through the
+profile's store (local folder or `s3://`), in Parquet, NumPy and JSON, and declare lineage with
+`deps`; they stay thin and call the Dagster-free code in `climb_assets.lib`.
+"""
+
+import collections
+import time
+
+import dagster as dg
+import numpy as np
+import polars as pl
+import pyarrow as pa
+
+from climb_assets.defs.common import md_table, registered_shards, require_files, write_marker
+from climb_assets.defs.partitions import GPU_OP_TAGS, GPU_POOL, shard_partitions
+from climb_assets.defs.resources import ClimbResource
+from climb_assets.lib import plots
+from climb_assets.lib.corpus import CorpusError, read_shard
+from climb_assets.lib.embed import TextEncoder
+from climb_assets.lib.kmeans import assign, centroid_distances, check_k, fit_kmeans, sample_indices
+from climb_assets.lib.merge import merge_centroids
+from climb_assets.lib.prune import ClusterStats, NearestDocuments, TermCounter, prune_clusters
+from climb_assets.lib.quality import build_scorer
+from climb_assets.lib.storage import safe_name
+
+GROUP = "data_side"
+
+
+def _rel(folder: str, key: str, suffix: str = ".parquet") -> str:
+    return f"{folder}/{safe_name(key)}{suffix}"
+
+
+@dg.asset(partitions_def=shard_partitions, group_name=GROUP, kinds={"parquet"})
+def corpus_documents(
+    context: dg.AssetExecutionContext, climb: ClimbResource
+) -> dg.MaterializeResult:
+    """Clean documents of one corpus shard (stable doc_id, text, length); bad rows reported."""
+    profile, store, key = climb.settings(), climb.store(), context.partition_key
+    shard = read_shard(climb.corpus_store(), key, climb.corpus_options())
+    path = store.write_parquet(_rel("corpus_documents", key), shard.documents)
+    store.write_parquet(_rel("corpus_rejects", key), shard.rejects)
+    write_marker(store, profile, "corpus_documents", key)
+    reasons = collections.Counter(shard.rejects.column("reason").to_pylist())
+    if shard.rejects.num_rows:
+        context.log.warning(f"shard {key}: rejected {shard.rejects.num_rows} rows: {dict(reasons)}")
+    return dg.MaterializeResult(
+        metadata={
+            "dagster/row_count": shard.documents.num_rows,
+            "path": dg.MetadataValue.path(path),
+            "rejected_rows": shard.rejects.num_rows,
+            "reject_reasons": dict(reasons),
+            "rejects": md_table(shard.rejects.select(["row", "reason", "preview"]).to_pylist()),
+            "total_chars": int(pa.compute.sum(shard.documents.column("n_chars")).as_py() or 0),
+        }
+    )
+
+
+@dg.asset(
+    partitions_def=shard_partitions,
+    group_name=GROUP,
+    deps=[corpus_documents],
+    op_tags=GPU_OP_TAGS,
+    pool=GPU_POOL,
+    kinds={"pytorch", "numpy"},
+)
+def embeddings(context: dg.AssetExecutionContext, climb: ClimbResource) -> dg.MaterializeResult:
+    """Unit-length document embeddings of one shard from the profile's transformers encoder."""
+    profile, store, key = climb.settings(), climb.store(), context.partition_key
+    require_files(store, {key: _rel("corpus_documents", key)}, "corpus_documents")
+    docs = store.read_parquet(_rel("corpus_documents", key), columns=["doc_id", "text"])
+    texts = docs.column("text").to_pylist()
+    e = profile.encoder
+    encoder = TextEncoder(
+        e.model, e.revision, e.max_tokens, e.batch_size, e.device, e.dtype, e.threads,
+        e.trust_remote_code,
+    )  # fmt: skip
+    start = time.perf_counter()
+    n_tokens = encoder.token_counts(texts)
+    step = max(1, len(texts) // 10)
+
+    def progress(done: int, total: int) -> None:
+        if done % step < e.batch_size or done == total:
+            context.log.info(f"embedded {done}/{total} documents of {key}")
+
+    vectors = encoder.encode(texts, n_tokens, progress)
+    seconds = time.perf_counter() - start
+    path = store.write_npy(_rel("embeddings", key, ".npy"), vectors)
+    store.write_parquet(
+        _rel("embeddings", key, ".tokens.parquet"),
+        pa.table({"doc_id": docs.column("doc_id"), "n_tokens": pa.array(n_tokens, pa.int64())}),
+    )
+    write_marker(store, profile, "embeddings", key)
+    info = encoder.info
+    return dg.MaterializeResult(
+        metadata={
+            "dagster/row_count": len(texts),
+            "path": dg.MetadataValue.path(path),
+            "encoder": info.model,
+            "encoder_source": info.source,
+            "encoder_revision": info.revision,
+            "dim": info.dim,
+            "max_tokens": info.max_tokens,
+            "device": info.device,
+            "dtype": info.dtype,
+            "seconds": round(seconds, 2),
+            "docs_per_second": round(len(texts) / max(seconds, 1e-9), 1),
+            "tokens": int(n_tokens.sum()),
+            "truncated_fraction": round(float((n_tokens > e.max_tokens - 2).mean()), 4)
+            if len(texts)
+            else 0.0,
+        }
+    )
+
+
+@dg.asset(
+    group_name=GROUP,
+    deps=[embeddings],
+    op_tags=GPU_OP_TAGS,
+    pool=GPU_POOL,
+    kinds={"faiss", "numpy"},
+)
+def kmeans_centroids(
+    context: dg.AssetExecutionContext, climb: ClimbResource
+) -> dg.MaterializeResult:
+    """K-means centroids fitted with FAISS on a seeded sample of every shard's embeddings."""
+    profile, store = climb.settings(), climb.store()
+    km = profile.kmeans
+    shards = registered_shards(context)
+    require_files(store, {s: _rel("embeddings", s, ".npy") for s in shards}, "embeddings")
+    arrays = [store.read_npy(_rel("embeddings", s, ".npy")) for s in shards]
+    sizes = [a.shape[0] for a in arrays]
+    check_k(km.k, sum(sizes))
+    sample_size = min(sum(sizes), km.k * km.max_points_per_centroid)
+    picks = sample_indices(sizes, sample_size, km.seed)
+    sample = np.concatenate([np.asarray(a[idx]) for a, idx in zip(arrays, picks, strict=True)])
+    fit = fit_kmeans(sample, km.k, km.niter, km.seed, km.spherical, km.device, km.init)
+    store.write_npy("kmeans/centroids.npy", fit.centroids)
+    dist = centroid_distances(fit.centroids)
+    a, b = np.triu_indices(km.k, k=1)
+    store.write_parquet(
+        "kmeans/centroid_distances.parquet",
+        pa.table(
+            {
+                "cluster_a": pa.array(a, pa.int32()),
+                "cluster_b": pa.array(b, pa.int32()),
+                "distance": pa.array(dist[a, b], pa.float32()),
+            }
+        ),
+    )
+    summary = {
+        "k": km.k,
+        "seed": km.seed,
+        "niter": km.niter,
+        "spherical": km.spherical,
+        "init": km.init,
+        "sample_size": fit.sample_size,
+        "documents": int(sum(sizes)),
+        "shards": shards,
+        "inertia": fit.inertia,
+        "seconds": fit.seconds,
+        "device": fit.device,
+        "objective": fit.objective,
+    }
+    store.write_json("kmeans/fit.json", summary)
+    write_marker(store, profile, "kmeans_centroids", None)
+    return dg.MaterializeResult(
+        metadata={
+            "k": km.k,
+            "seed": km.seed,
+            "niter": km.niter,
+            "spherical": km.spherical,
+            "init": km.init,
+            "sample_size": fit.sample_size,
+            "documents": int(sum(sizes)),
+            "shards": len(shards),
+            "inertia": round(fit.inertia, 3),
+            "fit_seconds": round(fit.seconds, 2),
+            "device": fit.device,
+            "path": dg.MetadataValue.path(store.uri("kmeans/centroids.npy")),
+        }
+    )
+
+
+@dg.asset(
+    partitions_def=shard_partitions,
+    group_name=GROUP,
+    deps=[embeddings, kmeans_centroids],
+    kinds={"faiss", "parquet"},
+)
+def cluster_assignments(
+    context: dg.AssetExecutionContext, climb: ClimbResource
+) -> dg.MaterializeResult:
+    """Nearest centroid and distance for every document of one shard, computed in chunks."""
+    profile, store, key = climb.settings(), climb.store(), context.partition_key
+    require_files(store, {"centroids": "kmeans/centroids.npy"}, "kmeans_centroids")
+    require_files(store, {key: _rel("embeddings", key, ".npy")}, "embeddings")
+    centroids = store.read_npy("kmeans/centroids.npy", mmap=False)
+    vectors = store.read_npy(_rel("embeddings", key, ".npy"))
+    tokens = store.read_parquet(_rel("embeddings", key, ".tokens.parquet"))
+    ids, dist = assign(vectors, centroids, profile.kmeans.assign_chunk_size)
+    table = pa.table(
+        {
+            "doc_id": tokens.column("doc_id"),
+            "cluster_id": pa.array(ids, pa.int32()),
+            "distance": pa.array(dist, pa.float32()),
+            "n_tokens": tokens.column("n_tokens"),
+        }
+    )
+    path = store.write_parquet(_rel("cluster_assignments", key), table)
+    write_marker(store, profile, "cluster_assignments", key)
+    return dg.MaterializeResult(
+        metadata={
+            "dagster/row_count": table.num_rows,
+            "path": dg.MetadataValue.path(path),
+            "clusters_used": int(np.unique(ids).size),
+            "mean_distance": round(float(dist.mean()), 4) if len(dist) else 0.0,
+        }
+    )
+
+
+@dg.asset(partitions_def=shard_partitions, group_name=GROUP, deps=[corpus_documents])
+def cluster_quality(
+    context: dg.AssetExecutionContext, climb: ClimbResource
+) -> dg.MaterializeResult:
+    """Quality scores (1..5) of one shard's documents from each of the profile's scorers."""
+    profile, store, key = climb.settings(), climb.store(), context.partition_key
+    require_files(store, {key: _rel("corpus_documents", key)}, "corpus_documents")
+    docs = store.read_parquet(_rel("corpus_documents", key), columns=["doc_id", "text"])
+    texts = docs.column("text").to_pylist()
+    columns: dict[str, pa.Array] = {"doc_id": docs.column("doc_id")}
+    metadata: dict[str, dg.RawMetadataValue] = {"dagster/row_count": docs.num_rows}
+    for spec in profile.quality.scorers:
+        start = time.perf_counter()
+        scorer = build_scorer(spec.kind, spec.name, spec.path, spec.options)
+        scores = np.asarray(scorer.score(texts), dtype=np.float32)
+        columns[spec.name] = pa.array(scores, pa.float32())
+        metadata[f"{spec.name}_mean"] = round(float(scores.mean()), 3) if len(scores) else 0.0
+        metadata[f"{spec.name}_seconds"] = round(time.perf_counter() - start, 2)
+    path = store.write_parquet(_rel("cluster_quality", key), pa.table(columns))
+    write_marker(store, profile, "cluster_quality", key)
+    metadata["path"] = dg.MetadataValue.path(path)
+    return dg.MaterializeResult(metadata=metadata)
+
+
+@dg.asset(group_name=GROUP, deps=[cluster_assignments, cluster_quality, kmeans_centroids])
+def pruned_clusters(
+    context: dg.AssetExecutionContext, climb: ClimbResource
+) -> dg.MaterializeResult:
+    """Per-cluster size, tokens, mean quality, kept flag with reason, top terms and samples."""
+    profile, store = climb.settings(), climb.store()
+    q = profile.quality
+    shards = registered_shards(context)
+    require_files(store, {s: _rel("cluster_assignments", s) for s in shards}, "cluster_assignments")
+    require_files(store, {s: _rel("cluster_quality", s) for s in shards}, "cluster_quality")
+    k = store.read_npy("kmeans/centroids.npy").shape[0]
+    names = [s.name for s in q.scorers]
+    stats = ClusterStats.empty(k, names)
+    terms = TermCounter(k)
+    nearest = NearestDocuments(k, q.sample_documents)
+    id_hashes = []
+    for shard in shards:
+        assigned = store.read_parquet(_rel("cluster_assignments", shard))
+        quality = store.read_parquet(_rel("cluster_quality", shard))
+        docs = store.read_parquet(_rel("corpus_documents", shard), columns=["doc_id", "text"])
+        if not (assigned.column("doc_id").equals(quality.column("doc_id"))):
+            raise ValueError(
+                f"shard {shard}: cluster_assignments and cluster_quality list different documents; "
+                "re-materialize both for this shard"
+            )
+        cids = assigned.column("cluster_id").to_numpy()
+        dist = assigned.column("distance").to_numpy()
+        scores = {n: quality.column(n).to_numpy() for n in names}
+        stats.add(cids, assigned.column("n_tokens").to_numpy(), dist, scores)
+        texts = docs.column("text").to_pylist()
+        doc_ids = docs.column("doc_id").to_pylist()
+        terms.add(texts, cids)
+        nearest.add(doc_ids, texts, cids, dist)
+        id_hashes.append(pl.Series(doc_ids, dtype=pl.String).hash(seed=0).to_numpy())
+    _check_unique_ids(store, shards, np.concatenate(id_hashes) if id_hashes else np.zeros(0))
+    means = stats.means()
+    kept, reasons = prune_clusters(
+        stats.size, means, {s.name: s.threshold for s in q.scorers}, q.min_cluster_size
+    )
+    top = terms.top_terms(q.top_terms)
+    samples = nearest.result()
+    table = pa.table(
+        {
+            "cluster_id": pa.array(np.arange(k), pa.int32()),
+            "size": pa.array(stats.size, pa.int64()),
+            "tokens": pa.array(stats.tokens, pa.int64()),
+            "mean_distance": pa.array(stats.mean_distance(), pa.float32()),
+            **{f"mean_{n}": pa.array(means[n], pa.float32()) for n in names},
+            "kept": pa.array(kept),
+            "reason": pa.array(reasons, pa.string()),
+            "top_terms": pa.array(top, pa.list_(pa.string())),
+            "sample_doc_ids": pa.array([[s[1] for s in c] for c in samples], pa.list_(pa.string())),
+            "sample_texts": pa.array([[s[2] for s in c] for c in samples], pa.list_(pa.string())),
+        }
+    )
+    path = store.write_parquet("clusters/clusters.parquet", table)
+    png = plots.cluster_sizes_png(stats.size, kept)
+    store.write_bytes("clusters/cluster_sizes.png", png)
+    write_marker(store, profile, "pruned_clusters", None)
+    dropped = [
+        {"cluster": c, "size": int(stats.size[c]), "reason": reasons[c], "terms": " ".join(top[c])}
+        for c in range(k)
+        if not kept[c]
+    ]
+    return dg.MaterializeResult(
+        metadata={
+            "clusters": k,
+            "kept": int(kept.sum()),
+            "dropped": int((~kept).sum()),
+            "kept_documents": int(stats.size[kept].sum()),
+            "kept_tokens": int(stats.tokens[kept].sum()),
+            "thresholds": {s.name: s.threshold for s in q.scorers},
+            "dropped_clusters": md_table(dropped),
+            "cluster_sizes": dg.MetadataValue.md(plots.markdown_image(png, "cluster sizes")),
+            "path": dg.MetadataValue.path(path),
+        }
+    )
+
+
+def _check_unique_ids(store, shards: list[str], hashes: np.ndarray) -> None:
+    """Raises when a doc_id appears in more than one shard, naming one and its shards."""
+    if np.unique(hashes).size == hashes.size:
+        return
+    where: dict[str, list[str]] = collections.defaultdict(list)
+    for shard in shards:
+        for doc_id in store.read_parquet(_rel("corpus_documents", shard), ["doc_id"]).column(0):
+            where[doc_id.as_py()].append(shard)
+    dupes = {d: s for d, s in where.items() if len(s) > 1}
+    example, in_shards = next(iter(dupes.items()))
+    raise CorpusError(
+        f"{len(dupes)} doc_id(s) appear in more than one shard, e.g. '{example}' in {in_shards}; "
+        "make ids unique across shards, or set corpus.id_column: null to use content hashes"
+    )
+
+
+@dg.asset(group_name=GROUP, deps=[pruned_clusters, kmeans_centroids, cluster_assignments])
+def super_clusters(context: dg.AssetExecutionContext, climb: ClimbResource) -> dg.MaterializeResult:
+    """Kept clusters merged by centroid distance, with each super-cluster's documents and tokens."""
+    profile, store = climb.settings(), climb.store()
+    m = profile.merge
+    shards = registered_shards(context)
+    require_files(store, {"clusters": "clusters/clusters.parquet"}, "pruned_clusters")
+    clusters = store.read_parquet("clusters/clusters.parquet")
+    centroids = store.read_npy("kmeans/centroids.npy", mmap=False)
+    kept = clusters.column("kept").to_numpy(zero_copy_only=False)
+    kept_ids = np.flatnonzero(kept)
+    tokens = clusters.column("tokens").to_numpy()
+    labels = merge_centroids(
+        centroids[kept_ids], tokens[kept_ids], m.method, m.distance_threshold, m.target_count
+    )
+    mapping = np.full(centroids.shape[0], -1, dtype=np.int32)
+    mapping[kept_ids] = labels
+    store.write_parquet(
+        "super_clusters/cluster_map.parquet",
+        pa.table(
+            {
+                "cluster_id": pa.array(np.arange(centroids.shape[0]), pa.int32()),
+                "super_cluster_id": pa.array(np.where(mapping >= 0, mapping, None), pa.int32()),
+                "kept": pa.array(kept),
+            }
+        ),
+    )
+    n_super = int(labels.max()) + 1
+    docs_per = np.zeros(n_super, dtype=np.int64)
+    tokens_per = np.zeros(n_super, dtype=np.int64)
+    for shard in shards:
+        assigned = store.read_parquet(_rel("cluster_assignments", shard))
+        super_ids = mapping[assigned.column("cluster_id").to_numpy()]
+        member = super_ids >= 0
+        store.write_parquet(
+            _rel("super_clusters/members", shard),
+            pa.table(
+                {
+                    "doc_id": assigned.column("doc_id"),
+                    "cluster_id": assigned.column("cluster_id"),
+                    "super_cluster_id": pa.array(np.where(member, super_ids, None), pa.int32()),
+                }
+            ),
+        )
+        docs_per += np.bincount(super_ids[member], minlength=n_super)
+        tokens_per += np.bincount(
+            super_ids[member], weights=assigned.column("n_tokens").to_numpy()[member],
+            minlength=n_super,
+        ).astype(np.int64)  # fmt: skip
+    top_terms = clusters.column("top_terms").to_pylist()
+    members = [kept_ids[labels == s].tolist() for s in range(n_super)]
+    summary = pa.table(
+        {
+            "super_cluster_id": pa.array(np.arange(n_super), pa.int32()),
+            "n_clusters": pa.array([len(c) for c in members], pa.int32()),
+            "cluster_ids": pa.array(members, pa.list_(pa.int32())),
+            "documents": pa.array(docs_per, pa.int64()),
+            "tokens": pa.array(tokens_per, pa.int64()),
+            "token_share": pa.array(tokens_per / max(1, tokens_per.sum()), pa.float64()),
+            "top_terms": pa.array(
+                [_merge_terms([top_terms[c] for c in cs]) for cs in members], pa.list_(pa.string())
+            ),
+        }
+    )
+    path = store.write_parquet("super_clusters/super_clusters.parquet", summary)
+    png = plots.centroid_projection_png(
+        centroids[kept_ids], labels, clusters.column("size").to_numpy()[kept_ids]
+    )
+    store.write_bytes("super_clusters/centroid_projection.png", png)
+    write_marker(store, profile, "super_clusters", None)
+    return dg.MaterializeResult(
+        metadata={
+            "super_clusters": n_super,
+            "kept_clusters": len(kept_ids),
+            "method": m.method,
+            "distance_threshold": m.distance_threshold,
+            "target_count": m.target_count,
+            "documents": int(docs_per.sum()),
+            "tokens": int(tokens_per.sum()),
+            "summary": md_table(
+                [
+                    {
+                        "super_cluster": r["super_cluster_id"],
+                        "clusters": r["n_clusters"],
+                        "documents": r["documents"],
+                        "token_share": f"{r['token_share']:.3f}",
+                        "top_terms": " ".join(r["top_terms"][:6]),
+                    }
+                    for r in summary.to_pylist()
+                ]
+            ),
+            "projection": dg.MetadataValue.md(
+                plots.markdown_image(png, "centroids by super-cluster")
+            ),
+            "path": dg.MetadataValue.path(path),
+        }
+    )
+
+
+def _merge_terms(term_lists: list[list[str]], n: int = 10) -> list[str]:
+    """Terms ranked by how high and how often they rank in the member clusters' lists."""
+    score: collections.Counter[str] = collections.Counter()
+    for terms in term_lists:
+        for rank, term in enumerate(terms):
+            score[term] += 1.0 / (rank + 1)
+    return [t for t, _ in score.most_common(n)]

@@ -1,0 +1,59 @@
+"""Merging kept clusters into super-clusters by agglomerative linkage of their centroids.
+
+The CLIMB reference pipeline uses Ward linkage cut at a Euclidean distance of 1.5; a target
+number of super-clusters can be asked for instead (`maxclust`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.cluster.hierarchy import fcluster, linkage
+
+
+class MergeError(ValueError):
+    """Merge settings that cannot be applied."""
+
+
+def merge_centroids(
+    centroids: np.ndarray,
+    weights: np.ndarray | None = None,
+    method: str = "ward",
+    distance_threshold: float | None = 1.5,
+    target_count: int | None = None,
+) -> np.ndarray:
+    """Super-cluster label (0..m-1) for each centroid.
+
+    Labels are ordered by decreasing total weight (ties by first member), so super-cluster 0
+    is the largest and labels are stable for the same input.
+
+    Args:
+        centroids: (n, d) centroids of the clusters to merge.
+        weights: Per-cluster sizes used to order the labels (default: all ones).
+        method: scipy linkage method.
+        distance_threshold: Cut the dendrogram at this linkage distance.
+        target_count: Or cut it into at most this many super-clusters.
+    """
+    n = centroids.shape[0]
+    if n == 0:
+        raise MergeError("no clusters survived pruning; lower the quality thresholds")
+    if (distance_threshold is None) == (target_count is None):
+        raise MergeError("give exactly one of merge.distance_threshold or merge.target_count")
+    if target_count is not None and target_count > n:
+        raise MergeError(
+            f"merge.target_count = {target_count} but only {n} clusters were kept; "
+            f"lower merge.target_count to at most {n}"
+        )
+    weights = np.ones(n) if weights is None else np.asarray(weights, dtype=np.float64)
+    if n == 1:
+        return np.zeros(1, dtype=np.int32)
+    z = linkage(centroids.astype(np.float64), method=method)
+    if target_count is not None:
+        raw = fcluster(z, t=target_count, criterion="maxclust")
+    else:
+        raw = fcluster(z, t=distance_threshold, criterion="distance")
+    groups = sorted(
+        set(raw.tolist()),
+        key=lambda g: (-weights[raw == g].sum(), int(np.flatnonzero(raw == g)[0])),
+    )
+    relabel = {g: i for i, g in enumerate(groups)}
+    return np.array([relabel[g] for g in raw.tolist()], dtype=np.int32)

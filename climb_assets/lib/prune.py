@@ -1,0 +1,163 @@
+"""Cluster-level statistics, quality pruning and descriptions (top terms, representative docs).
+
+Everything accumulates shard by shard, so memory depends on the number of clusters, not on the
+number of documents.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import re
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+_WORD = re.compile(r"[a-z][a-z0-9_]{2,}")
+STOP_WORDS = frozenset(
+    """the and for that with this from are was were been have has had not but you your they their
+    them its can will would should could may might must shall into onto than then there these those
+    which who whom what when where why how all any each other some such only own same too very just
+    also more most many much one two three use used using see set get gets returns return default
+    none true false value values type types object objects example examples note parameters
+    parameter str int bool float list dict tuple self cls args kwargs optional""".split()  # noqa: SIM905
+)
+
+
+@dataclass
+class ClusterStats:
+    """Per-cluster totals accumulated over shards."""
+
+    size: np.ndarray
+    tokens: np.ndarray
+    distance_sum: np.ndarray
+    score_sums: dict[str, np.ndarray]
+
+    @classmethod
+    def empty(cls, k: int, scorers: Sequence[str]) -> ClusterStats:
+        return cls(
+            size=np.zeros(k, dtype=np.int64),
+            tokens=np.zeros(k, dtype=np.int64),
+            distance_sum=np.zeros(k, dtype=np.float64),
+            score_sums={s: np.zeros(k, dtype=np.float64) for s in scorers},
+        )
+
+    def add(
+        self,
+        cluster_ids: np.ndarray,
+        n_tokens: np.ndarray,
+        distances: np.ndarray,
+        scores: Mapping[str, np.ndarray],
+    ) -> None:
+        k = self.size.shape[0]
+        self.size += np.bincount(cluster_ids, minlength=k)
+        self.tokens += np.bincount(cluster_ids, weights=n_tokens, minlength=k).astype(np.int64)
+        self.distance_sum += np.bincount(cluster_ids, weights=distances, minlength=k)
+        for name, values in scores.items():
+            self.score_sums[name] += np.bincount(cluster_ids, weights=values, minlength=k)
+
+    def means(self) -> dict[str, np.ndarray]:
+        """Mean score per scorer and cluster (NaN for empty clusters)."""
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return {n: s / self.size for n, s in self.score_sums.items()}
+
+    def mean_distance(self) -> np.ndarray:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return self.distance_sum / self.size
+
+
+def prune_clusters(
+    size: np.ndarray,
+    means: Mapping[str, np.ndarray],
+    thresholds: Mapping[str, float],
+    min_size: int = 1,
+) -> tuple[np.ndarray, list[str]]:
+    """Keeps a cluster when it has `min_size` documents and every scorer's mean meets its threshold.
+
+    Returns:
+        The kept flags and, per cluster, the reason (`kept` or every failed condition).
+    """
+    kept = np.ones(size.shape[0], dtype=bool)
+    reasons: list[str] = []
+    for c in range(size.shape[0]):
+        failed = []
+        if size[c] == 0:
+            failed.append("empty")
+        elif size[c] < min_size:
+            failed.append(f"size {int(size[c])} < min_cluster_size {min_size}")
+        else:
+            for name, threshold in thresholds.items():
+                mean = float(means[name][c])
+                if not mean >= threshold:
+                    failed.append(f"{name} mean {mean:.2f} < {threshold:.2f}")
+        kept[c] = not failed
+        reasons.append("; ".join(failed) if failed else "kept")
+    return kept, reasons
+
+
+class TermCounter:
+    """Class-based TF-IDF (c-TF-IDF) top terms per cluster, from a bounded number of documents."""
+
+    def __init__(self, k: int, max_docs_per_cluster: int = 2000) -> None:
+        self.counts: list[Counter[str]] = [Counter() for _ in range(k)]
+        self.docs_seen = np.zeros(k, dtype=np.int64)
+        self.max_docs = max_docs_per_cluster
+
+    def add(self, texts: Sequence[str], cluster_ids: np.ndarray) -> None:
+        for text, c in zip(texts, cluster_ids.tolist(), strict=True):
+            if self.docs_seen[c] >= self.max_docs:
+                continue
+            self.docs_seen[c] += 1
+            words = _WORD.findall(text.lower())
+            self.counts[c].update(w for w in words if w not in STOP_WORDS)
+
+    def top_terms(self, n: int = 10) -> list[list[str]]:
+        totals = Counter[str]()
+        for counter in self.counts:
+            totals.update(counter)
+        mean_words = sum(totals.values()) / max(1, len(self.counts))
+        result = []
+        for counter in self.counts:
+            size = sum(counter.values())
+            if size == 0:
+                result.append([])
+                continue
+            scored = (
+                (cnt / size * math.log(1.0 + mean_words / totals[w]), w)
+                for w, cnt in counter.items()
+            )
+            result.append([w for _, w in heapq.nlargest(n, scored)])
+        return result
+
+
+class NearestDocuments:
+    """The `m` documents closest to each centroid (representative samples), over all shards."""
+
+    def __init__(self, k: int, m: int = 3) -> None:
+        self.m = m
+        self.best: list[list[tuple[float, str, str]]] = [[] for _ in range(k)]
+
+    def add(
+        self,
+        doc_ids: Sequence[str],
+        texts: Sequence[str],
+        cluster_ids: np.ndarray,
+        distances: np.ndarray,
+    ) -> None:
+        if self.m <= 0:
+            return
+        order = np.lexsort((np.asarray(doc_ids), distances, cluster_ids))
+        taken: Counter[int] = Counter()
+        for i in order.tolist():
+            c = int(cluster_ids[i])
+            if taken[c] >= self.m:
+                continue
+            taken[c] += 1
+            self.best[c].append((float(distances[i]), doc_ids[i], texts[i][:300]))
+        for c in taken:
+            self.best[c] = sorted(self.best[c])[: self.m]
+
+    def result(self) -> list[list[tuple[float, str, str]]]:
+        return self.best

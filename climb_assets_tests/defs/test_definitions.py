@@ -1,0 +1,62 @@
+import dagster as dg
+
+from climb_assets.definitions import LOCAL_EXECUTOR_CONFIG, defs
+from climb_assets.defs.partitions import GPU_OP_TAGS, GPU_POOL
+
+DATA_SIDE_ASSETS = {
+    "corpus_documents",
+    "embeddings",
+    "kmeans_centroids",
+    "cluster_assignments",
+    "cluster_quality",
+    "pruned_clusters",
+    "super_clusters",
+    "cluster_catalog",
+}
+
+
+def test_definitions_load_and_validate():
+    dg.Definitions.validate_loadable(defs)
+    keys = {k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys()}
+    assert keys == DATA_SIDE_ASSETS
+
+
+def test_gpu_steps_carry_routing_tags_and_pool():
+    graph = defs.resolve_asset_graph()
+    for name in ("embeddings", "kmeans_centroids"):
+        node = graph.get(dg.AssetKey(name))
+        assets_def = node.assets_def
+        assert dict(assets_def.op.tags).items() >= GPU_OP_TAGS.items(), name
+        assert assets_def.op.pool == GPU_POOL
+    assert "climb/gpu" not in graph.get(dg.AssetKey("corpus_documents")).assets_def.op.tags
+
+
+def test_per_shard_assets_are_partitioned_and_global_ones_are_not():
+    graph = defs.resolve_asset_graph()
+    for name in DATA_SIDE_ASSETS:
+        partitions = graph.get(dg.AssetKey(name)).partitions_def
+        per_shard = name in {
+            "corpus_documents",
+            "embeddings",
+            "cluster_assignments",
+            "cluster_quality",
+        }
+        assert (partitions is not None) == per_shard, name
+
+
+def test_lineage():
+    graph = defs.resolve_asset_graph()
+
+    def parents(name: str) -> set[str]:
+        return {k.to_user_string() for k in graph.get(dg.AssetKey(name)).parent_keys}
+
+    assert parents("embeddings") == {"corpus_documents"}
+    assert parents("cluster_assignments") == {"embeddings", "kmeans_centroids"}
+    assert "cluster_quality" in parents("pruned_clusters")
+    assert parents("super_clusters") >= {"pruned_clusters", "kmeans_centroids"}
+
+
+def test_executor_limits_gpu_steps():
+    assert defs.executor.name == "multiprocess"
+    limits = LOCAL_EXECUTOR_CONFIG["tag_concurrency_limits"]
+    assert {"key": "climb/gpu", "value": "true", "limit": 1} in limits

@@ -1,0 +1,94 @@
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from climb_assets.lib.corpus import CorpusError, CorpusOptions, content_id, list_shards, read_shard
+from climb_assets.lib.storage import Store
+from climb_assets_tests.conftest import write_jsonl
+
+
+def test_missing_corpus_path_and_no_shards(tmp_path):
+    with pytest.raises(CorpusError, match="does not exist; set corpus.path"):
+        list_shards(Store(str(tmp_path / "nowhere")))
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "notes.txt").write_text("x")
+    with pytest.raises(CorpusError, match=r"no shards .* ending in .parquet, .jsonl"):
+        list_shards(Store(str(tmp_path / "c")))
+
+
+def test_lists_nested_shards_sorted(tmp_path):
+    write_jsonl(tmp_path / "b" / "x.jsonl", [{"text": "a"}])
+    pq.write_table(pa.table({"text": ["a"]}), tmp_path / "a.parquet")
+    assert list_shards(Store(str(tmp_path))) == ["a.parquet", "b/x.jsonl"]
+
+
+def test_missing_text_column_names_the_fix(tmp_path):
+    pq.write_table(pa.table({"body": ["hello"], "doc_id": ["1"]}), tmp_path / "s.parquet")
+    with pytest.raises(CorpusError, match=r"no text column 'text' \(columns: body, doc_id\)"):
+        read_shard(Store(str(tmp_path)), "s.parquet", CorpusOptions())
+    with pytest.raises(CorpusError, match="corpus.id_column"):
+        read_shard(
+            Store(str(tmp_path)), "s.parquet", CorpusOptions(text_column="body", id_column="id")
+        )
+
+
+def test_empty_whitespace_and_non_utf8_rows_are_rejected_not_fatal(tmp_path):
+    lines = [
+        b'{"doc_id": "1", "text": "a good document"}',
+        b'{"doc_id": "2", "text": "   \\n\\t "}',
+        b'{"doc_id": "3", "text": ""}',
+        b'{"doc_id": "4", "text": "caf\xe9 latin-1 bytes"}',
+        b"{not json",
+        b'{"doc_id": "6"}',
+        b'{"doc_id": "7", "text": "another good one"}',
+    ]
+    (tmp_path / "s.jsonl").write_bytes(b"\n".join(lines) + b"\n")
+    result = read_shard(Store(str(tmp_path)), "s.jsonl", CorpusOptions())
+    assert result.documents.column("doc_id").to_pylist() == ["1", "7"]
+    reasons = result.rejects.column("reason").to_pylist()
+    assert reasons[0].startswith("not UTF-8 at byte")
+    assert "invalid JSON" in reasons[1]
+    assert reasons.count("empty or whitespace-only text") == 2
+    assert "missing text" in reasons
+    assert result.stats == {"rows_read": 7, "documents": 2, "rejected": 5, "duplicates": 0}
+
+
+def test_non_utf8_binary_parquet_column(tmp_path):
+    table = pa.table({"text": pa.array([b"fine text", b"\xff\xfe broken"], pa.binary())})
+    pq.write_table(table, tmp_path / "s.parquet")
+    result = read_shard(Store(str(tmp_path)), "s.parquet", CorpusOptions(id_column=None))
+    assert result.documents.column("text").to_pylist() == ["fine text"]
+    assert result.rejects.column("reason").to_pylist() == ["not UTF-8 at byte 0"]
+
+
+def test_duplicate_ids_error_or_keep_first(tmp_path):
+    write_jsonl(tmp_path / "s.jsonl", [{"doc_id": "a", "text": "x"}, {"doc_id": "a", "text": "y"}])
+    store = Store(str(tmp_path))
+    with pytest.raises(CorpusError, match=r"id 'a' appears on rows 0 and 1.*keep_first"):
+        read_shard(store, "s.jsonl", CorpusOptions())
+    kept = read_shard(store, "s.jsonl", CorpusOptions(on_duplicate_id="keep_first"))
+    assert kept.documents.column("text").to_pylist() == ["x"]
+    assert kept.rejects.column("reason").to_pylist() == ["duplicate id"]
+
+
+def test_content_hash_ids_are_stable_and_drop_exact_duplicates(tmp_path):
+    rows = [{"text": "same"}, {"text": "same"}, {"text": "other", "source": "s"}]
+    write_jsonl(tmp_path / "s.jsonl", rows)
+    result = read_shard(Store(str(tmp_path)), "s.jsonl", CorpusOptions(id_column=None))
+    assert result.documents.column("doc_id").to_pylist() == [
+        content_id("same"),
+        content_id("other"),
+    ]
+    assert content_id("same") == content_id("same ".strip())
+    assert len(content_id("same")) == 16
+    assert result.rejects.column("reason").to_pylist() == ["exact duplicate text"]
+
+
+def test_extra_columns_carried_and_missing_extra_fails(tmp_path):
+    write_jsonl(tmp_path / "s.jsonl", [{"doc_id": "1", "text": "hi", "source": "web"}])
+    opts = CorpusOptions(extra_columns=("source",))
+    result = read_shard(Store(str(tmp_path)), "s.jsonl", opts)
+    assert result.documents.column("source").to_pylist() == ["web"]
+    assert result.documents.column("n_bytes").to_pylist() == [2]
+    with pytest.raises(CorpusError, match="corpus.extra_columns"):
+        read_shard(Store(str(tmp_path)), "s.jsonl", CorpusOptions(extra_columns=("lang",)))

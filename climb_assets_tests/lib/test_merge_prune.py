@@ -1,0 +1,56 @@
+import numpy as np
+import pytest
+
+from climb_assets.lib.merge import MergeError, merge_centroids
+from climb_assets.lib.prune import ClusterStats, NearestDocuments, TermCounter, prune_clusters
+
+
+def test_ward_threshold_merges_close_centroids_and_orders_by_weight():
+    c = np.array([[0, 0], [0.1, 0], [5, 5], [5.1, 5], [5, 5.1]], np.float64)
+    labels = merge_centroids(c, weights=np.array([1, 1, 1, 1, 1]), distance_threshold=1.5)
+    assert labels.tolist() == [1, 1, 0, 0, 0]
+    labels = merge_centroids(c, weights=np.array([10, 10, 1, 1, 1]), distance_threshold=1.5)
+    assert labels.tolist() == [0, 0, 1, 1, 1]
+
+
+def test_target_count_and_errors():
+    c = np.random.default_rng(0).normal(size=(10, 3))
+    assert len(np.unique(merge_centroids(c, distance_threshold=None, target_count=3))) == 3
+    assert merge_centroids(c[:1]).tolist() == [0]
+    with pytest.raises(MergeError, match="lower merge.target_count"):
+        merge_centroids(c, distance_threshold=None, target_count=11)
+    with pytest.raises(MergeError, match="no clusters survived"):
+        merge_centroids(c[:0])
+
+
+def test_cluster_stats_and_pruning_reasons():
+    stats = ClusterStats.empty(4, ["h"])
+    stats.add(
+        np.array([0, 0, 1, 3]),
+        np.array([10, 20, 5, 7]),
+        np.array([0.1, 0.3, 0.2, 0.4]),
+        {"h": np.array([4.0, 5.0, 2.0, 3.0])},
+    )
+    assert stats.size.tolist() == [2, 1, 0, 1]
+    assert stats.tokens.tolist() == [30, 5, 0, 7]
+    means = stats.means()
+    assert means["h"][0] == pytest.approx(4.5)
+    kept, reasons = prune_clusters(stats.size, means, {"h": 3.0}, min_size=1)
+    assert kept.tolist() == [True, False, False, True]
+    assert reasons[1] == "h mean 2.00 < 3.00" and reasons[2] == "empty"
+    kept, reasons = prune_clusters(stats.size, means, {"h": 1.0}, min_size=2)
+    assert kept.tolist() == [True, False, False, False]
+    assert reasons[3] == "size 1 < min_cluster_size 2"
+
+
+def test_top_terms_distinguish_clusters_and_nearest_documents():
+    terms = TermCounter(2)
+    texts = ["tensor gradient tensor", "bucket object bucket", "gradient tensor"]
+    terms.add(texts, np.array([0, 1, 0]))
+    top = terms.top_terms(2)
+    assert top[0][0] == "tensor" and top[1][0] == "bucket"
+    near = NearestDocuments(2, m=1)
+    near.add(["a", "b", "c"], texts, np.array([0, 1, 0]), np.array([0.5, 0.2, 0.1]))
+    near.add(["d"], ["x"], np.array([1]), np.array([0.05]))
+    best = near.result()
+    assert best[0][0][1] == "c" and best[1][0][1] == "d"

@@ -1,0 +1,38 @@
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from climb_assets.lib.storage import Store, safe_name
+
+
+def test_round_trips_open_formats(tmp_path):
+    store = Store(str(tmp_path / "root"))
+    store.write_parquet("a/t.parquet", pa.table({"x": [1, 2]}))
+    store.write_json("a/j.json", {"k": [1]})
+    store.write_npy("b/v.npy", np.arange(6, dtype=np.float32).reshape(3, 2))
+    assert store.read_parquet("a/t.parquet").column("x").to_pylist() == [1, 2]
+    assert store.parquet_rows("a/t.parquet") == 2
+    assert store.read_json("a/j.json") == {"k": [1]}
+    mm = store.read_npy("b/v.npy")
+    assert isinstance(mm, np.memmap) and mm[2, 1] == 5
+    assert store.list("", (".parquet", ".json")) == ["a/j.json", "a/t.parquet"]
+
+
+def test_failed_write_leaves_previous_file_and_no_temp(tmp_path):
+    store = Store(str(tmp_path))
+    store.write_bytes("f.bin", b"old")
+    with pytest.raises(RuntimeError), store.open_write("f.bin") as fh:
+        fh.write(b"half-")
+        raise RuntimeError("killed")
+    assert store.read_bytes("f.bin") == b"old"
+    assert [p.name for p in tmp_path.iterdir()] == ["f.bin"]
+
+
+def test_npy_refuses_pickled_objects(tmp_path):
+    np.save(tmp_path / "obj.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    with pytest.raises(ValueError, match="allow_pickle"):
+        Store(str(tmp_path)).read_npy("obj.npy", mmap=False)
+
+
+def test_safe_name_flattens_nested_keys():
+    assert safe_name("2024/part-1.parquet") == "2024__part-1.parquet"

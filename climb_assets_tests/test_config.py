@@ -1,0 +1,59 @@
+import pytest
+
+from climb_assets.config import ProfileError, load_profile, profile_from_dict
+from climb_assets_tests.conftest import write_profile
+
+
+def test_shipped_profiles_load_with_paper_values():
+    demo = load_profile("demo")
+    paper = load_profile("paper")
+    assert demo.name == "demo" and paper.name == "paper"
+    assert paper.kmeans.k == 1000
+    assert paper.merge.distance_threshold == 1.5
+    assert paper.encoder.max_tokens == 512
+    assert all(s.threshold == 3.0 for s in paper.quality.scorers)
+    assert demo.digest != paper.digest
+
+
+def test_environment_selects_profile(monkeypatch, tmp_path):
+    monkeypatch.setenv("CLIMB_PROFILE", "paper")
+    assert load_profile().name == "paper"
+    path = write_profile(tmp_path, kmeans={"k": 7})
+    monkeypatch.setenv("CLIMB_CONFIG", str(path))
+    profile = load_profile()
+    assert profile.kmeans.k == 7
+    assert profile.encoder.max_tokens == 128  # inherited from demo
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"kmeans": {"kk": 3}}, "unknown key 'kmeans.kk'"),
+        ({"kmeans": {"k": "ten"}}, "kmeans.k: expected an integer, got str 'ten'"),
+        ({"kmeans": {"k": True}}, "kmeans.k: expected an integer"),
+        ({"encoder": {"device": "tpu"}}, "encoder.device: 'tpu' is not allowed"),
+        ({"colour": 1}, "unknown key 'colour'"),
+        ({"corpus": {"formats": "parquet"}}, "corpus.formats: expected a list"),
+        ({"corpus": {"formats": ["csv"]}}, "allowed: parquet, jsonl"),
+        ({"kmeans": {"k": 0}}, "kmeans.k must be >= 1"),
+        ({"merge": {"distance_threshold": 1.5, "target_count": 4}}, "exactly one of"),
+        ({"quality": {"scorers": [{"name": "x", "kind": "fasttext"}]}}, "path"),
+        ({"quality": {"scorers": [{"kind": "heuristic"}]}}, "missing required key 'name'"),
+    ],
+)
+def test_bad_profiles_name_the_key(data, message):
+    with pytest.raises(ProfileError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        profile_from_dict(data)
+
+
+def test_unknown_profile_and_missing_file(tmp_path):
+    with pytest.raises(ProfileError, match="shipped profiles: demo, paper"):
+        load_profile("nope")
+    with pytest.raises(ProfileError, match="does not exist"):
+        load_profile(str(tmp_path / "missing.yaml"))
+
+
+def test_file_errors_name_the_file(tmp_path):
+    path = write_profile(tmp_path, encoder={"batch_size": "big"})
+    with pytest.raises(ProfileError, match=r"profile\.yaml: encoder\.batch_size"):
+        load_profile(str(path))
