@@ -112,7 +112,9 @@ class TextEncoder:
     ) -> None:
         import torch
         from transformers import AutoModel, AutoTokenizer
+        from transformers.utils import logging as hf_logging
 
+        hf_logging.disable_progress_bar()
         if threads:
             torch.set_num_threads(threads)
         self.device = pick_device(device)
