@@ -30,8 +30,51 @@ def _summary(climb: ClimbResource) -> None:
     print(f'  or: duckdb -readonly {catalog} "{EXAMPLE_QUERY}"')
 
 
+def _print_manifest(climb: ClimbResource) -> None:
+    import duckdb
+
+    store = climb.store()
+    doc = store.read_json("manifest/climbmix.json")
+    terms: dict[int, str] = {}
+    sources: dict[int, str] = {}
+    catalog = store.uri(CATALOG_FILE)
+    con = duckdb.connect(catalog, read_only=True)
+    try:
+        for sc, top in con.execute(
+            "SELECT super_cluster_id, top_terms FROM super_clusters"
+        ).fetchall():
+            terms[sc] = " ".join(top[:4])
+        if "source" in climb.settings().corpus.extra_columns:
+            rows = con.execute(
+                "SELECT super_cluster_id, source, count(*) AS n FROM documents "
+                "WHERE super_cluster_id IS NOT NULL GROUP BY ALL ORDER BY super_cluster_id, n DESC"
+            ).fetchall()
+            totals: dict[int, int] = {}
+            for sc, _, n in rows:
+                totals[sc] = totals.get(sc, 0) + n
+            for sc, source, n in rows:
+                sources.setdefault(sc, f"{source} {n / totals[sc]:.0%}")
+    finally:
+        con.close()
+    print("\nClimbMix weights (final) against natural token proportions:")
+    print(f"  {'super-cluster':>13} {'natural':>8} {'climbmix':>9}  dominant source   top terms")
+    for row in doc["super_clusters"]:
+        sc = row["super_cluster_id"]
+        print(
+            f"  {sc:>13} {row['natural']:>8.3f} {row['weight']:>9.3f}  "
+            f"{sources.get(sc, '-'):<16} {terms.get(sc, '')}"
+        )
+    final = doc["final"]
+    print(f"predicted objective {final['predicted_objective']:.4f} ({final['method']}); rounds:")
+    for r in doc["rounds"]:
+        cv = "n/a" if r["cv_spearman"] is None else f"{r['cv_spearman']:.2f}"
+        print(f"  {r['round']}: {r['points']} proxies so far, best observed "
+              f"{r['best_observed']:.4f}, cv Spearman {cv}")  # fmt: skip
+    print(f"manifest: {store.uri('manifest/climbmix.json')}")
+
+
 def _run(args: argparse.Namespace) -> int:
-    from climb_assets.runner import local_instance, run_data_side
+    from climb_assets.runner import local_instance, run_data_side, run_search
 
     climb = ClimbResource(profile=args.profile)
     profile = climb.settings()
@@ -49,7 +92,11 @@ def _run(args: argparse.Namespace) -> int:
             f"in {len(info.shards)} shards ({time.perf_counter() - start:.1f}s) at {info.root}"
         )
     start = time.perf_counter()
-    timings = run_data_side(climb, local_instance(), force=args.force)
+    instance = local_instance()
+    timings = run_data_side(climb, instance, force=args.force)
+    if profile.targets and not args.data_only:
+        timings.update(run_search(climb, instance, force=args.force))
+        _print_manifest(climb)
     print(f"\ndone in {time.perf_counter() - start:.0f}s; step seconds: "
           f"{json.dumps({k: round(v, 1) for k, v in timings.items()})}")  # fmt: skip
     _summary(climb)
@@ -69,6 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     run = sub.add_parser("run", help="run every asset on the profile's corpus")
     for p in (demo, run):
         p.add_argument("--force", action="store_true", help="recompute finished steps too")
+        p.add_argument("--data-only", action="store_true", help="stop after the data side")
     sub.add_parser("register-shards", help="add a partition for each new shard file")
     sub.add_parser("profile", help="print the resolved profile")
     args = parser.parse_args(argv)

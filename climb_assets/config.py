@@ -118,6 +118,95 @@ class MergeSettings:
 
 
 @dataclass(frozen=True)
+class TokenizerSettings:
+    """The proxies' tokenizer: a byte-level BPE trained on kept documents, or a pretrained one."""
+
+    kind: Literal["bpe", "pretrained"] = "bpe"
+    path: str | None = None
+    """For `pretrained`: a tokenizer.json, a model folder or a hub id."""
+    vocab_size: int = 4096
+    sample_documents: int = 20000
+    seed: int = 42
+
+
+@dataclass(frozen=True)
+class ProxySettings:
+    """The proxy language models trained for every candidate mixture.
+
+    `preset` names a size from `climb_assets.lib.proxy.PROXY_PRESETS` (tiny, 62M, 132M, 350M);
+    any key set here overrides it, and unset keys (null) keep the preset's value.
+    """
+
+    preset: str = "tiny"
+    arch: Literal["gpt2", "llama"] | None = None
+    n_layer: int | None = None
+    n_embd: int | None = None
+    n_head: int | None = None
+    seq_len: int | None = None
+    batch_size: int | None = None
+    train_tokens: int | None = None
+    lr: float | None = None
+    warmup_fraction: float | None = None
+    weight_decay: float | None = None
+    seed: int | None = None
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    threads: int | None = None
+
+
+@dataclass(frozen=True)
+class TargetSettings:
+    """One evaluation target: held-out text (bits per byte) or multiple choice (accuracy)."""
+
+    name: str
+    path: str
+    kind: Literal["text", "choice"] = "text"
+    weight: float = 1.0
+    max_documents: int | None = None
+    text_column: str = "text"
+    on_overlap: Literal["warn", "error"] = "error"
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    """The bootstrapping loop: proxies per round, candidates, exploration and the final pick."""
+
+    rounds: tuple[int, ...] = (8, 4, 4)
+    seed: int = 42
+    candidates: int = 100_000
+    top_k_min: int = 128
+    final: Literal["argmax", "topk_mean"] = "argmax"
+    final_top_k: int = 128
+    temperature: float = 0.5
+    max_ratio: float = 15.0
+    min_weight: float = 2e-4
+
+
+@dataclass(frozen=True)
+class PredictorSettings:
+    """The LightGBM regressor f(mixture) -> objective (paper hyper-parameters by default)."""
+
+    learning_rate: float = 0.01
+    num_boost_round: int = 1000
+    max_depth: int = 4
+    min_child_samples: int = 5
+    reg_alpha: float = 1.0
+    reg_lambda: float = 1.0
+    early_stopping_rounds: int = 20
+    """Patience on a 10% validation split (used from 20 points up); 0 boosts every round."""
+    cv_folds: int = 5
+
+
+@dataclass(frozen=True)
+class ManifestSettings:
+    """The final ClimbMix manifest: token budget, repetition cap, document selection, exports."""
+
+    total_tokens: int = 1_000_000
+    max_epochs: float = 4.0
+    seed: int = 42
+    parquet_shards: int = 4
+
+
+@dataclass(frozen=True)
 class Profile:
     """Every setting of one climb deployment."""
 
@@ -128,6 +217,12 @@ class Profile:
     kmeans: KMeansSettings = field(default_factory=KMeansSettings)
     quality: QualitySettings = field(default_factory=QualitySettings)
     merge: MergeSettings = field(default_factory=MergeSettings)
+    tokenizer: TokenizerSettings = field(default_factory=TokenizerSettings)
+    proxy: ProxySettings = field(default_factory=ProxySettings)
+    targets: tuple[TargetSettings, ...] = ()
+    search: SearchSettings = field(default_factory=SearchSettings)
+    predictor: PredictorSettings = field(default_factory=PredictorSettings)
+    manifest: ManifestSettings = field(default_factory=ManifestSettings)
 
     def __post_init__(self) -> None:
         _check_ranges(self)
@@ -179,6 +274,29 @@ def _check_ranges(p: Profile) -> None:
         "merge.distance_threshold",
         "must be > 0",
     )
+    r = p.search.rounds
+    need(bool(r), "search.rounds", "must list the proxies per round, e.g. [64, 32, 16]")
+    need(len(r) <= 365, "search.rounds", "allows at most 365 rounds")
+    for i, n in enumerate(r):
+        need(n >= 1, f"search.rounds[{i}]", f"is {n}; every round needs at least one proxy")
+    need(p.search.candidates >= 1, "search.candidates", "must be >= 1")
+    need(p.tokenizer.vocab_size >= 256, "tokenizer.vocab_size", "must be >= 256")
+    need(
+        p.tokenizer.kind == "bpe" or bool(p.tokenizer.path),
+        "tokenizer.path",
+        "is required for kind 'pretrained'",
+    )
+    need(
+        p.proxy.train_tokens is None or p.proxy.train_tokens > 0,
+        "proxy.train_tokens",
+        "must be > 0",
+    )
+    need(p.manifest.total_tokens > 0, "manifest.total_tokens", "must be > 0 (tokens to train on)")
+    need(p.manifest.max_epochs > 0, "manifest.max_epochs", "must be > 0")
+    target_names = [t.name for t in p.targets]
+    need(len(set(target_names)) == len(target_names), "targets", "has duplicate names")
+    for t in p.targets:
+        need(t.weight > 0, f"targets[{t.name}].weight", "must be > 0")
 
 
 def _type_name(tp: Any) -> str:

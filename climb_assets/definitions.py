@@ -2,7 +2,9 @@
 
 import dagster as dg
 
-from climb_assets.defs import catalog, checks, data_side, sensors
+from climb_assets.config import load_profile
+from climb_assets.defs import catalog, checks, data_side, manifest, search, sensors
+from climb_assets.defs.io import JsonIOManager
 from climb_assets.defs.partitions import GPU_OP_TAGS
 from climb_assets.defs.resources import ClimbResource, default_profile_ref
 
@@ -14,11 +16,27 @@ LOCAL_EXECUTOR_CONFIG = {
 
 local_executor = dg.multiprocess_executor.configured(LOCAL_EXECUTOR_CONFIG)
 
-defs = dg.Definitions(
-    assets=dg.load_assets_from_modules([data_side, catalog]),
-    asset_checks=dg.load_asset_checks_from_modules([checks]),
-    jobs=[sensors.ingest_shards_job],
-    sensors=[sensors.corpus_shards_sensor],
-    resources={"climb": ClimbResource(profile=default_profile_ref())},
-    executor=local_executor,
-)
+
+def build_definitions(profile_ref: str) -> dg.Definitions:
+    """Definitions for one profile (its number of search rounds fixes the iteration partitions)."""
+    climb = ClimbResource(profile=profile_ref)
+    n_rounds = len(load_profile(profile_ref).search.rounds)
+    return dg.Definitions(
+        assets=[
+            *dg.load_assets_from_modules([data_side]),
+            catalog.cluster_catalog,
+            search.proxy_tokenizer,
+            search.cluster_tokens,
+            search.search_targets,
+            search.build_search_round(n_rounds),
+            manifest.climbmix_manifest,
+        ],
+        asset_checks=dg.load_asset_checks_from_modules([checks]),
+        jobs=[sensors.ingest_shards_job],
+        sensors=[sensors.corpus_shards_sensor],
+        resources={"climb": climb, search.IO: JsonIOManager(climb=climb)},
+        executor=local_executor,
+    )
+
+
+defs = build_definitions(default_profile_ref())

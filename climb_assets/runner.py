@@ -19,7 +19,7 @@ from climb_assets.defs.checks import (
     every_document_assigned_once,
     no_empty_kept_cluster,
 )
-from climb_assets.defs.common import is_done
+from climb_assets.defs.common import is_done, write_marker
 from climb_assets.defs.data_side import (
     cluster_assignments,
     cluster_quality,
@@ -122,5 +122,65 @@ def run_data_side(
             )
     materialize([pruned_clusters], "pruned_clusters", checks=[no_empty_kept_cluster])
     materialize([super_clusters], "super_clusters", checks=[every_document_assigned_once])
+    materialize([cluster_catalog], "cluster_catalog")
+    return timings
+
+
+def run_search(
+    climb: ClimbResource,
+    instance: dg.DagsterInstance,
+    force: bool = False,
+    log: Callable[[str], None] = print,
+    log_level: str = "WARNING",
+) -> dict[str, float]:
+    """Materializes the search side: tokenizer, cluster tokens, targets, every round, manifest.
+
+    Rounds run in order; a round whose predictor exists with the same settings is skipped, and
+    inside a round every proxy whose checkpoint is complete is reused rather than retrained.
+    """
+    from climb_assets.defs.io import JsonIOManager
+    from climb_assets.defs.manifest import climbmix_manifest
+    from climb_assets.defs.search import (
+        IO,
+        build_search_round,
+        cluster_tokens,
+        proxy_tokenizer,
+        round_keys,
+        search_targets,
+    )
+
+    profile, store = climb.settings(), climb.store()
+    resources = {"climb": climb, IO: JsonIOManager(climb=climb)}
+    timings: dict[str, float] = {}
+    search_round = build_search_round(len(profile.search.rounds))
+
+    def materialize(assets: list, name: str, partition: str | None = None) -> None:
+        start = time.perf_counter()
+        log(f"  materializing {name}{f' [{partition}]' if partition else ''}")
+        dg.materialize(
+            assets,
+            partition_key=partition,
+            instance=instance,
+            resources=resources,
+            tags={"climb/runner": "cli"},
+            run_config={"loggers": {"console": {"config": {"log_level": log_level}}}},
+        )
+        timings[name] = timings.get(name, 0.0) + time.perf_counter() - start
+
+    upstream_changed = force
+    for asset, name in ((proxy_tokenizer, "proxy_tokenizer"), (cluster_tokens, "cluster_tokens"),
+                        (search_targets, "search_targets")):  # fmt: skip
+        if upstream_changed or not is_done(store, profile, name, None):
+            materialize([asset], name)
+            write_marker(store, profile, name, None)
+            upstream_changed = True
+    for key in round_keys(profile):
+        if not upstream_changed and is_done(store, profile, "search_round", key):
+            log(f"  round {key} already finished with these settings")
+            continue
+        materialize([search_round], "search_round", key)
+        write_marker(store, profile, "search_round", key)
+        upstream_changed = True
+    materialize([climbmix_manifest], "climbmix_manifest")
     materialize([cluster_catalog], "cluster_catalog")
     return timings

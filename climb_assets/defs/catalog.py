@@ -2,7 +2,7 @@
 
 import dagster as dg
 
-from climb_assets.defs.data_side import GROUP, pruned_clusters, super_clusters
+from climb_assets.defs.data_side import pruned_clusters, super_clusters
 from climb_assets.defs.resources import ClimbResource
 from climb_assets.lib.catalog import build_catalog, parquet_source
 from climb_assets.lib.storage import Store
@@ -67,14 +67,44 @@ def catalog_views(store: Store, scorer_names: list[str]) -> dict[str, str]:
     distances = src("kmeans/centroid_distances.parquet")
     if distances:
         views["centroid_distances"] = f"SELECT * FROM {distances}"
+    search_views = {
+        "rounds": "search/*/round.parquet",
+        "mixtures": "search/*/mixtures.parquet",
+        "proxy_runs": "search/*/proxy_runs.parquet",
+        "evaluations": "search/*/evaluations.parquet",
+        "predictions": "search/*/predictions.parquet",
+        "manifest_weights": "manifest/weights.parquet",
+        "manifest_documents": "manifest/shards/*.parquet",
+    }
+    for name, pattern in search_views.items():
+        source = _glob_source(store, pattern)
+        if source:
+            views[name] = f"SELECT * FROM {source}"
     return views
 
 
-@dg.asset(group_name=GROUP, deps=[pruned_clusters, super_clusters], kinds={"duckdb"})
+def _glob_source(store: Store, pattern: str) -> str | None:
+    """`read_parquet` over `pattern` (one `*` folder level allowed) if any file matches."""
+    head, _, tail = pattern.partition("*")
+    if "*" in tail:
+        raise ValueError(f"one wildcard per pattern: {pattern}")
+    matches = [p for p in store.list(head.rstrip("/")) if p.endswith(tail.lstrip("/"))]
+    return parquet_source(store.uri(pattern)) if matches else None
+
+
+@dg.asset(
+    group_name="catalog",
+    deps=[pruned_clusters, super_clusters, "climbmix_manifest"],
+    kinds={"duckdb"},
+)
 def cluster_catalog(
     context: dg.AssetExecutionContext, climb: ClimbResource
 ) -> dg.MaterializeResult:
-    """A DuckDB file of views over the Parquet outputs: documents, clusters, super-clusters."""
+    """A DuckDB file of views over every Parquet output: documents, clusters, search, manifest.
+
+    Views exist for whatever has been computed, so it can be refreshed after the data side
+    alone and again after the search.
+    """
     profile, store = climb.settings(), climb.store()
     path = store.local_path(CATALOG_FILE)
     if path is None:

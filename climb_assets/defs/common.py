@@ -18,14 +18,34 @@ ASSET_SECTIONS = {
     "cluster_quality": ("corpus", "quality"),
     "kmeans_centroids": ("corpus", "encoder", "kmeans"),
     "cluster_assignments": ("corpus", "encoder", "kmeans"),
+    "proxy_tokenizer": ("corpus", "encoder", "kmeans", "quality", "merge", "tokenizer"),
+    "cluster_tokens": ("corpus", "encoder", "kmeans", "quality", "merge", "tokenizer"),
+    "search_targets": ("corpus", "targets"),
+    "search_round": (
+        "corpus",
+        "encoder",
+        "kmeans",
+        "quality",
+        "merge",
+        "tokenizer",
+        "proxy",
+        "targets",
+        "search",
+        "predictor",
+    ),
 }
 
 
+# Bumped when an asset's output format changes, so finished work from older code is redone.
+ASSET_VERSIONS = {"corpus_documents": 2, "embeddings": 2}
+
+
 def fingerprint(profile: Profile, asset: str) -> str:
-    """Hash of the profile sections that determine `asset`'s output."""
+    """Hash of the profile sections (and code version) that determine `asset`'s output."""
     data = profile.to_dict()
     sections = ASSET_SECTIONS.get(asset, tuple(sorted(data)))
     picked = {s: data[s] for s in sections if s != "name"}
+    picked["_version"] = ASSET_VERSIONS.get(asset, 1)
     return hashlib.sha256(json.dumps(picked, sort_keys=True).encode()).hexdigest()[:16]
 
 

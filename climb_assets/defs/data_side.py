@@ -94,6 +94,7 @@ def embeddings(context: dg.AssetExecutionContext, climb: ClimbResource) -> dg.Ma
     )
     write_marker(store, profile, "embeddings", key)
     info = encoder.info
+    store.write_json("embeddings/_encoder.json", info.to_dict())
     return dg.MaterializeResult(
         metadata={
             "dagster/row_count": len(texts),

@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 from climb_assets.lib.storage import Store
 
 SUFFIXES = {"parquet": (".parquet",), "jsonl": (".jsonl", ".json")}
-DOCUMENT_COLUMNS = ("doc_id", "text", "n_chars", "n_bytes")
+DOCUMENT_COLUMNS = ("doc_id", "text", "n_chars", "n_bytes", "text_hash")
 
 
 class CorpusError(ValueError):
@@ -125,7 +125,9 @@ def _reject(row: int, doc_id: Any, reason: str, value: Any) -> dict[str, Any]:
 
 
 def read_shard(corpus: Store, rel: str, options: CorpusOptions) -> ShardDocuments:
-    """Reads one shard into `doc_id, text, n_chars, n_bytes, <extra columns>` plus rejects.
+    """Reads one shard into `doc_id, text, n_chars, n_bytes, text_hash, <extras>` plus rejects.
+
+    `text_hash` is `content_id(text)`; targets are checked against it for overlap.
 
     Raises:
         CorpusError: a configured column is missing, or ids repeat and the profile says error.
@@ -190,6 +192,7 @@ def read_shard(corpus: Store, rel: str, options: CorpusOptions) -> ShardDocument
         docs["text"].append(text)
         docs["n_chars"].append(len(text))
         docs["n_bytes"].append(len(text.encode("utf-8")))
+        docs["text_hash"].append(doc_id if not options.id_column else content_id(text))
         for extra in options.extra_columns:
             value = row.get(extra)
             docs[extra].append(None if value is None else str(value))
@@ -200,6 +203,7 @@ def read_shard(corpus: Store, rel: str, options: CorpusOptions) -> ShardDocument
             "text": pa.array(docs["text"], pa.string()),
             "n_chars": pa.array(docs["n_chars"], pa.int32()),
             "n_bytes": pa.array(docs["n_bytes"], pa.int32()),
+            "text_hash": pa.array(docs["text_hash"], pa.string()),
             **{e: pa.array(docs[e], pa.string()) for e in options.extra_columns},
         }
     )

@@ -62,3 +62,27 @@ def centroid_projection_png(centroids: np.ndarray, labels: np.ndarray, sizes: np
     ax.set_title(f"{len(labels)} kept clusters in {len(np.unique(labels))} super-clusters")
     fig.colorbar(scatter, ax=ax, label="super-cluster")
     return _png(fig)
+
+
+def weights_png(weights: np.ndarray, natural: np.ndarray) -> bytes:
+    """Final mixture weights next to the natural token proportions, per super-cluster."""
+    x = np.arange(len(weights))
+    fig, ax = plt.subplots(figsize=(max(5, len(weights) * 0.5), 3))
+    ax.bar(x - 0.2, natural, width=0.4, label="natural", color="lightgrey")
+    ax.bar(x + 0.2, weights, width=0.4, label="ClimbMix", color="tab:blue")
+    ax.set_xticks(x)
+    ax.set_xlabel("super-cluster")
+    ax.set_ylabel("weight")
+    ax.legend()
+    return _png(fig)
+
+
+def rounds_png(rounds: list[str], observed: list[float], predicted: list[float]) -> bytes:
+    """Best observed and best predicted objective per search round."""
+    fig, ax = plt.subplots(figsize=(5, 3))
+    ax.plot(rounds, observed, "o-", label="best observed")
+    ax.plot(rounds, predicted, "s--", label="best predicted")
+    ax.set_xlabel("round")
+    ax.set_ylabel("objective (higher is better)")
+    ax.legend()
+    return _png(fig)

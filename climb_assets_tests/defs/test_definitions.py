@@ -15,10 +15,32 @@ DATA_SIDE_ASSETS = {
 }
 
 
+SEARCH_ASSETS = {
+    "proxy_tokenizer",
+    "cluster_tokens",
+    "search_targets",
+    "mixture_batches",
+    "proxy_checkpoints",
+    "proxy_evaluations",
+    "predictor_models",
+    "climbmix_manifest",
+}
+PER_ROUND = {"mixture_batches", "proxy_checkpoints", "proxy_evaluations", "predictor_models"}
+
+
 def test_definitions_load_and_validate():
     dg.Definitions.validate_loadable(defs)
     keys = {k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys()}
-    assert keys == DATA_SIDE_ASSETS
+    assert keys == DATA_SIDE_ASSETS | SEARCH_ASSETS
+
+
+def test_search_assets_are_partitioned_by_iteration():
+    graph = defs.resolve_asset_graph()
+    for name in PER_ROUND:
+        partitions = graph.get(dg.AssetKey(name)).partitions_def
+        assert partitions.get_partition_keys() == ["iter_001", "iter_002", "iter_003"], name
+    parents = {k.to_user_string() for k in graph.get(dg.AssetKey("mixture_batches")).parent_keys}
+    assert "predictor_models" in parents  # each round hangs off the previous round's predictor
 
 
 def test_gpu_steps_carry_routing_tags_and_pool():
@@ -34,6 +56,8 @@ def test_gpu_steps_carry_routing_tags_and_pool():
 def test_per_shard_assets_are_partitioned_and_global_ones_are_not():
     graph = defs.resolve_asset_graph()
     for name in DATA_SIDE_ASSETS:
+        if name == "cluster_catalog":
+            continue
         partitions = graph.get(dg.AssetKey(name)).partitions_def
         per_shard = name in {
             "corpus_documents",

@@ -1,0 +1,61 @@
+import numpy as np
+import pytest
+
+from climb_assets.lib.manifest import (
+    ManifestError,
+    megatron_blend,
+    select_documents,
+    stable_order,
+    token_budget,
+)
+
+
+def test_budget_splits_by_weight_when_nothing_is_capped():
+    b = token_budget(np.array([0.5, 0.3, 0.2]), np.array([1000, 1000, 1000]), 1000, 4.0)
+    assert b.granted.tolist() == [500, 300, 200]
+    assert b.shortfall == 0 and b.capped == [] and b.redistributed == 0
+
+
+def test_small_cluster_is_capped_and_excess_redistributed():
+    b = token_budget(np.array([0.6, 0.2, 0.2]), np.array([100, 10_000, 10_000]), 1000, 2.0)
+    assert b.granted[0] == 200  # 2 epochs of 100 tokens
+    assert b.capped == [0]
+    assert b.granted.sum() == 1000
+    assert b.granted[1] == b.granted[2] == 400  # excess split by the remaining weights
+    assert b.epochs[0] == pytest.approx(2.0)
+
+
+def test_shortfall_reported_when_everything_is_capped():
+    b = token_budget(np.array([0.5, 0.5]), np.array([10, 10]), 1000, 1.0)
+    assert b.granted.tolist() == [10, 10] and b.shortfall == 980
+
+
+def test_zero_total_is_an_error():
+    with pytest.raises(ManifestError, match="total_tokens must be > 0"):
+        token_budget(np.array([1.0]), np.array([10]), 0, 1.0)
+
+
+def test_stable_order_depends_on_ids_and_seed_only():
+    ids = [f"d{i}" for i in range(50)]
+    order = stable_order(ids, 7)
+    shuffled = ids[::-1]
+    assert [ids[i] for i in order] == [shuffled[i] for i in stable_order(shuffled, 7)]
+    assert order.tolist() != stable_order(ids, 8).tolist()
+
+
+def test_select_documents_fills_budget_with_full_then_partial_passes():
+    ids = ["a", "b", "c", "d"]
+    n_tokens = np.array([10, 20, 30, 40])
+    rows, passes = select_documents(ids, n_tokens, 150, seed=1)
+    first = rows[passes == 0]
+    assert sorted(first.tolist()) == [0, 1, 2, 3]
+    assert n_tokens[rows].sum() >= 150
+    assert n_tokens[rows[:-1]].sum() < 150
+    assert passes.max() == 1
+    empty_rows, _ = select_documents(ids, n_tokens, 0, seed=1)
+    assert empty_rows.size == 0
+
+
+def test_megatron_blend_pairs_weights_and_prefixes():
+    blend = megatron_blend(np.array([0.7, 0.0, 0.3]), ["a", "b", "c"])
+    assert blend == [0.7, "a", 0.3, "c"]
