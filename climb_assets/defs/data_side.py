@@ -13,6 +13,7 @@ import dagster as dg
 import numpy as np
 import polars as pl
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from climb_assets.defs.common import md_table, registered_shards, require_files, write_marker
 from climb_assets.defs.partitions import GPU_OP_TAGS, GPU_POOL, shard_partitions
@@ -53,7 +54,7 @@ def corpus_documents(
             "rejected_rows": shard.rejects.num_rows,
             "reject_reasons": dict(reasons),
             "rejects": md_table(shard.rejects.select(["row", "reason", "preview"]).to_pylist()),
-            "total_chars": int(pa.compute.sum(shard.documents.column("n_chars")).as_py() or 0),
+            "total_chars": int(pc.sum(shard.documents.column("n_chars")).as_py() or 0),
         }
     )
 

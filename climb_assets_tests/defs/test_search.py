@@ -1,0 +1,190 @@
+"""The search side end to end on a planted corpus whose best mixture is known."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import dagster as dg
+import duckdb
+import numpy as np
+import pytest
+
+from climb_assets.defs.resources import ClimbResource
+from climb_assets.defs.search import build_search_round, proxy_config
+from climb_assets.lib import proxy, tokens
+from climb_assets.lib.planted import build_planted_corpus
+from climb_assets.runner import run_data_side, run_search
+from climb_assets_tests.conftest import write_profile
+
+pytestmark = pytest.mark.slow
+
+PROXY = {"n_layer": 1, "n_embd": 32, "n_head": 2, "seq_len": 64, "batch_size": 8}
+
+
+def planted_profile(folder: Path, corpus, root: Path, **overrides) -> Path:
+    sections = {
+        "storage": {"root": str(root)},
+        "corpus": {"path": str(corpus.corpus), "extra_columns": ["domain"]},
+        "kmeans": {"k": 8, "niter": 10},
+        "quality": {"scorers": [{"name": "heuristic", "threshold": 1.0}]},
+        "merge": {"distance_threshold": None, "target_count": 4},
+        "tokenizer": {"vocab_size": 300},
+        "proxy": {**PROXY, "train_tokens": 12_000, "lr": 0.01},
+        "targets": [{"name": "planted", "kind": "text", "path": str(corpus.target)}],
+        "search": {"rounds": [6, 4], "candidates": 4000, "top_k_min": 16},
+        "predictor": {"early_stopping_rounds": 0},
+        "manifest": {"total_tokens": 20_000, "max_epochs": 2, "parquet_shards": 2},
+    }
+    sections.update(overrides)
+    folder.mkdir(parents=True, exist_ok=True)
+    return write_profile(folder, **sections)
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory):
+    base = tmp_path_factory.mktemp("planted")
+    corpus = build_planted_corpus(base / "data")
+    climb = ClimbResource(profile=str(planted_profile(base / "a", corpus, base / "a" / "out")))
+    with dg.instance_for_test() as instance:
+        run_data_side(climb, instance, log=lambda _: None)
+        run_search(climb, instance, log=lambda _: None)
+        yield base, corpus, climb, instance
+
+
+def _target_supers(climb: ClimbResource) -> set[int]:
+    con = duckdb.connect(climb.store().uri("catalog.duckdb"), read_only=True)
+    rows = con.execute(
+        "SELECT super_cluster_id, avg((domain = '0')::int) FROM documents "
+        "WHERE super_cluster_id IS NOT NULL GROUP BY 1"
+    ).fetchall()
+    return {sc for sc, share in rows if share > 0.5}
+
+
+def test_manifest_weights_the_planted_domain(planted):
+    _, _, climb, _ = planted
+    doc = climb.store().read_json("manifest/climbmix.json")
+    weights = {r["super_cluster_id"]: r["weight"] for r in doc["super_clusters"]}
+    natural = {r["super_cluster_id"]: r["natural"] for r in doc["super_clusters"]}
+    good = _target_supers(climb)
+    assert good, "no super-cluster is dominated by the target domain"
+    assert sum(weights[s] for s in good) > 0.5
+    assert sum(weights[s] for s in good) > 2 * sum(natural[s] for s in good)
+    assert len(doc["rounds"]) == 2 and doc["seeds"]["search"] == 42
+    assert doc["tokenizer"]["hash"] and doc["encoder"]["revision"].startswith("sha256:")
+
+
+def test_fresh_proxy_on_climbmix_beats_natural_and_uniform(planted):
+    _, corpus, climb, _ = planted
+    store = climb.store()
+    doc = store.read_json("manifest/climbmix.json")
+    tok = tokens.load_tokenizer(store.uri("tokenizer/tokenizer.json"))
+    k = len(doc["super_clusters"])
+    arrays = [store.read_npy(f"cluster_tokens/sc_{i:03d}.tokens.npy") for i in range(k)]
+    cfg = proxy.ProxyConfig.from_dict({**proxy_config(climb.settings()).to_dict(), "seed": 7,
+                                       "train_tokens": 24_000})  # fmt: skip
+    texts = [t for t in corpus.target.read_text().split("\n\n") if t.strip()]
+
+    def bpb(weights) -> float:
+        result = proxy.train_proxy(cfg, arrays, np.asarray(weights), tok.get_vocab_size())
+        return proxy.evaluate_bpb(result.model, tok, texts, cfg.seq_len)["bpb"]
+
+    climbmix = bpb([r["weight"] for r in doc["super_clusters"]])
+    natural = bpb([r["natural"] for r in doc["super_clusters"]])
+    uniform = bpb(np.full(k, 1.0 / k))
+    assert climbmix < natural and climbmix < uniform, (climbmix, natural, uniform)
+
+
+def test_catalog_and_exports(planted):
+    _, _, climb, _ = planted
+    store = climb.store()
+    con = duckdb.connect(store.uri("catalog.duckdb"), read_only=True)
+    assert con.execute("SELECT count(*) FROM mixtures").fetchone()[0] == 10
+    assert con.execute("SELECT count(DISTINCT key) FROM mixtures").fetchone()[0] == 10
+    assert con.execute("SELECT count(*) FROM evaluations").fetchone()[0] == 10
+    assert con.execute("SELECT count(*) FROM proxy_runs").fetchone()[0] == 10
+    assert con.execute("SELECT count(*) FROM rounds").fetchone()[0] == 2
+    n_docs, n_tokens = con.execute(
+        "SELECT count(*), sum(n_tokens) FROM manifest_documents"
+    ).fetchone()
+    assert n_docs > 0 and n_tokens >= 0.9 * 20_000
+    blend = store.read_json("manifest/megatron_blend.json")["data_path"]
+    assert abs(sum(blend[0::2]) - 1.0) < 1e-3 and all(isinstance(p, str) for p in blend[1::2])
+    assert store.read_bytes("manifest/weights.png")[:4] == b"\x89PNG"
+
+
+def test_same_seed_same_mixtures_predictor_and_manifest(planted):
+    base, corpus, first, _ = planted
+    again = ClimbResource(profile=str(planted_profile(base / "b", corpus, base / "b" / "out")))
+    with dg.instance_for_test() as instance:
+        run_data_side(again, instance, log=lambda _: None)
+        run_search(again, instance, log=lambda _: None)
+    a, b = first.store(), again.store()
+    for key in ("iter_001", "iter_002"):
+        ma = a.read_parquet(f"search/{key}/mixtures.parquet").column("key").to_pylist()
+        mb = b.read_parquet(f"search/{key}/mixtures.parquet").column("key").to_pylist()
+        assert ma == mb
+        assert a.read_bytes(f"search/{key}/predictor.txt") == b.read_bytes(
+            f"search/{key}/predictor.txt"
+        )
+    wa = [r["weight"] for r in a.read_json("manifest/climbmix.json")["super_clusters"]]
+    wb = [r["weight"] for r in b.read_json("manifest/climbmix.json")["super_clusters"]]
+    assert wa == wb
+
+
+def test_round_before_its_predecessor_fails_naming_it(planted, tmp_path):
+    base, corpus, climb, _ = planted
+    fresh = ClimbResource(profile=str(planted_profile(tmp_path, corpus, base / "a" / "out")))
+    from climb_assets.defs.io import JsonIOManager
+
+    with dg.instance_for_test() as instance:  # this instance has never run iter_001
+        store = fresh.store()
+        store.remove("_io/predictor_models/iter_001.json")
+        with pytest.raises(ValueError, match="needs the predictor of round iter_001"):
+            dg.materialize(
+                [build_search_round(2)], partition_key="iter_002", instance=instance,
+                resources={"climb": fresh, "climb_io": JsonIOManager(climb=fresh)},
+            )  # fmt: skip
+
+
+def test_killed_round_resumes_without_retraining_finished_proxies(planted, tmp_path):
+    _, corpus, _, _ = planted
+    root = tmp_path / "out"
+    profile = planted_profile(
+        tmp_path, corpus, root, proxy={**PROXY, "train_tokens": 60_000, "lr": 0.01}
+    )
+    env = {**os.environ, "DAGSTER_HOME": str(tmp_path / "home"), "CLIMB_HOME": str(tmp_path)}
+    (tmp_path / "home").mkdir()
+    cmd = [sys.executable, "-m", "climb_assets.cli", "--profile", str(profile), "run"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)  # fmt: skip
+    proxies = root / "proxies"
+    deadline = time.monotonic() + 600
+    try:
+        while True:  # round 1 has 6 proxies; wait for a finished one of round 2
+            done = [p for p in proxies.glob("*/DONE")] if proxies.exists() else []
+            if len(done) >= 7:
+                break
+            assert proc.poll() is None, "the run ended before it could be killed"
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finished = {p.parent.name: p.stat().st_mtime_ns for p in proxies.glob("*/DONE")}
+    assert 7 <= len(finished) < 10, "kill landed outside round 2"
+    climb = ClimbResource(profile=str(profile))
+    os.environ["CLIMB_HOME"] = str(tmp_path)
+    with dg.instance_for_test() as instance:
+        run_data_side(climb, instance, log=lambda _: None)
+        run_search(climb, instance, log=lambda _: None)
+    after = {p.parent.name: p.stat().st_mtime_ns for p in proxies.glob("*/DONE")}
+    assert len(after) == 10
+    assert all(after[k] == v for k, v in finished.items()), "a finished proxy was retrained"
+    runs = climb.store().read_parquet("search/iter_002/proxy_runs.parquet").to_pylist()
+    reused = {r["run_id"] for r in runs if r["reused"]}
+    assert reused == {r["run_id"] for r in runs} & set(finished)
+    assert json.loads((root / "manifest" / "climbmix.json").read_text())["documents"] > 0
