@@ -251,6 +251,13 @@ def propose_mixtures(
     key = context.partition_key
     index = _round_index(profile, key)
     n = profile.search.rounds[index]
+    if index > 0:
+        previous = round_keys(profile)[index - 1]
+        if previous_predictor is None or not store.exists(f"search/{previous}/predictor.txt"):
+            raise ValueError(
+                f"round {key} needs the predictor of round {previous}, which is missing; "
+                f"materialize round {previous} first (rounds run in order)"
+            )
     prior = mixture.natural_prior(_cluster_summary(store)["tokens"])
     trained = _trained_keys(store, profile, index)
     seed = _round_seed(profile, index, 1)
@@ -259,12 +266,6 @@ def propose_mixtures(
         weights = mixture.sample_mixtures(prior, n, seed, _sampler(profile), exclude=trained)
         method = "dirichlet"
     else:
-        previous = round_keys(profile)[index - 1]
-        if previous_predictor is None or not store.exists(f"search/{previous}/predictor.txt"):
-            raise ValueError(
-                f"round {key} needs the predictor of round {previous}, which is missing; "
-                f"materialize round {previous} first (rounds run in order)"
-            )
         booster = predictor.load_predictor(
             store.read_bytes(f"search/{previous}/predictor.txt").decode()
         )

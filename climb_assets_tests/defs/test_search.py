@@ -136,18 +136,19 @@ def test_same_seed_same_mixtures_predictor_and_manifest(planted):
 
 
 def test_round_before_its_predecessor_fails_naming_it(planted, tmp_path):
-    base, corpus, climb, _ = planted
-    fresh = ClimbResource(profile=str(planted_profile(tmp_path, corpus, base / "a" / "out")))
+    _, corpus, _, _ = planted
+    fresh = ClimbResource(profile=str(planted_profile(tmp_path, corpus, tmp_path / "out")))
     from climb_assets.defs.io import JsonIOManager
 
-    with dg.instance_for_test() as instance:  # this instance has never run iter_001
-        store = fresh.store()
-        store.remove("_io/predictor_models/iter_001.json")
-        with pytest.raises(ValueError, match="needs the predictor of round iter_001"):
-            dg.materialize(
-                [build_search_round(2)], partition_key="iter_002", instance=instance,
-                resources={"climb": fresh, "climb_io": JsonIOManager(climb=fresh)},
-            )  # fmt: skip
+    resources = {"climb": fresh, "climb_io": JsonIOManager(climb=fresh)}
+    with (
+        dg.instance_for_test() as instance,  # nothing has run round iter_001 here
+        pytest.raises(ValueError, match="needs the predictor of round iter_001"),
+    ):
+        dg.materialize(
+            [build_search_round(2)], partition_key="iter_002", instance=instance,
+            resources=resources,
+        )  # fmt: skip
 
 
 def test_killed_round_resumes_without_retraining_finished_proxies(planted, tmp_path):
