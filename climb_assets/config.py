@@ -24,6 +24,8 @@ import yaml
 
 PROFILES_DIR = Path(__file__).parent / "profiles"
 DEFAULT_PROFILE = "demo"
+MIN_PREDICTOR_POINTS = 4
+"""Fewest (mixture, objective) pairs the predictor fits on; equals lib.predictor.MIN_POINTS."""
 
 
 class ProfileError(ValueError):
@@ -279,6 +281,12 @@ def _check_ranges(p: Profile) -> None:
     need(len(r) <= 365, "search.rounds", "allows at most 365 rounds")
     for i, n in enumerate(r):
         need(n >= 1, f"search.rounds[{i}]", f"is {n}; every round needs at least one proxy")
+    need(
+        r[0] >= MIN_PREDICTOR_POINTS,
+        "search.rounds[0]",
+        f"is {r[0]} but the predictor needs at least {MIN_PREDICTOR_POINTS} trained proxies; "
+        "raise the round-1 budget",
+    )
     need(p.search.candidates >= 1, "search.candidates", "must be >= 1")
     need(p.tokenizer.vocab_size >= 256, "tokenizer.vocab_size", "must be >= 256")
     need(

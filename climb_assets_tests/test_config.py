@@ -1,3 +1,5 @@
+import re
+
 import pytest
 
 from climb_assets.config import ProfileError, load_profile, profile_from_dict
@@ -39,11 +41,25 @@ def test_environment_selects_profile(monkeypatch, tmp_path):
         ({"merge": {"distance_threshold": 1.5, "target_count": 4}}, "exactly one of"),
         ({"quality": {"scorers": [{"name": "x", "kind": "fasttext"}]}}, "path"),
         ({"quality": {"scorers": [{"kind": "heuristic"}]}}, "missing required key 'name'"),
+        ({"search": {"rounds": [8, 0, 4]}}, "search.rounds[1] is 0; every round needs at least"),
+        ({"search": {"rounds": []}}, "search.rounds must list the proxies per round"),
+        ({"search": {"rounds": [2, 2]}}, "predictor needs at least 4 trained proxies"),
+        ({"manifest": {"total_tokens": 0}}, "manifest.total_tokens must be > 0"),
+        ({"tokenizer": {"kind": "pretrained"}}, "tokenizer.path is required"),
+        ({"targets": [{"name": "t", "path": "x", "weight": 0}]}, "targets[t].weight must be > 0"),
+        ({"targets": [{"name": "t", "path": "x", "kind": "mcq"}]}, "'mcq' is not allowed"),
     ],
 )
 def test_bad_profiles_name_the_key(data, message):
-    with pytest.raises(ProfileError, match=message.replace("(", r"\(").replace(")", r"\)")):
+    with pytest.raises(ProfileError, match=re.escape(message)):
         profile_from_dict(data)
+
+
+def test_min_points_matches_the_predictor():
+    from climb_assets.config import MIN_PREDICTOR_POINTS
+    from climb_assets.lib.predictor import MIN_POINTS
+
+    assert MIN_PREDICTOR_POINTS == MIN_POINTS
 
 
 def test_unknown_profile_and_missing_file(tmp_path):

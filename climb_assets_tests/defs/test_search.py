@@ -189,3 +189,22 @@ def test_killed_round_resumes_without_retraining_finished_proxies(planted, tmp_p
     reused = {r["run_id"] for r in runs if r["reused"]}
     assert reused == {r["run_id"] for r in runs} & set(finished)
     assert json.loads((root / "manifest" / "climbmix.json").read_text())["documents"] > 0
+
+
+def test_target_overlapping_the_corpus_is_refused(planted, tmp_path):
+    base, corpus, climb, instance = planted
+    leaked = json.loads((corpus.corpus / "shard-0.jsonl").read_text().splitlines()[0])["text"]
+    target = tmp_path / "leaky.txt"
+    target.write_text(f"{leaked}\n\nsome unseen text\n")
+    profile = planted_profile(
+        tmp_path, corpus, base / "a" / "out",
+        targets=[{"name": "leaky", "kind": "text", "path": str(target)}],
+    )  # fmt: skip
+    from climb_assets.defs.search import search_targets
+
+    with pytest.raises(ValueError, match="1 of 2 documents also appear in the training corpus"):
+        dg.materialize(
+            [search_targets], instance=instance,
+            resources={"climb": ClimbResource(profile=str(profile))},
+        )  # fmt: skip
+    assert climb.store().read_json("targets/targets.json")[0]["name"] == "planted"  # kept
