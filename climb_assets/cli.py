@@ -74,7 +74,7 @@ def _print_manifest(climb: ClimbResource) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from climb_assets.runner import local_instance, run_data_side, run_search
+    from climb_assets.runner import local_instance, run_all, run_data_side
 
     climb = ClimbResource(profile=args.profile)
     profile = climb.settings()
@@ -93,9 +93,10 @@ def _run(args: argparse.Namespace) -> int:
         )
     start = time.perf_counter()
     instance = local_instance()
-    timings = run_data_side(climb, instance, force=args.force)
-    if profile.targets and not args.data_only:
-        timings.update(run_search(climb, instance, force=args.force))
+    if args.data_only or not profile.targets:
+        timings = run_data_side(climb, instance, force=args.force)
+    else:
+        timings = run_all(climb, instance, force=args.force)
         _print_manifest(climb)
     print(f"\ndone in {time.perf_counter() - start:.0f}s; step seconds: "
           f"{json.dumps({k: round(v, 1) for k, v in timings.items()})}")  # fmt: skip

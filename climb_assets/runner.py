@@ -52,6 +52,44 @@ def local_instance() -> dg.DagsterInstance:
     return dg.DagsterInstance.get()
 
 
+class Materializer:
+    """Runs assets as Dagster runs in one instance, timing each step and enforcing checks."""
+
+    def __init__(
+        self,
+        instance: dg.DagsterInstance,
+        resources: dict,
+        log: Callable[[str], None],
+        log_level: str,
+    ) -> None:
+        self.instance, self.resources, self.log, self.log_level = (
+            instance,
+            resources,
+            log,
+            log_level,
+        )
+        self.timings: dict[str, float] = {}
+
+    def __call__(
+        self, assets: list, name: str, partition: str | None = None, checks: tuple = ()
+    ) -> None:
+        start = time.perf_counter()
+        self.log(f"  materializing {name}{f' [{partition}]' if partition else ''}")
+        result = dg.materialize(
+            [*assets, *checks],
+            partition_key=partition,
+            instance=self.instance,
+            resources=self.resources,
+            tags={"climb/runner": "cli"},
+            run_config={"loggers": {"console": {"config": {"log_level": self.log_level}}}},
+        )
+        self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - start
+        failed = [e for e in result.get_asset_check_evaluations() if not e.passed]
+        if failed:
+            names = ", ".join(e.check_name for e in failed)
+            raise CheckFailed(f"asset check(s) failed after {name}: {names}; see the run's logs")
+
+
 def register_shards(instance: dg.DagsterInstance, climb: ClimbResource) -> list[str]:
     """Adds a dynamic partition for every shard file not yet registered; returns the new ones."""
     added = new_shards(instance, climb)
@@ -74,25 +112,8 @@ def run_data_side(
     added = register_shards(instance, climb)
     shards = sorted(instance.get_dynamic_partitions(shard_partitions.name))
     log(f"{len(shards)} shard(s) registered ({len(added)} new) under {climb.corpus_store().uri()}")
-    resources = {"climb": climb}
-    timings: dict[str, float] = {}
-
-    def materialize(assets: list, name: str, partition: str | None = None, checks=()) -> None:
-        start = time.perf_counter()
-        log(f"  materializing {name}{f' [{partition}]' if partition else ''}")
-        result = dg.materialize(
-            [*assets, *checks],
-            partition_key=partition,
-            instance=instance,
-            resources=resources,
-            tags={"climb/runner": "cli"},
-            run_config={"loggers": {"console": {"config": {"log_level": log_level}}}},
-        )
-        timings[name] = timings.get(name, 0.0) + time.perf_counter() - start
-        failed = [e for e in result.get_asset_check_evaluations() if not e.passed]
-        if failed:
-            names = ", ".join(e.check_name for e in failed)
-            raise CheckFailed(f"asset check(s) failed after {name}: {names}; see the run's logs")
+    materialize = Materializer(instance, {"climb": climb}, log, log_level)
+    timings = materialize.timings
 
     def todo(asset: str, partition: str | None) -> bool:
         return force or not is_done(store, profile, asset, partition)
@@ -120,8 +141,8 @@ def run_data_side(
             materialize(
                 [cluster_assignments], "cluster_assignments", shard, [assignment_covers_shard]
             )
-    materialize([pruned_clusters], "pruned_clusters", checks=[no_empty_kept_cluster])
-    materialize([super_clusters], "super_clusters", checks=[every_document_assigned_once])
+    materialize([pruned_clusters], "pruned_clusters", checks=(no_empty_kept_cluster,))
+    materialize([super_clusters], "super_clusters", checks=(every_document_assigned_once,))
     materialize([cluster_catalog], "cluster_catalog")
     return timings
 
@@ -132,10 +153,12 @@ def run_search(
     force: bool = False,
     log: Callable[[str], None] = print,
     log_level: str = "WARNING",
+    data_changed: bool = False,
 ) -> dict[str, float]:
     """Materializes the search side: tokenizer, cluster tokens, targets, every round, manifest.
 
-    Rounds run in order; a round whose predictor exists with the same settings is skipped, and
+    `data_changed` (the data side recomputed something) redoes everything after it. Rounds run
+    in order; a round whose predictor exists with the same settings is skipped, and
     inside a round every proxy whose checkpoint is complete is reused rather than retrained.
     """
     from climb_assets.defs.io import JsonIOManager
@@ -150,24 +173,12 @@ def run_search(
     )
 
     profile, store = climb.settings(), climb.store()
-    resources = {"climb": climb, IO: JsonIOManager(climb=climb)}
-    timings: dict[str, float] = {}
     search_round = build_search_round(len(profile.search.rounds))
+    resources = {"climb": climb, IO: JsonIOManager(climb=climb)}
+    materialize = Materializer(instance, resources, log, log_level)
+    timings = materialize.timings
 
-    def materialize(assets: list, name: str, partition: str | None = None) -> None:
-        start = time.perf_counter()
-        log(f"  materializing {name}{f' [{partition}]' if partition else ''}")
-        dg.materialize(
-            assets,
-            partition_key=partition,
-            instance=instance,
-            resources=resources,
-            tags={"climb/runner": "cli"},
-            run_config={"loggers": {"console": {"config": {"log_level": log_level}}}},
-        )
-        timings[name] = timings.get(name, 0.0) + time.perf_counter() - start
-
-    upstream_changed = force
+    upstream_changed = force or data_changed
     for asset, name in ((proxy_tokenizer, "proxy_tokenizer"), (cluster_tokens, "cluster_tokens"),
                         (search_targets, "search_targets")):  # fmt: skip
         if upstream_changed or not is_done(store, profile, name, None):
@@ -183,4 +194,21 @@ def run_search(
         upstream_changed = True
     materialize([climbmix_manifest], "climbmix_manifest")
     materialize([cluster_catalog], "cluster_catalog")
+    return timings
+
+
+ALWAYS_RECOMPUTED = {"pruned_clusters", "super_clusters", "cluster_catalog"}
+
+
+def run_all(
+    climb: ClimbResource,
+    instance: dg.DagsterInstance,
+    force: bool = False,
+    log: Callable[[str], None] = print,
+) -> dict[str, float]:
+    """The data side, then (when the profile has targets) the search and the manifest."""
+    timings = run_data_side(climb, instance, force=force, log=log)
+    if climb.settings().targets:
+        changed = bool(set(timings) - ALWAYS_RECOMPUTED)
+        timings.update(run_search(climb, instance, force=force, log=log, data_changed=changed))
     return timings

@@ -17,7 +17,7 @@ from climb_assets.defs.resources import ClimbResource
 from climb_assets.defs.search import build_search_round, proxy_config
 from climb_assets.lib import proxy, tokens
 from climb_assets.lib.planted import build_planted_corpus
-from climb_assets.runner import run_data_side, run_search
+from climb_assets.runner import run_all
 from climb_assets_tests.conftest import write_profile
 
 pytestmark = pytest.mark.slow
@@ -50,8 +50,7 @@ def planted(tmp_path_factory):
     corpus = build_planted_corpus(base / "data")
     climb = ClimbResource(profile=str(planted_profile(base / "a", corpus, base / "a" / "out")))
     with dg.instance_for_test() as instance:
-        run_data_side(climb, instance, log=lambda _: None)
-        run_search(climb, instance, log=lambda _: None)
+        run_all(climb, instance, log=lambda _: None)
         yield base, corpus, climb, instance
 
 
@@ -120,8 +119,7 @@ def test_same_seed_same_mixtures_predictor_and_manifest(planted):
     base, corpus, first, _ = planted
     again = ClimbResource(profile=str(planted_profile(base / "b", corpus, base / "b" / "out")))
     with dg.instance_for_test() as instance:
-        run_data_side(again, instance, log=lambda _: None)
-        run_search(again, instance, log=lambda _: None)
+        run_all(again, instance, log=lambda _: None)
     a, b = first.store(), again.store()
     for key in ("iter_001", "iter_002"):
         ma = a.read_parquet(f"search/{key}/mixtures.parquet").column("key").to_pylist()
@@ -180,8 +178,7 @@ def test_killed_round_resumes_without_retraining_finished_proxies(planted, tmp_p
     climb = ClimbResource(profile=str(profile))
     os.environ["CLIMB_HOME"] = str(tmp_path)
     with dg.instance_for_test() as instance:
-        run_data_side(climb, instance, log=lambda _: None)
-        run_search(climb, instance, log=lambda _: None)
+        run_all(climb, instance, log=lambda _: None)
     after = {p.parent.name: p.stat().st_mtime_ns for p in proxies.glob("*/DONE")}
     assert len(after) == 10
     assert all(after[k] == v for k, v in finished.items()), "a finished proxy was retrained"
