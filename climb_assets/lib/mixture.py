@@ -329,7 +329,10 @@ def final_mixture(
         candidates: (m, K) candidate mixtures.
         predicted: (m,) predictor output per candidate.
         method: ``"argmax"`` (CLIMB: the best predicted candidate) or ``"topk_mean"``
-            (RegMix: the mean of the k best predicted candidates, renormalised).
+            (RegMix: the mean of the k best predicted candidates, renormalised). A tree
+            predictor is piecewise constant, so on little data thousands of candidates can tie
+            for the best prediction; ``"argmax"`` then returns the mean of the tied set (the
+            centre of the predicted-best region) instead of whichever tied row comes first.
         k: Number of candidates averaged by ``"topk_mean"`` (RegMix: 128); capped at m.
         higher_is_better: False when the prediction is a loss.
 
@@ -340,7 +343,12 @@ def final_mixture(
     pred = np.asarray(predicted, dtype=np.float64).reshape(-1)
     order = np.argsort(-pred if higher_is_better else pred, kind="stable")
     if method == "argmax":
-        return cand[order[0]].copy()
+        best = pred[order[0]]
+        tied = order[np.abs(pred[order] - best) <= 1e-12 * max(1.0, abs(best))]
+        if len(tied) == 1:
+            return cand[tied[0]].copy()
+        mean = cand[tied].mean(axis=0)
+        return mean / mean.sum()
     if method == "topk_mean":
         if k < 1:
             raise MixtureError(f"k = {k}; average at least 1 candidate (RegMix: 128)")

@@ -244,3 +244,11 @@ def test_check_weights() -> None:
         check_weights([1.5, -0.5], 2)
     with pytest.raises(MixtureError, match="finite"):
         check_weights([np.nan, 1.0], 2)
+
+
+def test_argmax_averages_candidates_tied_for_the_best_prediction():
+    from climb_assets.lib.mixture import final_mixture
+
+    cands = np.array([[1.0, 0.0], [0.0, 1.0], [0.5, 0.5]])
+    assert final_mixture(cands, [0.9, 0.9, 0.1]).tolist() == [0.5, 0.5]
+    assert final_mixture(cands, [0.9, 0.8, 0.1]).tolist() == [1.0, 0.0]
