@@ -216,3 +216,22 @@ def test_centroids_are_unit_length(pipeline):
     climb, _ = pipeline
     centroids = climb.store().read_npy("kmeans/centroids.npy")
     np.testing.assert_allclose(np.linalg.norm(centroids, axis=1), 1.0, atol=1e-4)
+
+
+def test_ids_repeated_across_shards_fail_at_pruning(tmp_path):
+    corpus = tmp_path / "corpus"
+    write_jsonl(
+        corpus / "a.jsonl", [{"doc_id": "1", "text": "alpha beta"}, {"doc_id": "2", "text": "x y"}]
+    )
+    write_jsonl(
+        corpus / "b.jsonl", [{"doc_id": "1", "text": "gamma delta"}, {"doc_id": "3", "text": "z"}]
+    )
+    profile = write_profile(
+        tmp_path, corpus={"path": str(corpus), "extra_columns": []}, kmeans={"k": 2},
+        quality={"scorers": [{"name": "heuristic", "threshold": 1.0}]},
+    )  # fmt: skip
+    with (
+        dg.instance_for_test() as inst,
+        pytest.raises(CorpusError, match=r"'1' in \['a.jsonl', 'b.jsonl'\]"),
+    ):
+        run_data_side(ClimbResource(profile=str(profile)), inst, log=lambda _: None)
