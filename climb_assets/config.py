@@ -209,6 +209,30 @@ class ManifestSettings:
 
 
 @dataclass(frozen=True)
+class GpuPlacement:
+    """How a GPU-tagged step is placed on a cluster executor."""
+
+    count: int = 1
+    cpu: str = "4"
+    memory: str = "16Gi"
+    node_selector: dict[str, Any] = field(default_factory=dict)
+    tolerations: tuple[dict[str, Any], ...] = (
+        {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"},
+    )
+    ecs_cpu: int = 4096
+    ecs_memory: int = 16384
+
+
+@dataclass(frozen=True)
+class DeploymentSettings:
+    """Which executor runs the steps; `CLIMB_DEPLOYMENT` overrides `kind`."""
+
+    kind: Literal["local", "k8s", "ecs"] = "local"
+    max_concurrent: int = 2
+    gpu: GpuPlacement = field(default_factory=GpuPlacement)
+
+
+@dataclass(frozen=True)
 class Profile:
     """Every setting of one climb deployment."""
 
@@ -225,6 +249,7 @@ class Profile:
     search: SearchSettings = field(default_factory=SearchSettings)
     predictor: PredictorSettings = field(default_factory=PredictorSettings)
     manifest: ManifestSettings = field(default_factory=ManifestSettings)
+    deployment: DeploymentSettings = field(default_factory=DeploymentSettings)
 
     def __post_init__(self) -> None:
         _check_ranges(self)
@@ -301,6 +326,8 @@ def _check_ranges(p: Profile) -> None:
     )
     need(p.manifest.total_tokens > 0, "manifest.total_tokens", "must be > 0 (tokens to train on)")
     need(p.manifest.max_epochs > 0, "manifest.max_epochs", "must be > 0")
+    need(p.deployment.gpu.count >= 1, "deployment.gpu.count", "must be >= 1")
+    need(p.deployment.max_concurrent >= 1, "deployment.max_concurrent", "must be >= 1")
     target_names = [t.name for t in p.targets]
     need(len(set(target_names)) == len(target_names), "targets", "has duplicate names")
     for t in p.targets:
@@ -451,6 +478,14 @@ def load_profile(name_or_path: str | None = None) -> Profile:
         return profile_from_dict(data)
     except ProfileError as exc:
         raise ProfileError(f"{path}: {exc}") from exc
+
+
+def deployment_kind(profile: Profile) -> str:
+    """`CLIMB_DEPLOYMENT` (local, k8s, ecs) if set, else the profile's deployment.kind."""
+    kind = os.environ.get("CLIMB_DEPLOYMENT") or profile.deployment.kind
+    if kind not in ("local", "k8s", "ecs"):
+        raise ProfileError(f"CLIMB_DEPLOYMENT={kind!r} is not allowed; use local, k8s or ecs")
+    return kind
 
 
 def resolve_location(location: str) -> str:

@@ -2,25 +2,45 @@
 
 import dagster as dg
 
-from climb_assets.config import load_profile
+from climb_assets.config import Profile, deployment_kind, load_profile
 from climb_assets.defs import catalog, checks, data_side, manifest, search, sensors
 from climb_assets.defs.io import JsonIOManager
-from climb_assets.defs.partitions import GPU_OP_TAGS
 from climb_assets.defs.resources import ClimbResource, default_profile_ref
+from climb_assets.lib.routing import GPU_TAG
 
 LOCAL_EXECUTOR_CONFIG = {
     "max_concurrent": 2,
-    "tag_concurrency_limits": [{"key": k, "value": v, "limit": 1} for k, v in GPU_OP_TAGS.items()],
+    "tag_concurrency_limits": [{"key": GPU_TAG, "value": "true", "limit": 1}],
 }
 """GPU-tagged steps run one at a time on a local machine; CPU steps use the other slots."""
 
-local_executor = dg.multiprocess_executor.configured(LOCAL_EXECUTOR_CONFIG)
+
+def executor_for(profile: Profile) -> dg.ExecutorDefinition:
+    """The executor of the deployment (CLIMB_DEPLOYMENT or deployment.kind).
+
+    local: multiprocess, one GPU step at a time. k8s: one pod per step (dagster-k8s); GPU steps
+    carry `dagster-k8s/config` with GPU limits, node selector and tolerations. ecs: one task per
+    step (dagster-aws); GPU steps carry `ecs/container_overrides` with a GPU requirement.
+    """
+    kind = deployment_kind(profile)
+    limit = profile.deployment.max_concurrent
+    if kind == "k8s":
+        from dagster_k8s import k8s_job_executor
+
+        return k8s_job_executor.configured({"max_concurrent": limit}, name="climb_k8s")
+    if kind == "ecs":
+        from dagster_aws.ecs import ecs_executor
+
+        return ecs_executor.configured({"max_concurrent": limit}, name="climb_ecs")
+    config = {**LOCAL_EXECUTOR_CONFIG, "max_concurrent": limit}
+    return dg.multiprocess_executor.configured(config, name="climb_local")
 
 
 def build_definitions(profile_ref: str) -> dg.Definitions:
     """Definitions for one profile (its number of search rounds fixes the iteration partitions)."""
     climb = ClimbResource(profile=profile_ref)
-    n_rounds = len(load_profile(profile_ref).search.rounds)
+    profile = load_profile(profile_ref)
+    n_rounds = len(profile.search.rounds)
     return dg.Definitions(
         assets=[
             *dg.load_assets_from_modules([data_side]),
@@ -35,7 +55,7 @@ def build_definitions(profile_ref: str) -> dg.Definitions:
         jobs=[sensors.ingest_shards_job],
         sensors=[sensors.corpus_shards_sensor],
         resources={"climb": climb, search.IO: JsonIOManager(climb=climb)},
-        executor=local_executor,
+        executor=executor_for(profile),
     )
 
 

@@ -73,3 +73,15 @@ def test_file_errors_name_the_file(tmp_path):
     path = write_profile(tmp_path, encoder={"batch_size": "big"})
     with pytest.raises(ProfileError, match=r"profile\.yaml: encoder\.batch_size"):
         load_profile(str(path))
+
+
+def test_deployment_kind_from_environment(monkeypatch):
+    from climb_assets.config import deployment_kind
+
+    profile = load_profile("demo")
+    assert deployment_kind(profile) == "local"
+    monkeypatch.setenv("CLIMB_DEPLOYMENT", "k8s")
+    assert deployment_kind(profile) == "k8s"
+    monkeypatch.setenv("CLIMB_DEPLOYMENT", "slurm")
+    with pytest.raises(ProfileError, match="use local, k8s or ecs"):
+        deployment_kind(profile)

@@ -19,6 +19,7 @@ import datetime as dt
 import hashlib
 import json
 import time
+import warnings
 from typing import Any
 
 import dagster as dg
@@ -34,6 +35,9 @@ from climb_assets.defs.resources import ClimbResource
 from climb_assets.lib import mixture, plots, predictor, proxy, tokens
 from climb_assets.lib.storage import Store
 from climb_assets.lib.targets import Target, load_target, objective, target_hashes
+
+# allow_nonexistent_upstream_partitions is beta in dagster 1.13; round 1 has no predecessor.
+warnings.filterwarnings("ignore", category=dg.BetaWarning, message=".*allow_nonexistent.*")
 
 GROUP = "search_side"
 IO = "climb_io"

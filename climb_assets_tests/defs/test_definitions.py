@@ -81,6 +81,6 @@ def test_lineage():
 
 
 def test_executor_limits_gpu_steps():
-    assert defs.executor.name == "multiprocess"
+    assert defs.executor.name == "climb_local"
     limits = LOCAL_EXECUTOR_CONFIG["tag_concurrency_limits"]
     assert {"key": "climb/gpu", "value": "true", "limit": 1} in limits
