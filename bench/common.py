@@ -9,6 +9,7 @@ repository's README.md.
 
 from __future__ import annotations
 
+import argparse
 import datetime as dt
 import importlib.metadata
 import json
@@ -322,3 +323,15 @@ def update_readme(readme: Path = README, results_dir: Path = RESULTS_DIR) -> str
 
 if __name__ == "__main__":
     update_readme()
+
+
+def add_run_options(parser: argparse.ArgumentParser) -> None:
+    """The options every benchmark takes: --quick and --wait-quiet."""
+    parser.add_argument("--quick", action="store_true", help="small sizes, result to results/quick")
+    parser.add_argument(
+        "--wait-quiet",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help=f"wait up to this long for the 1-min load average to drop to {HIGH_LOAD} first",
+    )

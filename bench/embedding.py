@@ -35,6 +35,7 @@ from bench.common import (
     QUICK_DIR,
     RESULTS_DIR,
     CpuMonitor,
+    add_run_options,
     load_average,
     machine_info,
     median,
@@ -279,14 +280,7 @@ def main(argv: Sequence[str] | None = None, quick: bool = False) -> dict[str, An
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--quick", action="store_true", help="small sizes, result to results/quick")
-    parser.add_argument(
-        "--wait-quiet",
-        type=float,
-        default=0.0,
-        metavar="SECONDS",
-        help=f"wait up to this long for the 1-min load average to drop to {HIGH_LOAD} first",
-    )
+    add_run_options(parser)
     args = parser.parse_args(argv)
     quick = quick or args.quick
     n = args.n or (200 if quick else 1000)

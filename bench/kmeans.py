@@ -63,6 +63,7 @@ from bench.common import (
     REPO_ROOT,
     RESULTS_DIR,
     CpuMonitor,
+    add_run_options,
     load_average,
     machine_info,
     median,
@@ -489,14 +490,7 @@ def main(argv: Sequence[str] | None = None, quick: bool = False) -> dict[str, An
     parser.add_argument("--shard-rows", type=int, help="rows of the memory test shard (1,000,000)")
     parser.add_argument("--chunk-size", type=int, default=65536)
     parser.add_argument("--skip-memory", action="store_true", help="leave out part 2")
-    parser.add_argument("--quick", action="store_true", help="small sizes, result to results/quick")
-    parser.add_argument(
-        "--wait-quiet",
-        type=float,
-        default=0.0,
-        metavar="SECONDS",
-        help=f"wait up to this long for the 1-min load average to drop to {HIGH_LOAD} first",
-    )
+    add_run_options(parser)
     args = parser.parse_args(argv)
     quick = quick or args.quick
     n = args.n or (20_000 if quick else 200_000)

@@ -44,6 +44,7 @@ from bench.common import (
     QUICK_DIR,
     RESULTS_DIR,
     CpuMonitor,
+    add_run_options,
     load_average,
     machine_info,
     median,
@@ -250,14 +251,7 @@ def main(argv: Sequence[str] | None = None, quick: bool = False) -> dict[str, An
     )
     parser.add_argument("--rounds", type=int, help="timed runs of each (default 3; 2 with --quick)")
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
-    parser.add_argument("--quick", action="store_true", help="small sizes, result to results/quick")
-    parser.add_argument(
-        "--wait-quiet",
-        type=float,
-        default=0.0,
-        metavar="SECONDS",
-        help=f"wait up to this long for the 1-min load average to drop to {HIGH_LOAD} first",
-    )
+    add_run_options(parser)
     args = parser.parse_args(argv)
     quick = quick or args.quick
     tokens = args.tokens or (8192 if quick else 65_536)

@@ -72,6 +72,7 @@ from bench.common import (
     QUICK_DIR,
     RESULTS_DIR,
     CpuMonitor,
+    add_run_options,
     load_average,
     machine_info,
     wait_for_quiet,
@@ -627,14 +628,7 @@ def main(argv: Sequence[str] | None = None, quick: bool = False) -> dict[str, An
     parser.add_argument("--demo", action="store_true", help="also the demo corpus (slow)")
     parser.add_argument("--demo-docs", type=int, default=300, help="demo documents per source")
     parser.add_argument("--workdir", help="keep the corpora and stores here (default: temporary)")
-    parser.add_argument("--quick", action="store_true", help="small sizes, result to results/quick")
-    parser.add_argument(
-        "--wait-quiet",
-        type=float,
-        default=0.0,
-        metavar="SECONDS",
-        help=f"wait up to this long for the 1-min load average to drop to {HIGH_LOAD} first",
-    )
+    add_run_options(parser)
     args = parser.parse_args(argv)
     quick = quick or args.quick
     seeds = args.seeds or ([0] if quick else [0, 1, 2])
