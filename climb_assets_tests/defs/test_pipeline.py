@@ -1,6 +1,8 @@
 """The data side materialized end to end with Dagster on a small real corpus."""
 
+import re
 import threading
+from pathlib import Path
 
 import dagster as dg
 import duckdb
@@ -235,3 +237,22 @@ def test_ids_repeated_across_shards_fail_at_pruning(tmp_path):
         pytest.raises(CorpusError, match=r"'1' in \['a.jsonl', 'b.jsonl'\]"),
     ):
         run_data_side(ClimbResource(profile=str(profile)), inst, log=lambda _: None)
+
+
+def test_readme_queries_run_on_the_catalog(pipeline):
+    climb, _ = pipeline
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    blocks = re.findall(r"```sql\n(.*?)```", readme, re.S)
+    con = _catalog(climb)
+    views = {r[0] for r in con.execute("SELECT view_name FROM duckdb_views()").fetchall()}
+    ran = 0
+    for block in blocks:
+        for statement in block.split(";"):
+            sql = "\n".join(ln for ln in statement.splitlines() if not ln.strip().startswith("--"))
+            if not sql.strip():
+                continue
+            if "evaluations" in sql and "evaluations" not in views:
+                continue  # search views: covered by the search tests' catalog
+            con.execute(sql).fetchall()
+            ran += 1
+    assert ran >= 3
