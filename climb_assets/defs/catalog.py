@@ -13,22 +13,15 @@ CATALOG_FILE = "catalog.duckdb"
 def catalog_views(store: Store, scorer_names: list[str]) -> dict[str, str]:
     """The catalog's views over whichever Parquet outputs exist under `store`."""
 
-    def src(pattern: str, filename: bool = False) -> str | None:
-        folder, _, name = pattern.rpartition("/")
-        if not store.list(folder, (name.replace("*", ""),)):
-            return None
-        call = parquet_source(store.uri(pattern))
-        return call[:-1] + ", filename = true)" if filename else call
-
-    docs = src("corpus_documents/*.parquet", filename=True)
+    docs = _glob_source(store, "corpus_documents/*.parquet", filename=True)
     views: dict[str, str] = {}
     if docs is None:
         return views
-    assigned = src("cluster_assignments/*.parquet")
-    quality = src("cluster_quality/*.parquet")
-    members = src("super_clusters/members/*.parquet")
-    clusters = src("clusters/clusters.parquet")
-    cluster_map = src("super_clusters/cluster_map.parquet")
+    assigned = _glob_source(store, "cluster_assignments/*.parquet")
+    quality = _glob_source(store, "cluster_quality/*.parquet")
+    members = _glob_source(store, "super_clusters/members/*.parquet")
+    clusters = _glob_source(store, "clusters/clusters.parquet")
+    cluster_map = _glob_source(store, "super_clusters/cluster_map.parquet")
     cols = [
         "d.* EXCLUDE (filename)",
         "regexp_extract(d.filename, '([^/]+)\\.parquet$', 1) AS shard",
@@ -47,7 +40,7 @@ def catalog_views(store: Store, scorer_names: list[str]) -> dict[str, str]:
         cols.append("c.kept AS cluster_kept")
         joins.append(f"LEFT JOIN {clusters} AS c ON c.cluster_id = a.cluster_id")
     views["documents"] = f"SELECT {', '.join(cols)} " + " ".join(joins)
-    rejects = src("corpus_rejects/*.parquet", filename=True)
+    rejects = _glob_source(store, "corpus_rejects/*.parquet", filename=True)
     if rejects:
         views["rejected_rows"] = (
             "SELECT regexp_extract(filename, '([^/]+)\\.parquet$', 1) AS shard, "
@@ -61,10 +54,10 @@ def catalog_views(store: Store, scorer_names: list[str]) -> dict[str, str]:
             )
         else:
             views["clusters"] = f"SELECT * FROM {clusters}"
-    summary = src("super_clusters/super_clusters.parquet")
+    summary = _glob_source(store, "super_clusters/super_clusters.parquet")
     if summary:
         views["super_clusters"] = f"SELECT * FROM {summary}"
-    distances = src("kmeans/centroid_distances.parquet")
+    distances = _glob_source(store, "kmeans/centroid_distances.parquet")
     if distances:
         views["centroid_distances"] = f"SELECT * FROM {distances}"
     search_views = {
@@ -83,13 +76,19 @@ def catalog_views(store: Store, scorer_names: list[str]) -> dict[str, str]:
     return views
 
 
-def _glob_source(store: Store, pattern: str) -> str | None:
-    """`read_parquet` over `pattern` (one `*` folder level allowed) if any file matches."""
-    head, _, tail = pattern.partition("*")
+def _glob_source(store: Store, pattern: str, filename: bool = False) -> str | None:
+    """`read_parquet` over `pattern` (at most one `*`) if any file matches, else None."""
+    head, star, tail = pattern.partition("*")
     if "*" in tail:
         raise ValueError(f"one wildcard per pattern: {pattern}")
-    matches = [p for p in store.list(head.rstrip("/")) if p.endswith(tail.lstrip("/"))]
-    return parquet_source(store.uri(pattern)) if matches else None
+    if not star:
+        found = store.exists(pattern)
+    else:
+        found = any(p.endswith(tail.lstrip("/")) for p in store.list(head.rstrip("/")))
+    if not found:
+        return None
+    call = parquet_source(store.uri(pattern))
+    return call[:-1] + ", filename = true)" if filename else call
 
 
 @dg.asset(

@@ -6,7 +6,12 @@ import dagster as dg
 import numpy as np
 
 from climb_assets.defs.common import registered_shards
-from climb_assets.defs.data_side import _rel, cluster_assignments, pruned_clusters, super_clusters
+from climb_assets.defs.data_side import (
+    cluster_assignments,
+    pruned_clusters,
+    shard_file,
+    super_clusters,
+)
 from climb_assets.defs.partitions import shard_partitions
 from climb_assets.defs.resources import ClimbResource
 
@@ -20,8 +25,8 @@ def assignment_covers_shard(
 ) -> dg.AssetCheckResult:
     """Every document of the shard has exactly one cluster, in the documents' order."""
     store, key = climb.store(), context.partition_key
-    docs = store.read_parquet(_rel("corpus_documents", key), ["doc_id"]).column(0)
-    assigned = store.read_parquet(_rel("cluster_assignments", key), ["doc_id", "cluster_id"])
+    docs = store.read_parquet(shard_file("corpus_documents", key), ["doc_id"]).column(0)
+    assigned = store.read_parquet(shard_file("cluster_assignments", key), ["doc_id", "cluster_id"])
     same = assigned.column("doc_id").equals(docs)
     k = store.read_npy("kmeans/centroids.npy").shape[0]
     ids = assigned.column("cluster_id").to_numpy()
@@ -56,8 +61,8 @@ def every_document_assigned_once(
     problems: list[str] = []
     total = 0
     for shard in registered_shards(context):
-        docs = store.read_parquet(_rel("corpus_documents", shard), ["doc_id"]).column(0)
-        members = store.read_parquet(_rel("super_clusters/members", shard))
+        docs = store.read_parquet(shard_file("corpus_documents", shard), ["doc_id"]).column(0)
+        members = store.read_parquet(shard_file("super_clusters/members", shard))
         total += len(docs)
         if not members.column("doc_id").equals(docs):
             problems.append(f"{shard}: membership does not list the shard's documents once each")

@@ -30,7 +30,8 @@ from climb_assets.lib.storage import safe_name
 GROUP = "data_side"
 
 
-def _rel(folder: str, key: str, suffix: str = ".parquet") -> str:
+def shard_file(folder: str, key: str, suffix: str = ".parquet") -> str:
+    """Relative path of one shard's output under `folder` (shard keys may hold `/`)."""
     return f"{folder}/{safe_name(key)}{suffix}"
 
 
@@ -41,8 +42,8 @@ def corpus_documents(
     """Clean documents of one corpus shard (stable doc_id, text, length); bad rows reported."""
     profile, store, key = climb.settings(), climb.store(), context.partition_key
     shard = read_shard(climb.corpus_store(), key, climb.corpus_options())
-    path = store.write_parquet(_rel("corpus_documents", key), shard.documents)
-    store.write_parquet(_rel("corpus_rejects", key), shard.rejects)
+    path = store.write_parquet(shard_file("corpus_documents", key), shard.documents)
+    store.write_parquet(shard_file("corpus_rejects", key), shard.rejects)
     write_marker(store, profile, "corpus_documents", key)
     reasons = collections.Counter(shard.rejects.column("reason").to_pylist())
     if shard.rejects.num_rows:
@@ -70,8 +71,8 @@ def corpus_documents(
 def embeddings(context: dg.AssetExecutionContext, climb: ClimbResource) -> dg.MaterializeResult:
     """Unit-length document embeddings of one shard from the profile's transformers encoder."""
     profile, store, key = climb.settings(), climb.store(), context.partition_key
-    require_files(store, {key: _rel("corpus_documents", key)}, "corpus_documents")
-    docs = store.read_parquet(_rel("corpus_documents", key), columns=["doc_id", "text"])
+    require_files(store, {key: shard_file("corpus_documents", key)}, "corpus_documents")
+    docs = store.read_parquet(shard_file("corpus_documents", key), columns=["doc_id", "text"])
     texts = docs.column("text").to_pylist()
     e = profile.encoder
     encoder = TextEncoder(
@@ -88,9 +89,9 @@ def embeddings(context: dg.AssetExecutionContext, climb: ClimbResource) -> dg.Ma
 
     vectors = encoder.encode(texts, n_tokens, progress)
     seconds = time.perf_counter() - start
-    path = store.write_npy(_rel("embeddings", key, ".npy"), vectors)
+    path = store.write_npy(shard_file("embeddings", key, ".npy"), vectors)
     store.write_parquet(
-        _rel("embeddings", key, ".tokens.parquet"),
+        shard_file("embeddings", key, ".tokens.parquet"),
         pa.table({"doc_id": docs.column("doc_id"), "n_tokens": pa.array(n_tokens, pa.int64())}),
     )
     write_marker(store, profile, "embeddings", key)
@@ -131,8 +132,8 @@ def kmeans_centroids(
     profile, store = climb.settings(), climb.store()
     km = profile.kmeans
     shards = registered_shards(context)
-    require_files(store, {s: _rel("embeddings", s, ".npy") for s in shards}, "embeddings")
-    arrays = [store.read_npy(_rel("embeddings", s, ".npy")) for s in shards]
+    require_files(store, {s: shard_file("embeddings", s, ".npy") for s in shards}, "embeddings")
+    arrays = [store.read_npy(shard_file("embeddings", s, ".npy")) for s in shards]
     sizes = [a.shape[0] for a in arrays]
     check_k(km.k, sum(sizes))
     sample_size = min(sum(sizes), km.k * km.max_points_per_centroid)
@@ -198,10 +199,10 @@ def cluster_assignments(
     """Nearest centroid and distance for every document of one shard, computed in chunks."""
     profile, store, key = climb.settings(), climb.store(), context.partition_key
     require_files(store, {"centroids": "kmeans/centroids.npy"}, "kmeans_centroids")
-    require_files(store, {key: _rel("embeddings", key, ".npy")}, "embeddings")
+    require_files(store, {key: shard_file("embeddings", key, ".npy")}, "embeddings")
     centroids = store.read_npy("kmeans/centroids.npy", mmap=False)
-    vectors = store.read_npy(_rel("embeddings", key, ".npy"))
-    tokens = store.read_parquet(_rel("embeddings", key, ".tokens.parquet"))
+    vectors = store.read_npy(shard_file("embeddings", key, ".npy"))
+    tokens = store.read_parquet(shard_file("embeddings", key, ".tokens.parquet"))
     ids, dist = assign(vectors, centroids, profile.kmeans.assign_chunk_size)
     table = pa.table(
         {
@@ -211,7 +212,7 @@ def cluster_assignments(
             "n_tokens": tokens.column("n_tokens"),
         }
     )
-    path = store.write_parquet(_rel("cluster_assignments", key), table)
+    path = store.write_parquet(shard_file("cluster_assignments", key), table)
     write_marker(store, profile, "cluster_assignments", key)
     return dg.MaterializeResult(
         metadata={
@@ -229,8 +230,8 @@ def cluster_quality(
 ) -> dg.MaterializeResult:
     """Quality scores (1..5) of one shard's documents from each of the profile's scorers."""
     profile, store, key = climb.settings(), climb.store(), context.partition_key
-    require_files(store, {key: _rel("corpus_documents", key)}, "corpus_documents")
-    docs = store.read_parquet(_rel("corpus_documents", key), columns=["doc_id", "text"])
+    require_files(store, {key: shard_file("corpus_documents", key)}, "corpus_documents")
+    docs = store.read_parquet(shard_file("corpus_documents", key), columns=["doc_id", "text"])
     texts = docs.column("text").to_pylist()
     columns: dict[str, pa.Array] = {"doc_id": docs.column("doc_id")}
     metadata: dict[str, dg.RawMetadataValue] = {"dagster/row_count": docs.num_rows}
@@ -241,7 +242,7 @@ def cluster_quality(
         columns[spec.name] = pa.array(scores, pa.float32())
         metadata[f"{spec.name}_mean"] = round(float(scores.mean()), 3) if len(scores) else 0.0
         metadata[f"{spec.name}_seconds"] = round(time.perf_counter() - start, 2)
-    path = store.write_parquet(_rel("cluster_quality", key), pa.table(columns))
+    path = store.write_parquet(shard_file("cluster_quality", key), pa.table(columns))
     write_marker(store, profile, "cluster_quality", key)
     metadata["path"] = dg.MetadataValue.path(path)
     return dg.MaterializeResult(metadata=metadata)
@@ -255,8 +256,10 @@ def pruned_clusters(
     profile, store = climb.settings(), climb.store()
     q = profile.quality
     shards = registered_shards(context)
-    require_files(store, {s: _rel("cluster_assignments", s) for s in shards}, "cluster_assignments")
-    require_files(store, {s: _rel("cluster_quality", s) for s in shards}, "cluster_quality")
+    require_files(
+        store, {s: shard_file("cluster_assignments", s) for s in shards}, "cluster_assignments"
+    )
+    require_files(store, {s: shard_file("cluster_quality", s) for s in shards}, "cluster_quality")
     k = store.read_npy("kmeans/centroids.npy").shape[0]
     names = [s.name for s in q.scorers]
     stats = ClusterStats.empty(k, names)
@@ -264,9 +267,9 @@ def pruned_clusters(
     nearest = NearestDocuments(k, q.sample_documents)
     id_hashes = []
     for shard in shards:
-        assigned = store.read_parquet(_rel("cluster_assignments", shard))
-        quality = store.read_parquet(_rel("cluster_quality", shard))
-        docs = store.read_parquet(_rel("corpus_documents", shard), columns=["doc_id", "text"])
+        assigned = store.read_parquet(shard_file("cluster_assignments", shard))
+        quality = store.read_parquet(shard_file("cluster_quality", shard))
+        docs = store.read_parquet(shard_file("corpus_documents", shard), columns=["doc_id", "text"])
         if not (assigned.column("doc_id").equals(quality.column("doc_id"))):
             raise ValueError(
                 f"shard {shard}: cluster_assignments and cluster_quality list different documents; "
@@ -332,7 +335,9 @@ def _check_unique_ids(store, shards: list[str], hashes: np.ndarray) -> None:
         return
     where: dict[str, list[str]] = collections.defaultdict(list)
     for shard in shards:
-        for doc_id in store.read_parquet(_rel("corpus_documents", shard), ["doc_id"]).column(0):
+        for doc_id in store.read_parquet(shard_file("corpus_documents", shard), ["doc_id"]).column(
+            0
+        ):
             where[doc_id.as_py()].append(shard)
     dupes = {d: s for d, s in where.items() if len(s) > 1}
     example, in_shards = next(iter(dupes.items()))
@@ -373,11 +378,11 @@ def super_clusters(context: dg.AssetExecutionContext, climb: ClimbResource) -> d
     docs_per = np.zeros(n_super, dtype=np.int64)
     tokens_per = np.zeros(n_super, dtype=np.int64)
     for shard in shards:
-        assigned = store.read_parquet(_rel("cluster_assignments", shard))
+        assigned = store.read_parquet(shard_file("cluster_assignments", shard))
         super_ids = mapping[assigned.column("cluster_id").to_numpy()]
         member = super_ids >= 0
         store.write_parquet(
-            _rel("super_clusters/members", shard),
+            shard_file("super_clusters/members", shard),
             pa.table(
                 {
                     "doc_id": assigned.column("doc_id"),

@@ -8,7 +8,7 @@ import polars as pl
 import pyarrow as pa
 
 from climb_assets.defs.common import registered_shards
-from climb_assets.defs.data_side import _rel
+from climb_assets.defs.data_side import shard_file
 from climb_assets.defs.resources import ClimbResource
 from climb_assets.defs.search import (
     GROUP,
@@ -65,7 +65,9 @@ def climbmix_manifest(
     chosen = pl.concat(selected)
     texts = pl.concat(
         [
-            pl.from_arrow(store.read_parquet(_rel("corpus_documents", sh), ["doc_id", "text"]))
+            pl.from_arrow(
+                store.read_parquet(shard_file("corpus_documents", sh), ["doc_id", "text"])
+            )
             for sh in registered_shards(context)
         ]
     )

@@ -29,7 +29,7 @@ import pyarrow as pa
 
 from climb_assets.config import Profile, resolve_location
 from climb_assets.defs.common import registered_shards, require_files
-from climb_assets.defs.data_side import _rel, super_clusters
+from climb_assets.defs.data_side import shard_file, super_clusters
 from climb_assets.defs.partitions import GPU_OP_TAGS, GPU_POOL
 from climb_assets.defs.resources import ClimbResource
 from climb_assets.lib import mixture, plots, predictor, proxy, tokens
@@ -111,8 +111,8 @@ def proxy_tokenizer(
     else:
         texts = []
         for shard in registered_shards(context):
-            members = store.read_parquet(_rel("super_clusters/members", shard))
-            docs = store.read_parquet(_rel("corpus_documents", shard), ["text"])
+            members = store.read_parquet(shard_file("super_clusters/members", shard))
+            docs = store.read_parquet(shard_file("corpus_documents", shard), ["text"])
             kept = members.column("super_cluster_id").is_valid().to_numpy(zero_copy_only=False)
             texts += [x for x, k in zip(docs.column("text").to_pylist(), kept, strict=True) if k]
         rng = np.random.default_rng(t.seed)
@@ -146,8 +146,10 @@ def cluster_tokens(context: dg.AssetExecutionContext, climb: ClimbResource) -> d
     eos = tokens.eos_id(tok)
     members, texts = [], []
     for shard in registered_shards(context):
-        m = pl.from_arrow(store.read_parquet(_rel("super_clusters/members", shard)))
-        d = pl.from_arrow(store.read_parquet(_rel("corpus_documents", shard), ["doc_id", "text"]))
+        m = pl.from_arrow(store.read_parquet(shard_file("super_clusters/members", shard)))
+        d = pl.from_arrow(
+            store.read_parquet(shard_file("corpus_documents", shard), ["doc_id", "text"])
+        )
         joined = m.join(d, on="doc_id").filter(pl.col("super_cluster_id").is_not_null())
         members.append(joined.select("doc_id", "cluster_id", "super_cluster_id"))
         texts += joined.get_column("text").to_list()
@@ -194,7 +196,7 @@ def search_targets(context: dg.AssetExecutionContext, climb: ClimbResource) -> d
         raise ValueError("the profile lists no targets; add targets: [{name, kind, path}]")
     hashes: set[str] = set()
     for shard in registered_shards(context):
-        docs = store.read_parquet(_rel("corpus_documents", shard), ["text_hash"])
+        docs = store.read_parquet(shard_file("corpus_documents", shard), ["text_hash"])
         hashes.update(docs.column("text_hash").to_pylist())
     loaded, metadata = [], {}
     for t in profile.targets:

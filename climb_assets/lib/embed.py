@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
-import json
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -195,9 +194,3 @@ class TextEncoder:
                 if progress is not None:
                     progress(min(start + self.batch_size, n), n)
         return out
-
-
-def encoder_fingerprint(info: EncoderInfo) -> str:
-    """A short hash identifying the encoder, its revision and truncation."""
-    blob = json.dumps({k: info.to_dict()[k] for k in ("model", "revision", "max_tokens")})
-    return hashlib.sha256(blob.encode()).hexdigest()[:12]
