@@ -4,7 +4,8 @@ Every benchmark writes one JSON file, `bench/results/<name>.json`, holding its p
 measurements, a `summary` (rows for the README table) and a `machine` block (CPU count, load
 average, library versions, git commit). `update_readme` renders all result files into a markdown
 table and puts it between the `<!-- bench:start -->` and `<!-- bench:end -->` markers of the
-repository's README.md.
+repository's README.md. Where torch sees a GPU, the benchmarks also add their GPU figures to
+`bench/results/gpu-<name>.json` (`write_gpu_result`), which `climb plan` prefers.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import importlib.metadata
 import json
 import os
 import platform
+import re
 import shutil
 import statistics
 import sys
@@ -235,6 +237,52 @@ def write_result(name: str, payload: dict[str, Any], results_dir: Path = RESULTS
         raise
     print(f"wrote {path}", flush=True)
     return path
+
+
+def gpu_name() -> str | None:
+    """The name of CUDA device 0 when torch sees a GPU, else None."""
+    try:
+        import torch
+    except ImportError:  # pragma: no cover - torch is a dependency
+        return None
+    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+
+
+def gpu_peaks(name: str) -> tuple[float | None, float | None]:
+    """Dense peak FLOP/s (16-bit tensor, FP32) of a GPU by name; (None, None) when unknown."""
+    from climb_assets.lib.planner import peak_flops
+
+    peaks = peak_flops(name)
+    return (peaks[1], peaks[2]) if peaks else (None, None)
+
+
+def utilization(flops_per_s: float, peak: float | None) -> float | None:
+    """Achieved over peak FLOP/s (model FLOP utilization), None when the peak is unknown."""
+    return round(flops_per_s / peak, 4) if peak else None
+
+
+def write_gpu_result(
+    section: str, payload: dict[str, Any], results_dir: Path = RESULTS_DIR
+) -> Path:
+    """Adds `payload` as `section` (embedding, kmeans, proxy) to `gpu-<name>.json`.
+
+    One file per GPU model, shared by the benchmarks: the other sections are kept, the `gpu` and
+    `machine` blocks refreshed and `summary` rebuilt from every section's own `summary` rows.
+    """
+    name = gpu_name() or "unknown"
+    slug = "gpu-" + re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+    path = results_dir / f"{slug}.json"
+    record = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    bf16, fp32 = gpu_peaks(name)
+    record["gpu"] = {"name": name, "peak_bf16_flops": bf16, "peak_fp32_flops": fp32}
+    record[section] = payload
+    record["summary"] = [
+        row
+        for key in ("embedding", "kmeans", "proxy")
+        for row in record.get(key, {}).get("summary", [])
+    ]
+    record["machine"] = machine_info()
+    return write_result(slug, record, results_dir)
 
 
 def load_results(results_dir: Path = RESULTS_DIR) -> list[dict[str, Any]]:

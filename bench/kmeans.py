@@ -64,12 +64,16 @@ from bench.common import (
     RESULTS_DIR,
     CpuMonitor,
     add_run_options,
+    gpu_name,
+    gpu_peaks,
     load_average,
     machine_info,
     median,
     process_cpu_seconds,
     time_it,
+    utilization,
     wait_for_quiet,
+    write_gpu_result,
     write_result,
 )
 
@@ -420,6 +424,50 @@ def run_memory(
     }
 
 
+def run_gpu_fit(
+    n: int, d: int, k: int, iters: int, seed: int, n_centres: int, noise: float
+) -> dict[str, Any] | None:
+    """FAISS k-means on the GPU (init random: Lloyd iterations only) on the part 1 data.
+
+    `seconds` times FAISS's training alone (`KMeansFit.seconds`, no final assignment), after one
+    warm-up fit. Returns None when FAISS has no GPU support (faiss-cpu).
+    """
+    from climb_assets.lib.kmeans import fit_kmeans, gpu_count
+
+    if gpu_count() == 0:
+        print("torch sees a GPU but FAISS does not (faiss-cpu): no GPU k-means figures", flush=True)
+        return None
+    centres, weights = make_centres(n_centres, d, seed)
+    x = fill_points(np.empty((n, d), dtype=np.float32), centres, weights, seed + 1, noise)
+    fit_kmeans(x, k, niter=1, seed=seed, spherical=False, device="cuda", init="random")
+    fit = fit_kmeans(x, k, niter=iters, seed=seed, spherical=False, device="cuda", init="random")
+    name = gpu_name() or "cuda"
+    flops = 2.0 * n * k * d * iters / fit.seconds
+    util = utilization(flops, gpu_peaks(name)[1])
+    size = f"N={n:,} d={d} K={k:,}, {iters} iters"
+    return {
+        "device": name,
+        "n": n,
+        "d": d,
+        "k": k,
+        "iters": iters,
+        "init": "random",
+        "seconds": fit.seconds,
+        "flops_per_s": flops,
+        "utilization_fp32": util,
+        "inertia": fit.inertia,
+        "summary": [
+            {
+                "what": f"k-means fit seconds on {name}, {size}; FAISS GPU init=random; ratio = "
+                "share of the FP32 peak",
+                "ours": f"{fit.seconds:.2f} s",
+                "baseline": "",
+                "ratio": "" if util is None else f"{util:.3f}",
+            }
+        ],
+    }
+
+
 # --------------------------------------------------------------------------------------------
 # Entry point
 # --------------------------------------------------------------------------------------------
@@ -471,6 +519,8 @@ def _summary(fit: dict[str, Any], memory: dict[str, Any] | None) -> list[dict[st
 
 def main(argv: Sequence[str] | None = None, quick: bool = False) -> dict[str, Any]:
     """Command-line entry point; writes `bench/results/kmeans.json`.
+
+    Where torch sees a GPU, it also adds GPU figures to `bench/results/gpu-<name>.json`.
 
     Args:
         argv: Command-line arguments (defaults to `sys.argv[1:]`).
@@ -536,6 +586,10 @@ def main(argv: Sequence[str] | None = None, quick: bool = False) -> dict[str, An
         (v or 0.0) > CONTENDED_CORES for v in [result["cpu"]["other_cores"], *per_run]
     )
     write_result(NAME, result, QUICK_DIR if quick else RESULTS_DIR)
+    if gpu_name():
+        gpu = run_gpu_fit(n, args.d, k, iters, args.seed, args.centres, args.noise)
+        if gpu is not None:
+            write_gpu_result("kmeans", gpu, QUICK_DIR if quick else RESULTS_DIR)
     for row in result["summary"]:
         print(f"{row['what']}: {row['ours']} vs {row['baseline']} -> {row['ratio']}")
     return result

@@ -40,10 +40,14 @@ from bench.common import (
     RESULTS_DIR,
     CpuMonitor,
     add_run_options,
+    gpu_name,
+    gpu_peaks,
     load_average,
     machine_info,
     median,
+    utilization,
     wait_for_quiet,
+    write_gpu_result,
     write_result,
 )
 
@@ -52,6 +56,8 @@ PRESET = "tiny"
 VOCAB = 4096
 N_CLUSTERS = 4
 CLUSTER_TOKENS = 250_000
+GPU_PRESETS = ("tiny", "62M")
+GPU_VOCAB = 32_000
 
 
 def synthetic_clusters(
@@ -232,8 +238,61 @@ def run(
     }
 
 
+def run_gpu(
+    steps: int = 40, presets: Sequence[str] = GPU_PRESETS, device: str = "cuda"
+) -> dict[str, Any]:
+    """`train_proxy` on the GPU for each preset: tokens/s and model FLOP utilization (MFU).
+
+    Vocabulary 32,000 (the paper profile's); one 2-step warm-up run, then `steps` timed steps.
+    MFU = 6 x parameters x tokens/s / the GPU's 16-bit dense peak (None for an unknown GPU).
+    """
+    from climb_assets.lib.proxy import count_parameters, proxy_preset, train_proxy
+
+    name = gpu_name() or device
+    peak = gpu_peaks(name)[0]
+    arrays = synthetic_clusters(vocab=GPU_VOCAB)
+    weights = np.array([0.4, 0.3, 0.2, 0.1])
+    runs, summary = [], []
+    for preset in presets:
+        step = proxy_preset(preset).tokens_per_step
+        warm = proxy_preset(preset, train_tokens=2 * step)
+        train_proxy(warm, arrays, weights, GPU_VOCAB, device=device)
+        cfg = proxy_preset(preset, train_tokens=steps * step)
+        result = train_proxy(cfg, arrays, weights, GPU_VOCAB, device=device)
+        params = count_parameters(cfg, GPU_VOCAB)
+        flops = 6.0 * params * result.tokens_per_second
+        mfu = utilization(flops, peak)
+        runs.append(
+            {
+                "preset": preset,
+                "parameters": params,
+                "vocab_size": GPU_VOCAB,
+                "seq_len": cfg.seq_len,
+                "batch_size": cfg.batch_size,
+                "steps": result.steps,
+                "tokens": result.tokens,
+                "seconds": result.seconds,
+                "tokens_per_s": result.tokens_per_second,
+                "model_flops_per_s": flops,
+                "mfu": mfu,
+            }
+        )
+        summary.append(
+            {
+                "what": f"proxy training tokens/s on {name}, {preset} preset ({params:,} params, "
+                f"vocab {GPU_VOCAB:,}), {result.steps} steps; ratio = MFU",
+                "ours": f"{result.tokens_per_second:,.0f} tokens/s",
+                "baseline": "",
+                "ratio": "" if mfu is None else f"{mfu:.3f}",
+            }
+        )
+    return {"device": name, "runs": runs, "summary": summary}
+
+
 def main(argv: Sequence[str] | None = None, quick: bool = False) -> dict[str, Any]:
     """Command-line entry point; writes `bench/results/proxy_overhead.json`.
+
+    Where torch sees a GPU, it also adds GPU figures to `bench/results/gpu-<name>.json`.
 
     Args:
         argv: Command-line arguments (defaults to `sys.argv[1:]`).
@@ -264,6 +323,9 @@ def main(argv: Sequence[str] | None = None, quick: bool = False) -> dict[str, An
         not t["quiet_rounds"] for t in result["by_threads"].values()
     )
     write_result(NAME, result, QUICK_DIR if quick else RESULTS_DIR)
+    if gpu_name():
+        gpu = run_gpu(steps=10 if quick else 40)
+        write_gpu_result("proxy", gpu, QUICK_DIR if quick else RESULTS_DIR)
     for n_threads, t in result["by_threads"].items():
         print(
             f"threads {n_threads}: ours {t['tokens_per_s']['ours_median']:,.0f} tokens/s, bare "

@@ -1,4 +1,4 @@
-"""`climb`: run the pipeline from a shell (demo, run, register-shards, profile)."""
+"""`climb`: run the pipeline from a shell (demo, run, register-shards, profile, plan, catalog)."""
 
 import argparse
 import json
@@ -10,8 +10,8 @@ import dagster as dg
 import yaml
 
 from climb_assets.config import ProfileError, load_profile, resolve_location
-from climb_assets.defs.catalog import CATALOG_FILE
-from climb_assets.defs.resources import ClimbResource, default_profile_ref
+from climb_assets.defs.resources import ClimbResource, climb_resource, default_profile_ref
+from climb_assets.lib.planner import DEFAULT_TOKENS_PER_DOC, CorpusSize, PlanOptions, plan
 
 EXAMPLE_QUERY = (
     "SELECT super_cluster_id, documents, round(token_share, 3) AS share, top_terms[1:5] AS terms "
@@ -19,11 +19,40 @@ EXAMPLE_QUERY = (
 )
 
 
+def _catalog(args: argparse.Namespace) -> int:
+    """Runs SQL on the catalog (local or remote), or lists its views."""
+    import duckdb
+
+    from climb_assets.defs.catalog import open_catalog
+
+    con = open_catalog(climb_resource(args.profile))
+    try:
+        if args.sql:
+            try:
+                con.sql(args.sql).show(max_rows=args.max_rows)
+            except duckdb.Error as exc:
+                raise ValueError(f"{type(exc).__name__}: {exc}") from None
+        else:
+            views = con.execute(
+                "SELECT view_name FROM duckdb_views() WHERE NOT internal ORDER BY view_name"
+            ).fetchall()
+            print("views: " + ", ".join(v[0] for v in views))
+            print(f'example: climb catalog "{EXAMPLE_QUERY}"')
+    finally:
+        con.close()
+    return 0
+
+
 def _summary(climb: ClimbResource) -> None:
+    from climb_assets.defs.catalog import CATALOG_FILE
+
     store = climb.store()
     catalog = store.uri(CATALOG_FILE)
     print(f"\noutputs: {store.uri()}")
     print(f"catalog: {catalog}")
+    if not store.is_local:
+        print(f'query it: climb catalog "{EXAMPLE_QUERY}"')
+        return
     print("query it (read-only, safe while a run goes on):")
     print(f'  .venv/bin/python -c "import duckdb; duckdb.connect(\'{catalog}\', read_only=True)'
           f'.sql(\\"{EXAMPLE_QUERY}\\").show()"')  # fmt: skip
@@ -31,14 +60,13 @@ def _summary(climb: ClimbResource) -> None:
 
 
 def _print_manifest(climb: ClimbResource) -> None:
-    import duckdb
+    from climb_assets.defs.catalog import open_catalog
 
     store = climb.store()
     doc = store.read_json("manifest/climbmix.json")
     terms: dict[int, str] = {}
     sources: dict[int, str] = {}
-    catalog = store.uri(CATALOG_FILE)
-    con = duckdb.connect(catalog, read_only=True)
+    con = open_catalog(climb)
     try:
         for sc, top in con.execute(
             "SELECT super_cluster_id, top_terms FROM super_clusters"
@@ -76,7 +104,7 @@ def _print_manifest(climb: ClimbResource) -> None:
 def _run(args: argparse.Namespace) -> int:
     from climb_assets.runner import local_instance, run_all, run_data_side
 
-    climb = ClimbResource(profile=args.profile)
+    climb = climb_resource(args.profile)
     profile = climb.settings()
     if args.command == "demo":
         from climb_assets.lib.demo_corpus import build_demo_corpus
@@ -104,6 +132,65 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_plan_parser(sub: argparse._SubParsersAction) -> None:
+    d = PlanOptions()
+    p = sub.add_parser(
+        "plan",
+        help="estimate the GPU-hours and wall-clock of the whole search from measured throughput",
+    )
+    p.add_argument(
+        "--profile",
+        default=argparse.SUPPRESS,
+        help="shipped profile name or YAML path (same as the top-level --profile)",
+    )
+    p.add_argument("--tokens", type=float, help="corpus tokens, e.g. 1.2e12")
+    p.add_argument("--documents", type=float, help="corpus documents")
+    p.add_argument(
+        "--tokens-per-doc",
+        type=float,
+        default=DEFAULT_TOKENS_PER_DOC,
+        help="average tokens per document when only one of --tokens/--documents is given "
+        f"(default {DEFAULT_TOKENS_PER_DOC:g}, an assumption)",
+    )
+    p.add_argument("--device", choices=["gpu", "cpu"], default="gpu")
+    p.add_argument(
+        "--gpus", type=int, help="GPUs for wall-clock (default: 1 locally, else max_concurrent)"
+    )
+    p.add_argument("--cpu-cores", type=int, default=d.cpu_cores, help="cores for CPU stages")
+    p.add_argument("--gpu-type", help="GPU by name, e.g. A100 (default: measured, else H100)")
+    p.add_argument("--peak-tflops", type=float, help="16-bit dense peak of the GPU")
+    p.add_argument("--peak-fp32-tflops", type=float, help="FP32 peak of the GPU (k-means)")
+    p.add_argument("--encoder-util", type=float, default=d.encoder_util, help="share of peak")
+    p.add_argument("--kmeans-util", type=float, default=d.kmeans_util, help="share of FP32 peak")
+    p.add_argument("--proxy-mfu", type=float, default=d.proxy_mfu, help="proxy MFU")
+    p.add_argument("--encoder-params", type=float, help="encoder parameters that multiply")
+    p.add_argument("--eval-tokens", type=float, help="tokens scored per proxy evaluation")
+    p.add_argument("--vocab-size", type=int, help="proxy vocabulary (default: the profile's)")
+    p.add_argument("--results", help="results folder (default: CLIMB_BENCH_RESULTS, bench/results)")
+    p.add_argument("--json", action="store_true", help="print the plan as JSON")
+
+
+def _plan(args: argparse.Namespace) -> int:
+    corpus = CorpusSize.of(args.tokens, args.documents, args.tokens_per_doc)
+    options = PlanOptions(
+        device=args.device,
+        gpus=args.gpus,
+        cpu_cores=args.cpu_cores,
+        gpu_type=args.gpu_type,
+        peak_tflops=args.peak_tflops,
+        peak_fp32_tflops=args.peak_fp32_tflops,
+        encoder_util=args.encoder_util,
+        kmeans_util=args.kmeans_util,
+        proxy_mfu=args.proxy_mfu,
+        encoder_params=args.encoder_params,
+        eval_tokens=args.eval_tokens,
+        vocab_size=args.vocab_size,
+    )
+    result = plan(load_profile(args.profile), corpus, options, args.results)
+    print(json.dumps(result.to_dict(), indent=2) if args.json else result.render())
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="climb", description=__doc__)
     parser.add_argument(
@@ -120,8 +207,16 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--data-only", action="store_true", help="stop after the data side")
     sub.add_parser("register-shards", help="add a partition for each new shard file")
     sub.add_parser("profile", help="print the resolved profile")
+    _add_plan_parser(sub)
+    cat = sub.add_parser("catalog", help="query the DuckDB catalog (local or on S3), read-only")
+    cat.add_argument("sql", nargs="?", help="a query; without one, the views are listed")
+    cat.add_argument("--max-rows", type=int, default=40)
     args = parser.parse_args(argv)
     try:
+        if args.command == "plan":
+            return _plan(args)
+        if args.command == "catalog":
+            return _catalog(args)
         if args.command == "profile":
             profile = load_profile(args.profile)
             print(f"# {profile.name} (digest {profile.digest})")
@@ -130,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "register-shards":
             from climb_assets.runner import local_instance, register_shards
 
-            added = register_shards(local_instance(), ClimbResource(profile=args.profile))
+            added = register_shards(local_instance(), climb_resource(args.profile))
             print(f"registered {len(added)} new shard(s): {added}")
             return 0
         return _run(args)

@@ -38,6 +38,14 @@ class StorageSettings:
 
     root: str = ".climb/demo"
     """Relative local paths resolve against `CLIMB_HOME` (default: the current directory)."""
+    cache: str = ".climb/cache"
+    """Local scratch for remote roots: spooled uploads, proxy checkpoints being written, and
+    files needed on disk (token arrays, tokenizer, checkpoints to evaluate). Unused when local."""
+    endpoint_url: str | None = None
+    """An S3-compatible endpoint (MinIO, a local test server). None: `AWS_ENDPOINT_URL` if set,
+    else AWS. Credentials never go in the profile: they come from the environment."""
+    region: str | None = None
+    """None: `AWS_REGION` / `AWS_DEFAULT_REGION` if set, else boto3's default."""
 
 
 @dataclass(frozen=True)

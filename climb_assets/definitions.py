@@ -5,7 +5,7 @@ import dagster as dg
 from climb_assets.config import Profile, deployment_kind, load_profile
 from climb_assets.defs import catalog, checks, data_side, manifest, search, sensors
 from climb_assets.defs.io import JsonIOManager
-from climb_assets.defs.resources import ClimbResource, default_profile_ref
+from climb_assets.defs.resources import climb_resource, default_profile_ref
 from climb_assets.lib.routing import GPU_TAG
 
 LOCAL_EXECUTOR_CONFIG = {
@@ -38,7 +38,7 @@ def executor_for(profile: Profile) -> dg.ExecutorDefinition:
 
 def build_definitions(profile_ref: str) -> dg.Definitions:
     """Definitions for one profile (its number of search rounds fixes the iteration partitions)."""
-    climb = ClimbResource(profile=profile_ref)
+    climb = climb_resource(profile_ref)
     profile = load_profile(profile_ref)
     n_rounds = len(profile.search.rounds)
     return dg.Definitions(
@@ -52,8 +52,18 @@ def build_definitions(profile_ref: str) -> dg.Definitions:
             manifest.climbmix_manifest,
         ],
         asset_checks=dg.load_asset_checks_from_modules([checks]),
-        jobs=[sensors.ingest_shards_job],
-        sensors=[sensors.corpus_shards_sensor],
+        jobs=[
+            sensors.ingest_shards_job,
+            sensors.assign_shards_job,
+            sensors.refresh_catalog_job,
+            sensors.recluster_job,
+        ],
+        sensors=[
+            sensors.corpus_shards_sensor,
+            sensors.refresh_catalog_sensor,
+            sensors.reassign_after_recluster_sensor,
+        ],
+        schedules=[sensors.recluster_schedule],
         resources={"climb": climb, search.IO: JsonIOManager(climb=climb)},
         executor=executor_for(profile),
     )

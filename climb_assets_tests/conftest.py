@@ -35,3 +35,105 @@ def small_demo_corpus(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("demo")
     build_demo_corpus(root, docs_per_source=30, heldout_per_source=5)
     return root / "corpus"
+
+
+class S3Server:
+    """A loopback `moto_server` and the settings a client needs to reach it."""
+
+    KEY_ID = "AKIACLIMBTESTKEY0042"
+    SECRET = "climb-test-secret/Never+Logged/9f3a77"
+
+    def __init__(self, endpoint: str) -> None:
+        self.endpoint = endpoint
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {
+            "AWS_ACCESS_KEY_ID": self.KEY_ID,
+            "AWS_SECRET_ACCESS_KEY": self.SECRET,
+            "AWS_ENDPOINT_URL": self.endpoint,
+            "AWS_REGION": "us-east-1",
+        }
+
+    def client(self):
+        import boto3
+
+        return boto3.client(
+            "s3",
+            endpoint_url=self.endpoint,
+            aws_access_key_id=self.KEY_ID,
+            aws_secret_access_key=self.SECRET,
+            region_name="us-east-1",
+        )
+
+    def filesystem(self):
+        import s3fs
+
+        return s3fs.S3FileSystem(
+            key=self.KEY_ID,
+            secret=self.SECRET,
+            endpoint_url=self.endpoint,
+            client_kwargs={"region_name": "us-east-1"},
+        )
+
+    def storage_options(self) -> dict:
+        return {
+            "key": self.KEY_ID,
+            "secret": self.SECRET,
+            "endpoint_url": self.endpoint,
+            "client_kwargs": {"region_name": "us-east-1"},
+        }
+
+    def bucket(self, name: str) -> str:
+        """Creates a bucket (if new) and returns its `s3://` URL."""
+        client = self.client()
+        existing = {b["Name"] for b in client.list_buckets().get("Buckets", [])}
+        if name not in existing:
+            client.create_bucket(Bucket=name)
+        return f"s3://{name}"
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """`moto_server` on a free loopback port, started within 60 s and stopped by its pid."""
+    import shutil
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    exe = shutil.which("moto_server", path=str(Path(sys.executable).parent)) or "moto_server"
+    log = (tmp_path_factory.mktemp("moto") / "moto.log").open("wb")
+    proc = subprocess.Popen(
+        [exe, "-H", "127.0.0.1", "-p", str(port)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    endpoint = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    try:
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"moto_server exited with {proc.returncode}; see {log.name}")
+            try:
+                urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=2)
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise TimeoutError("moto_server did not answer within 60 s") from None
+                time.sleep(0.2)
+        yield S3Server(endpoint)
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+        log.close()

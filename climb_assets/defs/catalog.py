@@ -1,10 +1,11 @@
 """The `cluster_catalog` asset: a DuckDB file of views that analysts query read-only."""
 
 import dagster as dg
+import duckdb
 
 from climb_assets.defs.data_side import pruned_clusters, super_clusters
 from climb_assets.defs.resources import ClimbResource
-from climb_assets.lib.catalog import build_catalog, parquet_source
+from climb_assets.lib.catalog import build_catalog, connect, parquet_source
 from climb_assets.lib.storage import Store
 
 CATALOG_FILE = "catalog.duckdb"
@@ -57,6 +58,9 @@ def catalog_views(store: Store, scorer_names: list[str]) -> dict[str, str]:
     summary = _glob_source(store, "super_clusters/super_clusters.parquet")
     if summary:
         views["super_clusters"] = f"SELECT * FROM {summary}"
+    drift = _glob_source(store, "drift/*.parquet")
+    if drift:
+        views["shard_drift"] = f"SELECT * FROM {drift}"
     distances = _glob_source(store, "kmeans/centroid_distances.parquet")
     if distances:
         views["centroid_distances"] = f"SELECT * FROM {distances}"
@@ -74,6 +78,23 @@ def catalog_views(store: Store, scorer_names: list[str]) -> dict[str, str]:
         if source:
             views[name] = f"SELECT * FROM {source}"
     return views
+
+
+def open_catalog(climb: ClimbResource) -> duckdb.DuckDBPyConnection:
+    """The profile's catalog opened read-only, ready to query wherever the outputs live.
+
+    On a remote root the catalog file is fetched into the cache (again only when it changed) and
+    the store's fsspec filesystem is registered, so its views read the remote Parquet files.
+    """
+    store = climb.store()
+    if not store.exists(CATALOG_FILE):
+        raise FileNotFoundError(
+            f"no catalog at {store.uri(CATALOG_FILE)} yet; materialize cluster_catalog "
+            "(climb run --data-only)"
+        )
+    if store.is_local:
+        return connect(store.local_path(CATALOG_FILE))
+    return connect(store.local_copy(CATALOG_FILE), filesystem=store.fs)
 
 
 def _glob_source(store: Store, pattern: str, filename: bool = False) -> str | None:
@@ -105,22 +126,28 @@ def cluster_catalog(
     alone and again after the search.
     """
     profile, store = climb.settings(), climb.store()
-    path = store.local_path(CATALOG_FILE)
-    if path is None:
-        raise ValueError(
-            f"storage.root {store.uri()} is not a local folder; the DuckDB catalog is written "
-            "next to local outputs only"
-        )
     views = catalog_views(store, [s.name for s in profile.quality.scorers])
     if not views:
         raise FileNotFoundError("no corpus_documents yet; materialize the data side first")
-    build_catalog(path, views)
+    path = store.local_path(CATALOG_FILE)
+    if path is not None:
+        build_catalog(path, views)
+        opener = f"duckdb -readonly {path}\n```\nor `duckdb.connect('{path}', read_only=True)`"
+    else:
+        local = store.cache_path(CATALOG_FILE)
+        build_catalog(local, views, filesystem=store.fs)
+        store.write_bytes(CATALOG_FILE, local.read_bytes())
+        opener = (
+            "import duckdb, s3fs\n"
+            f"# download {store.uri(CATALOG_FILE)} to catalog.duckdb, then:\n"
+            "con = duckdb.connect('catalog.duckdb', read_only=True)\n"
+            "con.register_filesystem(s3fs.S3FileSystem())  # credentials from the environment\n"
+            "```\nor `climb catalog` (downloads it and registers the filesystem)"
+        )
     return dg.MaterializeResult(
         metadata={
-            "path": dg.MetadataValue.path(str(path)),
+            "path": dg.MetadataValue.path(store.uri(CATALOG_FILE)),
             "views": sorted(views),
-            "open_with": dg.MetadataValue.md(
-                f"```\nduckdb -readonly {path}\n```\nor `duckdb.connect('{path}', read_only=True)`"
-            ),
+            "open_with": dg.MetadataValue.md(f"```\n{opener}"),
         }
     )

@@ -7,6 +7,8 @@ profile's store (local folder or `s3://`), in Parquet, NumPy and JSON, and decla
 """
 
 import collections
+import datetime
+import logging
 import time
 
 import dagster as dg
@@ -15,19 +17,38 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from climb_assets.defs.common import md_table, registered_shards, require_files, write_marker
+from climb_assets.defs.common import (
+    marker_path,
+    md_table,
+    registered_shards,
+    require_files,
+    write_marker,
+)
 from climb_assets.defs.partitions import GPU_OP_TAGS, GPU_POOL, shard_partitions
 from climb_assets.defs.resources import ClimbResource
 from climb_assets.lib import plots
 from climb_assets.lib.corpus import CorpusError, read_shard
 from climb_assets.lib.embed import TextEncoder
-from climb_assets.lib.kmeans import assign, centroid_distances, check_k, fit_kmeans, sample_indices
+from climb_assets.lib.kmeans import (
+    assign,
+    centroid_distances,
+    centroids_digest,
+    check_k,
+    distance_stats,
+    fit_kmeans,
+    leave_one_out_distances,
+    sample_indices,
+    share_beyond,
+)
 from climb_assets.lib.merge import merge_centroids
 from climb_assets.lib.prune import ClusterStats, NearestDocuments, TermCounter, prune_clusters
 from climb_assets.lib.quality import build_scorer
-from climb_assets.lib.storage import safe_name
+from climb_assets.lib.storage import Store, safe_name
 
 GROUP = "data_side"
+CENTROIDS_FILE = "kmeans/centroids.npy"
+FIT_STATS_FILE = "kmeans/fit_stats.json"
+"""Nearest-centroid distances of the fit sample (p50/p95/p99), the baseline of shard drift."""
 
 
 def shard_file(folder: str, key: str, suffix: str = ".parquet") -> str:
@@ -41,6 +62,8 @@ def corpus_documents(
 ) -> dg.MaterializeResult:
     """Clean documents of one corpus shard (stable doc_id, text, length); bad rows reported."""
     profile, store, key = climb.settings(), climb.store(), context.partition_key
+    for location in (profile.storage.root, profile.corpus.path):
+        climb.check_bucket(location)
     shard = read_shard(climb.corpus_store(), key, climb.corpus_options())
     path = store.write_parquet(shard_file("corpus_documents", key), shard.documents)
     store.write_parquet(shard_file("corpus_rejects", key), shard.rejects)
@@ -128,7 +151,17 @@ def embeddings(context: dg.AssetExecutionContext, climb: ClimbResource) -> dg.Ma
 def kmeans_centroids(
     context: dg.AssetExecutionContext, climb: ClimbResource
 ) -> dg.MaterializeResult:
-    """K-means centroids fitted with FAISS on a seeded sample of every shard's embeddings."""
+    """K-means centroids fitted with FAISS on a seeded sample of every shard's embeddings.
+
+    Materializing this asset always re-fits (the `recluster` job and its schedule rely on that;
+    only `climb run` consults the completion marker). Next to the centroids it writes
+    `kmeans/fit_stats.json`: percentiles of the fit sample's distance to its nearest centroid
+    (the same Euclidean distance `cluster_assignments` stores) with each document left out of
+    its own centroid, so that they hold for documents the fit never saw; the baseline of the
+    per-shard drift figure, tied to these centroids by a content digest. When the new centroids
+    differ from the previous ones, the shards' assignment markers are removed: every assignment
+    was made against the old centroids, so `climb run` re-assigns all shards.
+    """
     profile, store = climb.settings(), climb.store()
     km = profile.kmeans
     shards = registered_shards(context)
@@ -140,7 +173,37 @@ def kmeans_centroids(
     picks = sample_indices(sizes, sample_size, km.seed)
     sample = np.concatenate([np.asarray(a[idx]) for a, idx in zip(arrays, picks, strict=True)])
     fit = fit_kmeans(sample, km.k, km.niter, km.seed, km.spherical, km.device, km.init)
-    store.write_npy("kmeans/centroids.npy", fit.centroids)
+    fitted, left_out = leave_one_out_distances(
+        sample, fit.centroids, km.spherical, km.assign_chunk_size
+    )
+    baseline = distance_stats(left_out)
+    digest = centroids_digest(fit.centroids)
+    previous = (
+        centroids_digest(store.read_npy(CENTROIDS_FILE, mmap=False))
+        if store.exists(CENTROIDS_FILE)
+        else None
+    )
+    # fit_stats first: if the run dies before the centroids are replaced, the digest no longer
+    # matches them and cluster_assignments reports no drift rather than a wrong one.
+    store.write_json(
+        FIT_STATS_FILE,
+        {
+            "centroids_digest": digest,
+            "distance": "euclidean distance to the nearest centroid (cluster_assignments.distance)",
+            "baseline": "fit sample, each document left out of its own centroid",
+            "fitted_at": time.time(),
+            **baseline,
+            "in_sample": distance_stats(fitted),
+        },
+    )
+    store.write_npy(CENTROIDS_FILE, fit.centroids)
+    changed = previous is not None and previous != digest
+    if changed:
+        store.remove(marker_path("cluster_assignments", "all").rsplit("/", 1)[0])
+        context.log.info(
+            "centroids changed: removed the assignment markers; every shard must be re-assigned "
+            "(the recluster job's sensor does that, or `climb run`)"
+        )
     dist = centroid_distances(fit.centroids)
     a, b = np.triu_indices(km.k, k=1)
     store.write_parquet(
@@ -166,6 +229,8 @@ def kmeans_centroids(
         "seconds": fit.seconds,
         "device": fit.device,
         "objective": fit.objective,
+        "centroids_digest": digest,
+        "sample_distance": baseline,
     }
     store.write_json("kmeans/fit.json", summary)
     write_marker(store, profile, "kmeans_centroids", None)
@@ -182,7 +247,10 @@ def kmeans_centroids(
             "inertia": round(fit.inertia, 3),
             "fit_seconds": round(fit.seconds, 2),
             "device": fit.device,
-            "path": dg.MetadataValue.path(store.uri("kmeans/centroids.npy")),
+            **{f"fit_p{q}_distance": round(baseline[f"p{q}"], 4) for q in (50, 95, 99)},
+            "centroids_digest": digest,
+            "centroids_changed": changed,
+            "path": dg.MetadataValue.path(store.uri(CENTROIDS_FILE)),
         }
     )
 
@@ -196,11 +264,16 @@ def kmeans_centroids(
 def cluster_assignments(
     context: dg.AssetExecutionContext, climb: ClimbResource
 ) -> dg.MaterializeResult:
-    """Nearest centroid and distance for every document of one shard, computed in chunks."""
+    """Nearest centroid and distance for every document of one shard, computed in chunks.
+
+    Assigns to the existing centroids (never re-fits) and records the shard's drift in
+    `drift/<shard>.parquet` and the metadata: the share of its documents farther from every
+    centroid than the fit sample's 95th percentile (about 0.05 for data like the fit's).
+    """
     profile, store, key = climb.settings(), climb.store(), context.partition_key
-    require_files(store, {"centroids": "kmeans/centroids.npy"}, "kmeans_centroids")
+    require_files(store, {"centroids": CENTROIDS_FILE}, "kmeans_centroids")
     require_files(store, {key: shard_file("embeddings", key, ".npy")}, "embeddings")
-    centroids = store.read_npy("kmeans/centroids.npy", mmap=False)
+    centroids = store.read_npy(CENTROIDS_FILE, mmap=False)
     vectors = store.read_npy(shard_file("embeddings", key, ".npy"))
     tokens = store.read_parquet(shard_file("embeddings", key, ".tokens.parquet"))
     ids, dist = assign(vectors, centroids, profile.kmeans.assign_chunk_size)
@@ -212,16 +285,76 @@ def cluster_assignments(
             "n_tokens": tokens.column("n_tokens"),
         }
     )
+    digest = centroids_digest(centroids)
+    drift = shard_drift(key, dist, fit_baseline(store, digest, context.log), digest)
     path = store.write_parquet(shard_file("cluster_assignments", key), table)
+    store.write_parquet(shard_file("drift", key), pa.Table.from_pylist([drift], DRIFT_SCHEMA))
     write_marker(store, profile, "cluster_assignments", key)
-    return dg.MaterializeResult(
-        metadata={
-            "dagster/row_count": table.num_rows,
-            "path": dg.MetadataValue.path(path),
-            "clusters_used": int(np.unique(ids).size),
-            "mean_distance": round(float(dist.mean()), 4) if len(dist) else 0.0,
-        }
-    )
+    metadata: dict[str, dg.RawMetadataValue] = {
+        "dagster/row_count": table.num_rows,
+        "path": dg.MetadataValue.path(path),
+        "clusters_used": int(np.unique(ids).size),
+        "mean_distance": round(drift["mean_distance"], 4),
+        "centroids_digest": digest,
+    }
+    if drift["drift_share"] is not None:
+        metadata["drift_share"] = round(drift["drift_share"], 4)
+        metadata["fit_p95_distance"] = round(drift["fit_p95_distance"], 4)
+        if drift["drift_share"] > DRIFT_WARN_SHARE:
+            context.log.warning(
+                f"shard {key}: {drift['drift_share']:.0%} of its documents lie farther from every "
+                f"centroid than 95% of the fit sample did; consider re-clustering (the "
+                "recluster job) if this persists"
+            )
+    return dg.MaterializeResult(metadata=metadata)
+
+
+DRIFT_WARN_SHARE = 0.25
+"""A shard whose drift share exceeds this logs a warning (in-distribution data gives ~0.05)."""
+
+DRIFT_SCHEMA = pa.schema(
+    [
+        ("shard", pa.string()),
+        ("documents", pa.int64()),
+        ("mean_distance", pa.float64()),
+        ("p95_distance", pa.float64()),
+        ("fit_p95_distance", pa.float64()),
+        ("drift_share", pa.float64()),
+        ("centroids_digest", pa.string()),
+        ("assigned_at", pa.timestamp("us", tz="UTC")),
+    ]
+)
+"""One row per shard in `drift/<shard>.parquet`; `drift_share` is null without a fit baseline."""
+
+
+def fit_baseline(store: Store, digest: str, log: logging.Logger) -> dict | None:
+    """The fit-time distance percentiles of the centroids with `digest`, or None (warned)."""
+    if not store.exists(FIT_STATS_FILE):
+        log.warning(
+            f"no {FIT_STATS_FILE} (centroids fitted before drift tracking); re-materialize "
+            "kmeans_centroids to get drift figures"
+        )
+        return None
+    stats = store.read_json(FIT_STATS_FILE)
+    if stats.get("centroids_digest") != digest:
+        log.warning(f"{FIT_STATS_FILE} belongs to other centroids; no drift figure recorded")
+        return None
+    return stats
+
+
+def shard_drift(key: str, dist: np.ndarray, baseline: dict | None, digest: str) -> dict:
+    """The drift row of one shard: its distances against the fit sample's 95th percentile."""
+    p95 = None if baseline is None else float(baseline["p95"])
+    return {
+        "shard": key,
+        "documents": int(dist.size),
+        "mean_distance": float(dist.mean()) if dist.size else 0.0,
+        "p95_distance": float(np.percentile(dist, 95)) if dist.size else 0.0,
+        "fit_p95_distance": p95,
+        "drift_share": None if p95 is None else share_beyond(dist, p95),
+        "centroids_digest": digest,
+        "assigned_at": datetime.datetime.now(datetime.UTC),
+    }
 
 
 @dg.asset(partitions_def=shard_partitions, group_name=GROUP, deps=[corpus_documents])

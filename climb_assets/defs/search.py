@@ -106,7 +106,7 @@ def proxy_tokenizer(
     profile, store = climb.settings(), climb.store()
     t = profile.tokenizer
     if t.kind == "pretrained":
-        tok = tokens.load_tokenizer(str(t.path))
+        tok = tokens.load_tokenizer(climb.fetch(str(t.path)))
         sampled = 0
     else:
         texts = []
@@ -142,7 +142,7 @@ def proxy_tokenizer(
 def cluster_tokens(context: dg.AssetExecutionContext, climb: ClimbResource) -> dg.MaterializeResult:
     """Each super-cluster's documents tokenized (EOS after each) into arrays proxies sample from."""
     store = climb.store()
-    tok = tokens.load_tokenizer(store.uri("tokenizer/tokenizer.json"))
+    tok = tokens.load_tokenizer(str(store.local_copy("tokenizer/tokenizer.json")))
     eos = tokens.eos_id(tok)
     members, texts = [], []
     for shard in registered_shards(context):
@@ -200,7 +200,7 @@ def search_targets(context: dg.AssetExecutionContext, climb: ClimbResource) -> d
         hashes.update(docs.column("text_hash").to_pylist())
     loaded, metadata = [], {}
     for t in profile.targets:
-        path = resolve_location(t.path)
+        path = climb.fetch(resolve_location(t.path))
         target = load_target(t.name, t.kind, path, t.weight, t.text_column, t.max_documents)
         overlap = len(target_hashes(target) & hashes)
         metadata[f"{t.name}_size"] = target.size
@@ -324,31 +324,45 @@ def checkpoint_id(weights_key: str, cfg: proxy.ProxyConfig, data_digest: str) ->
     return hashlib.sha256(blob).hexdigest()[:20]
 
 
-def _local_folder(store: Store, rel: str) -> str:
-    path = store.local_path(rel)
-    if path is None:
-        raise ValueError(f"proxy checkpoints need a local storage.root for now, got {store.uri()}")
-    return str(path)
+def _checkpoint_complete(store: Store, rel: str) -> bool:
+    """Whether the store holds a finished checkpoint under `rel` (every file and the marker)."""
+    local = store.local_path(rel)
+    if local is not None:
+        return proxy.checkpoint_complete(local)
+    names = (*proxy.CHECKPOINT_FILES, proxy.CHECKPOINT_MARKER)
+    return all(store.exists(f"{rel}/{name}") for name in names)
+
+
+def _scratch_folder(store: Store, rel: str) -> str:
+    """Where a checkpoint is written: in place when local, else a cache folder then uploaded."""
+    local = store.local_path(rel)
+    return str(local if local is not None else store.cache_path(rel))
 
 
 @dg.op(out=dg.Out(io_manager_key=IO), tags=GPU_OP_TAGS, pool=GPU_POOL)
 def train_proxy(context: dg.OpExecutionContext, climb: ClimbResource, spec: dict) -> dict:
-    """Trains one proxy LM on one mixture, or reuses the finished checkpoint of the same run."""
+    """Trains one proxy LM on one mixture, or reuses the finished checkpoint of the same run.
+
+    On a remote root the checkpoint is written to the cache folder and uploaded with its `DONE`
+    marker last; a run killed mid-upload is retrained, never half-read.
+    """
     profile, store = climb.settings(), climb.store()
     cfg = proxy_config(profile)
     summary = _cluster_summary(store)
     run_id = checkpoint_id(spec["key"], cfg, summary["digest"])
-    folder = _local_folder(store, f"proxies/{run_id}")
+    rel = f"proxies/{run_id}"
     info = {"mixture_id": spec["mixture_id"], "key": spec["key"], "weights": spec["weights"],
-            "checkpoint": folder, "run_id": run_id}  # fmt: skip
-    if proxy.checkpoint_complete(folder):
-        stats = json.loads((store.local_path(f"proxies/{run_id}") / "proxy.json").read_text())
+            "checkpoint": store.uri(rel), "run_id": run_id}  # fmt: skip
+    if _checkpoint_complete(store, rel):
+        stats = store.read_json(f"{rel}/proxy.json")
         context.log.info(f"reusing finished proxy {run_id} for {spec['mixture_id']}")
         return {**info, "reused": True, **stats.get("extra", {}).get("training", {})}
     arrays = [
         store.read_npy(f"cluster_tokens/sc_{i:03d}.tokens.npy") for i in range(len(spec["weights"]))
     ]
-    vocab = tokens.load_tokenizer(store.uri("tokenizer/tokenizer.json")).get_vocab_size()
+    vocab = tokens.load_tokenizer(
+        str(store.local_copy("tokenizer/tokenizer.json"))
+    ).get_vocab_size()
     device = proxy_device(profile)
     result = proxy.train_proxy(
         cfg, arrays, np.asarray(spec["weights"]), vocab, device=device, log=context.log.info,
@@ -360,11 +374,13 @@ def train_proxy(context: dg.OpExecutionContext, climb: ClimbResource, spec: dict
         "final_loss": round(result.final_loss, 5), "device": device,
         "epochs_per_cluster": [round(e, 4) for e in result.epochs_per_cluster],
     }  # fmt: skip
+    folder = _scratch_folder(store, rel)
     proxy.save_checkpoint(
         result.model, cfg, folder,
         {"mixture": spec, "tokenizer_hash": summary["tokenizer_hash"], "data": summary["digest"],
          "training": training},
     )  # fmt: skip
+    store.put_folder(folder, rel, last=proxy.CHECKPOINT_MARKER)
     return {**info, "reused": False, **training}
 
 
@@ -379,8 +395,8 @@ def evaluate_proxy(context: dg.OpExecutionContext, climb: ClimbResource, trained
     if store.exists(cached):
         scores = store.read_json(cached)
     else:
-        model, _, _ = proxy.load_checkpoint(trained["checkpoint"])
-        tok = tokens.load_tokenizer(store.uri("tokenizer/tokenizer.json"))
+        model, _, _ = proxy.load_checkpoint(store.local_copy(f"proxies/{trained['run_id']}"))
+        tok = tokens.load_tokenizer(str(store.local_copy("tokenizer/tokenizer.json")))
         device = proxy_device(profile)
         model.to(device)
         scores = {}

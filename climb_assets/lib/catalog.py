@@ -3,6 +3,11 @@
 The file is rebuilt in a temporary file and renamed over the old one, so the pipeline never opens
 the live catalog for writing: analysts can keep it open read-only (Python `duckdb` or the CLI)
 while a run goes on, and views read the Parquet files, which are themselves replaced atomically.
+
+On an `s3://` root the views name `s3://` files. DuckDB's own S3 support (the httpfs extension)
+downloads itself at run time, so instead an fsspec S3 filesystem is registered on the connection
+(`con.register_filesystem(s3fs.S3FileSystem(...))`), which reads the files offline through the
+same client the pipeline uses. Pass `filesystem` to every function here for that.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ import os
 import uuid
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import duckdb
 
@@ -21,7 +27,17 @@ def parquet_source(pattern: str) -> str:
     return f"read_parquet('{escaped}', union_by_name = true)"
 
 
-def build_catalog(db_path: str | Path, views: Mapping[str, str]) -> list[str]:
+def connect(db_path: str | Path, filesystem: Any | None = None) -> duckdb.DuckDBPyConnection:
+    """Opens the catalog read-only; `filesystem` (fsspec) is registered for remote Parquet."""
+    con = duckdb.connect(str(db_path), read_only=True)
+    if filesystem is not None:
+        con.register_filesystem(filesystem)
+    return con
+
+
+def build_catalog(
+    db_path: str | Path, views: Mapping[str, str], filesystem: Any | None = None
+) -> list[str]:
     """Writes a DuckDB file with one view per entry (`name -> SELECT ...`), atomically.
 
     Returns:
@@ -32,6 +48,8 @@ def build_catalog(db_path: str | Path, views: Mapping[str, str]) -> list[str]:
     tmp = db_path.parent / f".{db_path.name}.{uuid.uuid4().hex}.tmp"
     try:
         con = duckdb.connect(str(tmp))
+        if filesystem is not None:
+            con.register_filesystem(filesystem)
         try:
             for name, select in views.items():
                 con.execute(f'CREATE OR REPLACE VIEW "{name}" AS {select}')
@@ -46,9 +64,9 @@ def build_catalog(db_path: str | Path, views: Mapping[str, str]) -> list[str]:
     return list(views)
 
 
-def query(db_path: str | Path, sql: str) -> list[tuple]:
+def query(db_path: str | Path, sql: str, filesystem: Any | None = None) -> list[tuple]:
     """Runs `sql` on the catalog opened read-only (what an analyst does)."""
-    con = duckdb.connect(str(db_path), read_only=True)
+    con = connect(db_path, filesystem)
     try:
         return con.execute(sql).fetchall()
     finally:

@@ -7,6 +7,7 @@ shard's (memory-mapped) embeddings in fixed-size chunks, so its memory does not 
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import time
 from collections.abc import Sequence
@@ -155,3 +156,95 @@ def centroid_distances(centroids: np.ndarray) -> np.ndarray:
     d2 = np.maximum(sq[:, None] + sq[None, :] - 2.0 * c @ c.T, 0.0)
     np.fill_diagonal(d2, 0.0)
     return np.sqrt(d2).astype(np.float32)
+
+
+DRIFT_QUANTILES = (50, 95, 99)
+"""Percentiles of the fit sample's distances to its nearest centroid kept as the drift baseline."""
+
+
+def centroids_digest(centroids: np.ndarray) -> str:
+    """A short content hash of the centroids (float32, C order), to pair files with one fit."""
+    data = np.ascontiguousarray(centroids, dtype=np.float32)
+    return hashlib.sha256(data.tobytes() + repr(data.shape).encode()).hexdigest()[:16]
+
+
+def distance_stats(dist: np.ndarray) -> dict[str, float | int]:
+    """Count, mean, max and the `DRIFT_QUANTILES` percentiles of nearest-centroid distances.
+
+    `dist` is what `assign` returns (Euclidean distance to the nearest centroid), so the
+    figures compare directly with the `distance` column of the cluster assignments.
+    """
+    d = np.asarray(dist, dtype=np.float64)
+    if d.size == 0:
+        raise KMeansError("no distances to summarize")
+    stats: dict[str, float | int] = {
+        "n": int(d.size),
+        "mean": float(d.mean()),
+        "max": float(d.max()),
+    }
+    for q, value in zip(DRIFT_QUANTILES, np.percentile(d, DRIFT_QUANTILES), strict=True):
+        stats[f"p{q}"] = float(value)
+    return stats
+
+
+def share_beyond(dist: np.ndarray, threshold: float) -> float:
+    """Share of rows whose nearest-centroid distance exceeds `threshold` (0.0 for no rows).
+
+    With `threshold` the fit sample's 95th percentile, in-distribution data gives about 0.05;
+    documents unlike anything the centroids were fitted on push it toward 1.
+    """
+    d = np.asarray(dist)
+    return float((d > threshold).mean()) if d.size else 0.0
+
+
+def leave_one_out_distances(
+    x: np.ndarray, centroids: np.ndarray, spherical: bool, chunk_size: int = 65536
+) -> tuple[np.ndarray, np.ndarray]:
+    """Nearest-centroid distances of the fit sample, as fitted and with each row left out.
+
+    The first array is what `assign` returns. The second is each row's distance to the nearest
+    centroid had the row not taken part in the fit (to first order): its own centroid with the
+    row's contribution removed (`(n c - x) / (n - 1)`, or for spherical k-means the direction of
+    `|S| c - x` with `S` the members' sum), or the next-nearest centroid if that is closer. The
+    fitted distances of a small sample understate those of new documents (every centroid sits
+    among its own members); the left-out ones do not, so their percentiles are a fair baseline
+    for drift. Both use the same Euclidean distance as `assign`.
+    """
+    k, dim = centroids.shape
+    c = np.ascontiguousarray(centroids, dtype=np.float32)
+    index = faiss.IndexFlatL2(dim)
+    index.add(c)
+    n = x.shape[0]
+    ids = np.empty(n, dtype=np.int64)
+    own = np.empty(n, dtype=np.float32)
+    other = np.full(n, np.inf, dtype=np.float32)
+    sums = np.zeros((k, dim), dtype=np.float64)
+    for start in range(0, n, chunk_size):
+        chunk = np.ascontiguousarray(x[start : start + chunk_size], dtype=np.float32)
+        d2, i = index.search(chunk, min(2, k))
+        end = start + len(chunk)
+        ids[start:end] = i[:, 0]
+        own[start:end] = np.sqrt(np.maximum(d2[:, 0], 0.0))
+        if k > 1:
+            other[start:end] = np.sqrt(np.maximum(d2[:, 1], 0.0))
+        order = np.argsort(i[:, 0], kind="stable")
+        labels, first = np.unique(i[order, 0], return_index=True)
+        sums[labels] += np.add.reduceat(chunk[order].astype(np.float64), first, axis=0)
+    counts = np.bincount(ids, minlength=k)
+    mass = np.linalg.norm(sums, axis=1)
+    left_out = np.empty(n, dtype=np.float32)
+    for start in range(0, n, chunk_size):
+        chunk = np.asarray(x[start : start + chunk_size], dtype=np.float64)
+        end = start + len(chunk)
+        cid = ids[start:end]
+        if spherical:
+            moved = mass[cid, None] * c[cid] - chunk
+            moved /= np.maximum(np.linalg.norm(moved, axis=1, keepdims=True), 1e-12)
+        else:
+            n_c = counts[cid, None].astype(np.float64)
+            moved = (n_c * c[cid] - chunk) / np.maximum(n_c - 1.0, 1.0)
+        d = np.linalg.norm(chunk - moved, axis=1)
+        d[counts[cid] <= 1] = np.inf  # a singleton's centroid vanishes without it
+        left_out[start:end] = np.minimum(d, other[start:end])
+    # Only a lone row with k = 1 has no centroid left; its fitted distance (0) stands.
+    return own, np.where(np.isfinite(left_out), left_out, own)

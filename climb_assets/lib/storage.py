@@ -2,8 +2,15 @@
 
 Every write is atomic. Locally the bytes go to a hidden temporary file in the destination folder
 and are renamed over the target (`os.replace`), so a killed run leaves either the old file or the
-new one, never half of one. On object stores a PUT (or a multipart upload) only becomes visible
-when it completes, which gives the same guarantee.
+new one, never half of one. On object stores the bytes are first spooled to a local temporary file
+and sent with one upload (a PUT, or a multipart upload for large files) only when the writer
+finished without an error; an object becomes visible only when its upload completes, which gives
+the same guarantee. Folders (proxy checkpoints) are uploaded file by file with their completion
+marker last, so a reader that sees the marker sees every file.
+
+Remote files that code needs on local disk (memory-mapped arrays, model folders, tokenizers) are
+mirrored into a cache folder by `local_copy`, keyed by the object's ETag so a changed object is
+fetched again and an unchanged one never is.
 """
 
 from __future__ import annotations
@@ -11,6 +18,8 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -23,21 +32,40 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 
-class Store:
-    """A folder (local path or URL) that reads and atomically writes open formats."""
+class StorageError(RuntimeError):
+    """A remote file is needed locally but no cache folder is configured, or a fetch failed."""
 
-    def __init__(self, root: str, storage_options: dict[str, Any] | None = None) -> None:
+
+class Store:
+    """A folder (local path or URL) that reads and atomically writes open formats.
+
+    Args:
+        root: A local folder or a URL such as `s3://bucket/prefix`.
+        storage_options: fsspec options for the URL's filesystem (for S3: `key`, `secret`,
+            `token`, `endpoint_url`, `client_kwargs`); empty means the library's defaults.
+        cache: A local folder where remote files are mirrored when code needs them on disk.
+    """
+
+    def __init__(
+        self,
+        root: str,
+        storage_options: dict[str, Any] | None = None,
+        cache: str | os.PathLike | None = None,
+    ) -> None:
         self.url = root.rstrip("/")
         self.storage_options = dict(storage_options or {})
+        self.cache = Path(cache) if cache is not None else None
         self.fs, self._root = fsspec.core.url_to_fs(self.url, **self.storage_options)
-        self.is_local = self.fs.protocol in ("file", "local") or "file" in self.fs.protocol
+        protocols = (self.fs.protocol,) if isinstance(self.fs.protocol, str) else self.fs.protocol
+        self.is_local = any(p in ("file", "local") for p in protocols)
+        self.protocol = protocols[0]
 
     def __repr__(self) -> str:
         return f"Store({self.url!r})"
 
     def child(self, rel: str) -> Store:
         """A store rooted at a sub-folder."""
-        return Store(self.uri(rel), self.storage_options)
+        return Store(self.uri(rel), self.storage_options, self.cache)
 
     def path(self, rel: str = "") -> str:
         """The filesystem path of `rel` (no protocol)."""
@@ -80,8 +108,15 @@ class Store:
         """Opens `rel` for binary writing; the file appears only if the block completes."""
         target = self.path(rel)
         if not self.is_local:
-            with self.fs.open(target, "wb") as fh:
-                yield fh
+            spool_dir = None
+            if self.cache is not None:
+                spool_dir = self.cache / "_spool"
+                spool_dir.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryDirectory(dir=spool_dir) as tmp_dir:
+                tmp = os.path.join(tmp_dir, "upload")
+                with open(tmp, "wb") as fh:
+                    yield fh
+                self.fs.put_file(tmp, target)
             return
         folder = os.path.dirname(target)
         os.makedirs(folder, exist_ok=True)
@@ -130,13 +165,97 @@ class Store:
         return self.uri(rel)
 
     def read_npy(self, rel: str, mmap: bool = True) -> np.ndarray:
-        """Loads a `.npy` file; memory-mapped (read-only) when local and `mmap` is set."""
+        """Loads a `.npy` file, memory-mapped (read-only) when `mmap` is set.
+
+        A remote file is memory-mapped from its cached copy when the store has a cache folder,
+        and read into memory otherwise.
+        """
         local = self.local_path(rel)
+        if local is None and mmap and self.cache is not None:
+            local = self.local_copy(rel)
         if local is not None:
             return np.load(local, mmap_mode="r" if mmap else None, allow_pickle=False)
         return np.load(io.BytesIO(self.read_bytes(rel)), allow_pickle=False)
+
+    def cache_path(self, rel: str = "") -> Path:
+        """Where the remote `rel` is mirrored on local disk."""
+        if self.cache is None:
+            raise StorageError(
+                f"{self.uri(rel)} is needed on local disk but no cache folder is set; "
+                "set storage.cache in the profile"
+            )
+        return self.cache / self.protocol / self.path(rel)
+
+    def local_copy(self, rel: str) -> Path:
+        """A local path holding `rel` (a file or a folder).
+
+        On a local store that is the file itself. On a remote store each file is downloaded into
+        the cache folder unless the cached copy carries the object's current ETag (or size).
+        """
+        local = self.local_path(rel)
+        if local is not None:
+            return local
+        remote = self.path(rel)
+        dest = self.cache_path(rel)
+        if self.fs.isdir(remote):
+            for full in self.fs.find(remote):
+                self._fetch(full, dest / full[len(remote) :].lstrip("/"))
+        else:
+            self._fetch(remote, dest)
+        return dest
+
+    def _fetch(self, remote: str, dest: Path) -> None:
+        info = self.fs.info(remote)
+        tag = str(info.get("ETag") or info.get("etag") or info.get("size"))
+        stamp = dest.with_name(f".{dest.name}.etag")
+        if dest.is_file() and stamp.is_file() and stamp.read_text() == tag:
+            return
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex}.tmp")
+        try:
+            self.fs.get_file(remote, str(tmp))
+            os.replace(tmp, dest)
+        finally:
+            if tmp.exists():
+                tmp.unlink()
+        stamp.write_text(tag)
+
+    def put_folder(self, local_folder: str | os.PathLike, rel: str, last: str | None = None) -> str:
+        """Copies every file of a local folder to `rel`, the file named `last` after the others.
+
+        `last` is a completion marker: a reader that finds it finds every other file. On a local
+        store the folder is copied into a temporary sibling and renamed into place.
+        """
+        source = Path(local_folder)
+        files = sorted(p for p in source.rglob("*") if p.is_file())
+        files.sort(key=lambda p: p.name == last)
+        local = self.local_path(rel)
+        if local is not None:
+            if local.resolve() == source.resolve():
+                return self.uri(rel)
+            tmp = local.with_name(f".{local.name}.{uuid.uuid4().hex}.tmp")
+            shutil.copytree(source, tmp)
+            if local.exists():
+                shutil.rmtree(local)
+            os.replace(tmp, local)
+            return self.uri(rel)
+        for file in files:
+            self.fs.put_file(str(file), self.path(f"{rel}/{file.relative_to(source).as_posix()}"))
+        return self.uri(rel)
 
 
 def safe_name(partition_key: str) -> str:
     """A flat file stem for a partition key (shard keys may hold '/')."""
     return partition_key.replace("/", "__")
+
+
+def local_file(
+    location: str,
+    storage_options: dict[str, Any] | None = None,
+    cache: str | os.PathLike | None = None,
+) -> Path:
+    """A local path for a file named by a local path or a URL (a URL is fetched into `cache`)."""
+    if "://" not in location:
+        return Path(location).expanduser()
+    parent, _, name = location.rstrip("/").rpartition("/")
+    return Store(parent, storage_options, cache).local_copy(name)

@@ -197,21 +197,21 @@ def test_sensor_registers_new_shards_once(tmp_path):
     write_jsonl(corpus / "s1.jsonl", [{"doc_id": "1", "text": "a"}])
     climb = ClimbResource(profile=str(write_profile(tmp_path, corpus={"path": str(corpus)})))
     with dg.instance_for_test() as inst:
-        ctx = dg.build_sensor_context(instance=inst, resources={"climb": climb})
-        result = corpus_shards_sensor(ctx)
+
+        def evaluate():
+            # ClimbResource nests the S3 resource, so the context must be opened as a manager
+            with dg.build_sensor_context(instance=inst, resources={"climb": climb}) as ctx:
+                return corpus_shards_sensor(ctx)
+
+        result = evaluate()
         assert [r.partition_key for r in result.run_requests] == ["s1.jsonl"]
         assert result.dynamic_partitions_requests[0].partition_keys == ["s1.jsonl"]
         inst.add_dynamic_partitions("corpus_shards", ["s1.jsonl"])
         write_jsonl(corpus / "s2.jsonl", [{"doc_id": "2", "text": "b"}])
-        again = corpus_shards_sensor(
-            dg.build_sensor_context(instance=inst, resources={"climb": climb})
-        )
+        again = evaluate()
         assert [r.partition_key for r in again.run_requests] == ["s2.jsonl"]
         inst.add_dynamic_partitions("corpus_shards", ["s2.jsonl"])
-        idle = corpus_shards_sensor(
-            dg.build_sensor_context(instance=inst, resources={"climb": climb})
-        )
-        assert isinstance(idle, dg.SkipReason)
+        assert isinstance(evaluate(), dg.SkipReason)
 
 
 def test_centroids_are_unit_length(pipeline):
