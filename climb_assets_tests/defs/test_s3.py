@@ -162,3 +162,37 @@ def test_climb_catalog_command_queries_the_s3_catalog(s3_run, s3_server, monkeyp
     sql = "SELECT count(*) * 1000 + 7 AS n FROM proxy_runs"
     assert main(["--profile", climb.profile, "catalog", sql]) == 0
     assert "6007" in capsys.readouterr().out
+
+
+def test_gpu_step_runs_on_s3_through_the_multiprocess_executor(s3_run, s3_server, tmp_path):
+    """`dagster asset materialize` on the code location: the step runs in a child process that
+    resolves the EnvVar credentials itself, and its captured logs hold none of them."""
+    import subprocess
+    import sys
+    import time
+
+    climb, _, _, _ = s3_run
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    env = {**os.environ, **s3_server.env, "DAGSTER_HOME": str(home), "CLIMB_CONFIG": climb.profile}
+    shard = "shard-000.parquet"
+    add = "import dagster as dg; dg.DagsterInstance.get().add_dynamic_partitions('corpus_shards', "
+    subprocess.run([sys.executable, "-c", add + f"['{shard}'])"], env=env, check=True)
+    client, key = s3_server.client(), f"run/embeddings/{shard}.npy"
+    before = client.head_object(Bucket=BUCKET, Key=key)["LastModified"]
+    time.sleep(1.1)  # LastModified has one-second resolution
+    proc = subprocess.run(
+        [str(Path(sys.executable).parent / "dagster"), "asset", "materialize",
+         "-m", "climb_assets.definitions", "--select", "embeddings", "--partition", shard],
+        env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "climb_local" in proc.stderr or "multiprocess" in proc.stderr.lower()
+    assert client.head_object(Bucket=BUCKET, Key=key)["LastModified"] > before
+    for text in (proc.stdout, proc.stderr):
+        assert s3_server.SECRET not in text and s3_server.KEY_ID not in text
+    for path in home.rglob("*"):
+        if path.is_file():
+            data = path.read_bytes()
+            assert s3_server.SECRET.encode() not in data and s3_server.KEY_ID.encode() not in data
