@@ -13,11 +13,13 @@ token arrays and the targets are materialized (`proxy_tokenizer`, `cluster_token
 Strategies, for each search seed, all with the same proxy configuration and the same number of
 proxies (default 12):
 
-- `climb`: rounds (default [6, 4, 2]); round 1 `sample_mixtures`; each later round refits the
-  predictor (`fit_predictor`, `{"early_stopping_round": 0}`) on every point so far, scores a
-  fresh `candidate_pool` and draws the round's mixtures with `select_next` (already trained keys
-  excluded, top set `max(n^2, --top-k-min)`); after the last round the predictor is refitted on
-  all points and the final mixture is `final_mixture(method="argmax")` over a fresh pool;
+- `climb`: rounds (default [6, 4, 2]); round 1 `sample_mixtures(design="maximin")`; each later
+  round refits the predictor (`fit_predictor`, `{"early_stopping_round": 0}`) on every point so
+  far, scores a fresh `candidate_pool` and picks the round's mixtures with
+  `select_next(design="maximin")` (already trained keys excluded, top set
+  `max(n^2, --top-k-min)`, each pick farthest from the trained mixtures and earlier picks); after
+  the last round the predictor is refitted on all points and the final mixture is
+  `final_mixture(method="argmax")` over a fresh pool;
 - `regmix`: all proxies in one round from `sample_mixtures`, one fit, final
   `final_mixture(method="topk_mean", k=128)` over a fresh pool;
 - `best_of_random`: the same random proxies as `regmix` (same mixtures, same scores), final =
@@ -26,7 +28,9 @@ proxies (default 12):
 - references, not ranked: `oracle`, the planted answer (all weight on the super-clusters where
   the target domain is the majority, in proportion to their tokens); `climb_topk_mean` and
   `climb_best_observed`, CLIMB's own proxies with RegMix's final rule and with the best-observed
-  rule (they separate the quality of CLIMB's proposals from that of its argmax final pick).
+  rule (they separate the quality of CLIMB's proposals from that of its argmax final pick);
+  `climb_paper_design`, the same search with uniformly random picks (`design="random"`), as in
+  the paper.
 
 Proxies (defaults): GPT-2, 1 layer x 64, 2 heads, seq 64, batch 16, lr 3e-3 (the tiny preset's),
 32,768 tokens (32 steps). Smaller budgets or the search test's lr 0.01 gave final models whose
@@ -76,9 +80,9 @@ from bench.common import (
 
 NAME = "search_quality"
 RANKED = ("climb", "regmix", "best_of_random", "natural", "uniform")
-REFERENCE = ("oracle", "climb_topk_mean", "climb_best_observed")
+REFERENCE = ("oracle", "climb_topk_mean", "climb_best_observed", "climb_paper_design")
 LABELS = {
-    "climb": "CLIMB (iterative, argmax)",
+    "climb": "CLIMB (iterative, maximin picks, argmax)",
     "regmix": "RegMix (one shot, top-128 mean)",
     "best_of_random": "best of random proxies",
     "natural": "natural proportions",
@@ -86,6 +90,7 @@ LABELS = {
     "oracle": "oracle (planted answer, reference)",
     "climb_topk_mean": "CLIMB's proxies, top-128 mean final (reference)",
     "climb_best_observed": "CLIMB's best observed proxy (reference)",
+    "climb_paper_design": "CLIMB with random picks, the paper's design (reference)",
 }
 PREDICTOR_PARAMS: dict[str, Any] = {"early_stopping_round": 0}
 FINAL_SEED_OFFSET = 1000
@@ -331,8 +336,16 @@ def _proxy_rows(weights: np.ndarray, scores: Sequence[dict[str, float]]) -> list
     ]
 
 
-def run_climb(setup: SearchSetup, score: Callable[[Any, np.ndarray], dict[str, float]]) -> dict:
-    """CLIMB's iterative search; returns the final mixture and the history."""
+def run_climb(
+    setup: SearchSetup,
+    score: Callable[[Any, np.ndarray], dict[str, float]],
+    design: str = "maximin",
+) -> dict:
+    """CLIMB's iterative search; returns the final mixture and the history.
+
+    `design` is how each round picks its mixtures: "maximin" (climb's default, spread over the
+    sampler's draws and the predicted top set) or "random" (the paper's).
+    """
     from climb_assets.lib.mixture import final_mixture, mixture_key, sample_mixtures, select_next
     from climb_assets.lib.predictor import predict
 
@@ -345,12 +358,15 @@ def run_climb(setup: SearchSetup, score: Callable[[Any, np.ndarray], dict[str, f
         round_seed = base + index * 10 + 1
         info: dict[str, Any] = {"round": index + 1, "proxies": n}
         if index == 0:
-            weights = sample_mixtures(setup.prior, n, round_seed, setup.settings)
+            weights = sample_mixtures(setup.prior, n, round_seed, setup.settings, design=design)
         else:
             fit = _fit(x, y, round_seed + 1)
             pool, predicted = _pool_scores(setup, fit, round_seed)
             top = max(n * n, setup.top_k_min)
-            rows = select_next(pool, predicted, n, round_seed + 5, exclude_keys=trained, top=top)
+            rows = select_next(
+                pool, predicted, n, round_seed + 5, exclude_keys=trained, top=top,
+                design=design, trained=np.array(x),
+            )  # fmt: skip
             weights = pool[rows]
             info.update(
                 predictor_points=len(y),
@@ -465,6 +481,15 @@ def run_corpus(
         t0 = time.perf_counter()
         strategies["climb"] = run_climb(setup, scorer)
         strategies["climb"]["search_seconds"] = round(time.perf_counter() - t0, 2)
+        paper = run_climb(setup, scorer, design="random")
+        strategies["climb_paper_design"] = {
+            "weights": paper["weights"],
+            "proxies": paper["proxies"],
+            "best_proxy_bpb": paper["best_proxy_bpb"],
+            "cv_spearman": paper["cv_spearman"],
+            "rounds": paper["rounds"],
+            "note": "run_climb(design='random'): round 1 and later picks at random (the paper)",
+        }
         t0 = time.perf_counter()
         strategies["regmix"], strategies["best_of_random"] = run_random(setup, scorer)
         strategies["regmix"]["search_seconds"] = round(time.perf_counter() - t0, 2)

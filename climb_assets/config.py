@@ -184,7 +184,16 @@ class SearchSettings:
     seed: int = 42
     candidates: int = 100_000
     top_k_min: int = 128
-    final: Literal["argmax", "topk_mean"] = "argmax"
+    design: Literal["maximin", "random"] = "maximin"
+    """How a round picks its mixtures from the sampler's draws (round 1) and from the predicted
+    top set (later rounds). maximin: greedy farthest-point, each pick as far as possible from
+    the mixtures already trained and picked, so few proxies still cover the simplex. random:
+    uniform picks, as in the paper."""
+    final: Literal["argmax", "topk_mean", "best_observed"] = "argmax"
+    """The final mixture: argmax of the last predictor over fresh candidates (the paper; the
+    mean of the tied set when a tree predictor ties), topk_mean (RegMix: mean of the top
+    final_top_k), or best_observed (the trained proxy with the best objective; stronger when
+    few proxies leave the predictor's best region wide, see bench/README.md)."""
     final_top_k: int = 128
     temperature: float = 0.5
     max_ratio: float = 15.0

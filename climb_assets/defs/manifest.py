@@ -40,9 +40,21 @@ def climbmix_manifest(
     available = np.asarray(summary["tokens"], dtype=np.int64)
     prior = mixture.natural_prior(available)
     booster = predictor.load_predictor(store.read_bytes(f"search/{last}/predictor.txt").decode())
-    pool = mixture.candidate_pool(prior, s.candidates, m.seed, _sampler(profile))
-    scores = predictor.predict(booster, pool)
-    weights = mixture.final_mixture(pool, scores, s.final, s.final_top_k)
+    if s.final == "best_observed":
+        evaluated = pl.concat(
+            [pl.from_arrow(store.read_parquet(f"search/{k}/evaluations.parquet",
+                                              ["mixture_id", "weights", "objective"]))
+             for k in keys]
+        ).sort("mixture_id")  # fmt: skip
+        best = evaluated.row(int(evaluated.get_column("objective").arg_max()), named=True)
+        weights = np.asarray(best["weights"], dtype=np.float64)
+        context.log.info(
+            f"final: {best['mixture_id']}, best observed objective {best['objective']}"
+        )
+    else:
+        pool = mixture.candidate_pool(prior, s.candidates, m.seed, _sampler(profile))
+        scores = predictor.predict(booster, pool)
+        weights = mixture.final_mixture(pool, scores, s.final, s.final_top_k)
     predicted = float(predictor.predict(booster, weights[None, :])[0])
     budget = manifest.token_budget(weights, available, m.total_tokens, m.max_epochs)
     for idx in budget.capped:

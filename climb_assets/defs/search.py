@@ -228,13 +228,17 @@ def _round_index(profile: Profile, key: str) -> int:
     return keys.index(key)
 
 
-def _trained_keys(store: Store, profile: Profile, upto: int) -> set[str]:
+def _trained(store: Store, profile: Profile, upto: int) -> tuple[set[str], np.ndarray]:
+    """Keys and weights of the mixtures proposed by the rounds before `upto`."""
     done: set[str] = set()
+    weights: list[list[float]] = []
     for key in round_keys(profile)[:upto]:
         rel = f"search/{key}/mixtures.parquet"
         if store.exists(rel):
-            done.update(store.read_parquet(rel, ["key"]).column("key").to_pylist())
-    return done
+            table = store.read_parquet(rel, ["key", "weights"])
+            done.update(table.column("key").to_pylist())
+            weights += table.column("weights").to_pylist()
+    return done, np.asarray(weights, dtype=np.float64)
 
 
 def _round_seed(profile: Profile, index: int, salt: int) -> int:
@@ -265,12 +269,14 @@ def propose_mixtures(
                 f"materialize round {previous} first (rounds run in order)"
             )
     prior = mixture.natural_prior(_cluster_summary(store)["tokens"])
-    trained = _trained_keys(store, profile, index)
-    seed = _round_seed(profile, index, 1)
+    trained, trained_weights = _trained(store, profile, index)
+    seed, design = _round_seed(profile, index, 1), profile.search.design
     predicted: list[float | None] = [None] * n
     if index == 0:
-        weights = mixture.sample_mixtures(prior, n, seed, _sampler(profile), exclude=trained)
-        method = "dirichlet"
+        weights = mixture.sample_mixtures(
+            prior, n, seed, _sampler(profile), exclude=trained, design=design
+        )
+        method = f"dirichlet, {design} picks"
     else:
         booster = predictor.load_predictor(
             store.read_bytes(f"search/{previous}/predictor.txt").decode()
@@ -278,9 +284,12 @@ def propose_mixtures(
         pool = mixture.candidate_pool(prior, profile.search.candidates, seed, _sampler(profile))
         scores = predictor.predict(booster, pool)
         top = max(n * n, profile.search.top_k_min)
-        rows = mixture.select_next(pool, scores, n, seed + 5, exclude_keys=trained, top=top)
+        rows = mixture.select_next(
+            pool, scores, n, seed + 5, exclude_keys=trained, top=top, design=design,
+            trained=trained_weights,
+        )  # fmt: skip
         weights, predicted = pool[rows], [float(scores[r]) for r in rows]
-        method = f"predictor top-{top} of {len(pool)}"
+        method = f"predictor top-{top} of {len(pool)}, {design} picks"
     mixtures = [
         {"mixture_id": f"{key}-m{j:03d}", "key": mixture.mixture_key(w), "weights": w.tolist(),
          "predicted": predicted[j]}

@@ -78,6 +78,55 @@ def kmeans_plus_plus(x: np.ndarray, k: int, seed: int) -> np.ndarray:
     return centers
 
 
+SEEDING_POINTS_PER_CENTROID = 32
+"""Greedy k-means++ seeds on a seeded subsample of at most this many rows per centroid."""
+
+
+def greedy_kmeans_plus_plus(
+    x: np.ndarray,
+    k: int,
+    seed: int,
+    trials: int | None = None,
+    points_per_centroid: int = SEEDING_POINTS_PER_CENTROID,
+) -> np.ndarray:
+    """Greedy k-means++ seeding on a subsample.
+
+    Each step draws `trials` (default 2 + ln k, as scikit-learn) candidates with probability
+    proportional to their squared distance from the nearest centre so far, and keeps the one
+    that lowers the total squared distance most; the candidates' distances are one matrix
+    product, so a step costs about what a plain k-means++ step does. Seeding runs on a seeded
+    subsample of at most `k * points_per_centroid` rows, which the Lloyd iterations then refine
+    on all of `x`.
+    """
+    rng = np.random.default_rng(seed)
+    n = x.shape[0]
+    if points_per_centroid and n > k * points_per_centroid:
+        x = x[np.sort(rng.choice(n, size=k * points_per_centroid, replace=False))]
+        n = x.shape[0]
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    trials = trials or 2 + int(np.log(k))
+    centers = np.empty((k, x.shape[1]), dtype=np.float32)
+    sq_norms = np.einsum("ij,ij->i", x, x)
+    centers[0] = x[rng.integers(n)]
+    d2 = np.maximum(sq_norms - 2.0 * (x @ centers[0]) + centers[0] @ centers[0], 0.0)
+    for i in range(1, k):
+        cumulative = np.cumsum(d2, dtype=np.float64)
+        total = cumulative[-1]
+        if total <= 0:
+            picks = rng.integers(n, size=trials)
+        else:
+            picks = np.searchsorted(cumulative, rng.random(trials) * total, side="right")
+            picks = np.minimum(picks, n - 1)
+        cand = x[picks]
+        dist = sq_norms[:, None] - 2.0 * (x @ cand.T) + np.einsum("ij,ij->i", cand, cand)
+        np.maximum(dist, 0.0, out=dist)
+        np.minimum(dist, d2[:, None], out=dist)
+        best = int(np.argmin(dist.sum(axis=0, dtype=np.float64)))
+        centers[i] = cand[best]
+        d2 = dist[:, best].copy()
+    return centers
+
+
 def fit_kmeans(
     x: np.ndarray,
     k: int,
@@ -90,13 +139,17 @@ def fit_kmeans(
     """Fits k-means with FAISS on `x` (float32, one row per document).
 
     Args:
-        init: `kmeans++` seeds the centroids with k-means++ (seeded); `random` lets FAISS start
-            from randomly chosen points, which is faster but converges to worse optima.
+        init: `greedy_kmeans++` seeds with greedy k-means++ on a subsample
+            (`greedy_kmeans_plus_plus`), `kmeans++` with plain k-means++ on all of `x`; both are
+            seeded. `random` lets FAISS start from randomly chosen points, which is faster but
+            converges to worse optima.
     """
     x = np.ascontiguousarray(x, dtype=np.float32)
     check_k(k, x.shape[0])
-    if init not in ("kmeans++", "random"):
-        raise KMeansError(f"kmeans.init '{init}' is not allowed; use kmeans++ or random")
+    if init not in ("greedy_kmeans++", "kmeans++", "random"):
+        raise KMeansError(
+            f"kmeans.init '{init}' is not allowed; use greedy_kmeans++, kmeans++ or random"
+        )
     use_gpu = device == "cuda" or (device == "auto" and gpu_count() > 0)
     if device == "cuda" and gpu_count() == 0:
         raise KMeansError("kmeans.device is 'cuda' but FAISS sees no GPU; install faiss-gpu")
@@ -112,7 +165,8 @@ def fit_kmeans(
         min_points_per_centroid=1,
         verbose=False,
     )
-    init_centroids = kmeans_plus_plus(x, k, seed) if init == "kmeans++" else None
+    seeders = {"greedy_kmeans++": greedy_kmeans_plus_plus, "kmeans++": kmeans_plus_plus}
+    init_centroids = seeders[init](x, k, seed) if init in seeders else None
     if init_centroids is not None and spherical:
         init_centroids /= np.maximum(np.linalg.norm(init_centroids, axis=1, keepdims=True), 1e-12)
     km.train(x, init_centroids=init_centroids)

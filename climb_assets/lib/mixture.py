@@ -163,12 +163,16 @@ def sample_mixtures(
     seed: int,
     settings: SamplerSettings | None = None,
     exclude: Iterable[str] = (),
+    design: str = "random",
 ) -> np.ndarray:
-    """Round-1 mixtures: RegMix's Dirichlet sampler, de-duplicated, n picked at random.
+    """Round-1 mixtures: RegMix's Dirichlet sampler, de-duplicated, n picked from the draws.
 
     Draws ``n * settings.oversample`` candidates, applies the rejection and minimum-weight
     rules, drops duplicates and mixtures whose :func:`mixture_key` is in ``exclude``, then picks
-    n of the rest uniformly at random.
+    n of the rest: uniformly at random (``design="random"``, RegMix and the paper) or spread
+    over the simplex by greedy farthest-point selection (``design="maximin"``, see
+    :func:`spread_rows`), so that a few proxies still reach every corner the sampler can, such
+    as mixtures dominated by a small super-cluster that random picks often miss.
 
     Args:
         prior: Natural prior (token share per super-cluster), e.g. from :func:`natural_prior`.
@@ -176,6 +180,7 @@ def sample_mixtures(
         seed: Seed of ``np.random.default_rng``; the same seed gives the same mixtures.
         settings: Sampler parameters (default: the paper's).
         exclude: Keys of mixtures that must not be returned (already trained).
+        design: ``"random"`` or ``"maximin"``.
 
     Returns:
         (n, K) float64 array; every row sums to 1 and each weight is 0 or >= min_weight.
@@ -211,8 +216,49 @@ def sample_mixtures(
             f"(K={k}, {n * settings.oversample} candidates drawn); lower the round budget, add "
             "super-clusters, or raise max_ratio / oversample"
         )
-    pick = np.sort(rng.choice(units.shape[0], size=n, replace=False))
+    if design == "maximin":
+        pick = np.sort(spread_rows(units / _SCALE, n, rng))
+    elif design == "random":
+        pick = np.sort(rng.choice(units.shape[0], size=n, replace=False))
+    else:
+        raise MixtureError(f"unknown design {design!r}; use 'random' or 'maximin'")
     return units[pick] / _SCALE
+
+
+def spread_rows(
+    points: np.ndarray,
+    n: int,
+    rng: np.random.Generator,
+    anchors: np.ndarray | None = None,
+) -> np.ndarray:
+    """Greedy farthest-point (maximin) selection of n rows of ``points``.
+
+    Each pick is the row farthest (Euclidean) from every row picked so far and from every
+    ``anchors`` row (mixtures already trained); the first pick, when there are no anchors, is a
+    random row. The result covers the region the points span instead of clustering where the
+    sampler is dense.
+
+    Returns:
+        int64 row indices, in pick order.
+    """
+    pts = np.asarray(points, dtype=np.float64)
+    m = pts.shape[0]
+    if n > m:
+        raise MixtureError(f"cannot pick {n} rows from {m}; lower the round budget")
+    nearest = np.full(m, np.inf)
+    if anchors is not None and len(anchors):
+        for a in np.asarray(anchors, dtype=np.float64).reshape(-1, pts.shape[1]):
+            nearest = np.minimum(nearest, np.linalg.norm(pts - a, axis=1))
+    picked: list[int] = []
+    for _ in range(n):
+        if not picked and not np.isfinite(nearest).any():
+            idx = int(rng.integers(m))
+        else:
+            gaps = np.where(np.isin(np.arange(m), picked), -1.0, nearest)
+            idx = int(np.argmax(gaps))
+        picked.append(idx)
+        nearest = np.minimum(nearest, np.linalg.norm(pts - pts[idx], axis=1))
+    return np.asarray(picked, dtype=np.int64)
 
 
 def candidate_pool(
@@ -268,12 +314,17 @@ def select_next(
     exclude_keys: Iterable[str] = (),
     top: int | None = None,
     higher_is_better: bool = True,
+    design: str = "random",
+    trained: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Rows of the candidates to train next round: n drawn at random from the predicted top.
+    """Rows of the candidates to train next round: n picked from the predicted top set.
 
     Candidates whose key is in ``exclude_keys`` (already trained) and repeated candidates are
     skipped; of the rest, the best ``top`` by predicted value (default ``max(n**2, 128)``) form
-    the top set, and n of them are drawn uniformly without replacement (CLIMB's exploration).
+    the top set. With ``design="random"`` n of them are drawn uniformly without replacement
+    (CLIMB's exploration); with ``design="maximin"`` they are picked by :func:`spread_rows`,
+    each as far as possible from the ``trained`` mixtures and from the other picks, so a round
+    spends its proxies on the parts of the predicted-good region that no proxy has measured.
 
     Args:
         candidates: (m, K) candidate mixtures.
@@ -283,6 +334,8 @@ def select_next(
         exclude_keys: :func:`mixture_key` of mixtures that must not be chosen.
         top: Size of the top set (default ``max(n * n, 128)``).
         higher_is_better: False when the prediction is a loss.
+        design: ``"random"`` or ``"maximin"``.
+        trained: (t, K) mixtures already trained (anchors of ``"maximin"``).
 
     Returns:
         Sorted int64 row indices into ``candidates``.
@@ -312,8 +365,14 @@ def select_next(
             "candidate pool or lower the round budget"
         )
     rng = np.random.default_rng(seed)
-    pick = rng.choice(len(chosen), size=n, replace=False)
-    return np.sort(np.asarray(chosen, dtype=np.int64)[pick])
+    rows = np.asarray(chosen, dtype=np.int64)
+    if design == "maximin":
+        pick = spread_rows(cand[rows], n, rng, anchors=trained)
+    elif design == "random":
+        pick = rng.choice(len(chosen), size=n, replace=False)
+    else:
+        raise MixtureError(f"unknown design {design!r}; use 'random' or 'maximin'")
+    return np.sort(rows[pick])
 
 
 def final_mixture(

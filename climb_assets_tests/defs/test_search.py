@@ -208,3 +208,30 @@ def test_target_overlapping_the_corpus_is_refused(planted, tmp_path):
             resources={"climb": ClimbResource(profile=str(profile))},
         )  # fmt: skip
     assert climb.store().read_json("targets/targets.json")[0]["name"] == "planted"  # kept
+
+
+def test_best_observed_final_takes_the_best_trained_mixture(planted, tmp_path):
+    _, corpus, climb, instance = planted
+    from climb_assets.defs.manifest import climbmix_manifest
+
+    store = climb.store()
+    profile = planted_profile(
+        tmp_path, corpus, Path(store.uri()), search={"rounds": [6, 4], "candidates": 4000,
+        "top_k_min": 16, "final": "best_observed"},
+    )  # fmt: skip
+    other = ClimbResource(profile=str(profile))
+    before = store.read_json("manifest/climbmix.json")
+    try:
+        dg.materialize([climbmix_manifest], instance=instance, resources={"climb": other})
+        doc = store.read_json("manifest/climbmix.json")
+        con = duckdb.connect()
+        best = con.execute(
+            f"SELECT weights FROM read_parquet('{store.uri()}/search/*/evaluations.parquet') "
+            "ORDER BY objective DESC LIMIT 1"
+        ).fetchone()[0]
+        got = [s["weight"] for s in doc["super_clusters"]]
+        assert doc["final"]["method"] == "best_observed"
+        np.testing.assert_allclose(got, np.asarray(best) / np.sum(best), atol=1e-9)
+        assert got != [s["weight"] for s in before["super_clusters"]]
+    finally:  # leave the module's manifest as the other tests expect it
+        dg.materialize([climbmix_manifest], instance=instance, resources={"climb": climb})

@@ -14,6 +14,7 @@ from climb_assets.lib.mixture import (
     natural_prior,
     sample_mixtures,
     select_next,
+    spread_rows,
     tempered_prior,
 )
 
@@ -252,3 +253,57 @@ def test_argmax_averages_candidates_tied_for_the_best_prediction():
     cands = np.array([[1.0, 0.0], [0.0, 1.0], [0.5, 0.5]])
     assert final_mixture(cands, [0.9, 0.9, 0.1]).tolist() == [0.5, 0.5]
     assert final_mixture(cands, [0.9, 0.8, 0.1]).tolist() == [1.0, 0.0]
+
+
+def _min_pair_distance(w: np.ndarray) -> float:
+    d = np.linalg.norm(w[:, None] - w[None], axis=2)
+    d[np.eye(len(w), dtype=bool)] = np.inf
+    return float(d.min())
+
+
+def test_maximin_round_one_reaches_the_small_cluster_that_random_picks_miss():
+    prior = np.array([0.3, 0.3, 0.3, 0.1])
+    random_hits = [sample_mixtures(prior, 6, s)[:, 3].max() for s in range(20)]
+    spread_hits = [sample_mixtures(prior, 6, s, design="maximin")[:, 3].max() for s in range(20)]
+    # a proxy trained mostly on the small cluster: random picks miss it for many seeds
+    assert sum(h >= 0.4 for h in spread_hits) >= 19
+    assert sum(h >= 0.4 for h in random_hits) <= 12
+    spread = [_min_pair_distance(sample_mixtures(prior, 6, s, design="maximin")) for s in range(5)]
+    rand = [_min_pair_distance(sample_mixtures(prior, 6, s)) for s in range(5)]
+    assert np.mean(spread) > 2 * np.mean(rand)
+
+
+def test_maximin_is_seeded_and_valid():
+    prior = np.array([0.5, 0.2, 0.2, 0.1])
+    a = sample_mixtures(prior, 8, 3, design="maximin")
+    np.testing.assert_array_equal(a, sample_mixtures(prior, 8, 3, design="maximin"))
+    assert not np.array_equal(a, sample_mixtures(prior, 8, 4, design="maximin"))
+    np.testing.assert_allclose(a.sum(axis=1), 1.0)
+    assert len({mixture_key(w) for w in a}) == 8
+
+
+def test_spread_rows_takes_the_corners_before_the_middle():
+    corners = np.eye(3)
+    middle = np.full((5, 3), 1 / 3) + np.linspace(-0.01, 0.01, 5)[:, None] * [1, -1, 0]
+    points = np.vstack([middle, corners])
+    picked = spread_rows(points, 3, np.random.default_rng(0), anchors=np.full((1, 3), 1 / 3))
+    assert sorted(picked.tolist()) == [5, 6, 7]
+
+
+def test_maximin_next_round_avoids_what_was_trained():
+    rng = np.random.default_rng(0)
+    pool = rng.dirichlet(np.ones(3), size=400)
+    predicted = np.zeros(len(pool))  # a flat predictor: every candidate ties
+    trained = pool[pool[:, 0] > 0.7][:5]
+    rows = select_next(pool, predicted, 4, 1, top=400, design="maximin", trained=trained)
+    near = np.linalg.norm(pool[rows][:, None] - trained[None], axis=2).min(axis=1)
+    rand = select_next(pool, predicted, 4, 1, top=400)
+    near_rand = np.linalg.norm(pool[rand][:, None] - trained[None], axis=2).min(axis=1)
+    assert near.min() > 0.3 and near.mean() > near_rand.mean()
+
+
+def test_unknown_design_names_the_choices():
+    with pytest.raises(MixtureError, match="maximin"):
+        sample_mixtures(np.array([0.5, 0.5]), 2, 0, design="sobol")
+    with pytest.raises(MixtureError, match="maximin"):
+        select_next(np.eye(2), np.zeros(2), 1, 0, top=2, design="sobol")
