@@ -93,7 +93,12 @@ def _print_manifest(climb: ClimbResource) -> None:
             f"{sources.get(sc, '-'):<16} {terms.get(sc, '')}"
         )
     final = doc["final"]
-    print(f"predicted objective {final['predicted_objective']:.4f} ({final['method']}); rounds:")
+    if "observed_objective" in final:
+        print(f"final: proxy {final['mixture_id']}, observed objective "
+              f"{final['observed_objective']:.4f} (best_observed); rounds:")  # fmt: skip
+    else:
+        print(f"predicted objective {final['predicted_objective']:.4f} ({final['method']}); "
+              "rounds:")  # fmt: skip
     for r in doc["rounds"]:
         cv = "n/a" if r["cv_spearman"] is None else f"{r['cv_spearman']:.2f}"
         print(f"  {r['round']}: {r['points']} proxies so far, best observed "

@@ -1,6 +1,7 @@
 """The `climbmix_manifest` asset: the final mixture and everything a training team needs."""
 
 import time
+from typing import Any
 
 import dagster as dg
 import numpy as np
@@ -40,6 +41,7 @@ def climbmix_manifest(
     available = np.asarray(summary["tokens"], dtype=np.int64)
     prior = mixture.natural_prior(available)
     booster = predictor.load_predictor(store.read_bytes(f"search/{last}/predictor.txt").decode())
+    observed: dict[str, Any] = {}
     if s.final == "best_observed":
         evaluated = pl.concat(
             [pl.from_arrow(store.read_parquet(f"search/{k}/evaluations.parquet",
@@ -48,6 +50,7 @@ def climbmix_manifest(
         ).sort("mixture_id")  # fmt: skip
         best = evaluated.row(int(evaluated.get_column("objective").arg_max()), named=True)
         weights = np.asarray(best["weights"], dtype=np.float64)
+        observed = {"mixture_id": best["mixture_id"], "observed_objective": best["objective"]}
         context.log.info(
             f"final: {best['mixture_id']}, best observed objective {best['objective']}"
         )
@@ -111,7 +114,8 @@ def climbmix_manifest(
         "encoder": encoder,
         "tokenizer": tok_info,
         "proxy": proxy_config(profile).to_dict(),
-        "final": {"method": s.final, "top_k": s.final_top_k, "predicted_objective": predicted},
+        "final": {"method": s.final, "top_k": s.final_top_k, "predicted_objective": predicted,
+                  **observed},
         "rounds": [
             {"round": r["round"], "points": r["points"], "cv_spearman": r["cv_spearman"],
              "best_observed": r["best_observed"], "best_predicted": r["best_predicted"]}

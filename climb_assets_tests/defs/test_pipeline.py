@@ -53,7 +53,11 @@ def test_every_asset_materialized_with_metadata(pipeline, instance):
     assert set(timings) >= {"kmeans_centroids", "super_clusters", "cluster_catalog"}
     event = instance.get_latest_materialization_event(dg.AssetKey("kmeans_centroids"))
     meta = event.asset_materialization.metadata
-    assert meta["seed"].value == 42 and meta["k"].value == 12 and meta["init"].value == "kmeans++"
+    assert (
+        meta["seed"].value == 42
+        and meta["k"].value == 12
+        and meta["init"].value == "greedy_kmeans++"
+    )
     emb = instance.get_latest_materialization_event(dg.AssetKey("embeddings"))
     emb_meta = emb.asset_materialization.metadata
     assert emb_meta["encoder"].value == "sentence-transformers/all-MiniLM-L6-v2"

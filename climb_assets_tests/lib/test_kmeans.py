@@ -7,6 +7,8 @@ from climb_assets.lib.kmeans import (
     centroid_distances,
     check_k,
     fit_kmeans,
+    greedy_kmeans_plus_plus,
+    kmeans_plus_plus,
     sample_indices,
 )
 
@@ -82,3 +84,28 @@ def test_kmeans_plus_plus_start_beats_random_start_on_planted_blobs():
     assert np.mean(plus) < np.mean(rand)
     with pytest.raises(KMeansError, match="kmeans.init"):
         fit_kmeans(x, 3, init="forgy")
+
+
+def _seed_inertia(x: np.ndarray, centers: np.ndarray) -> float:
+    _, dist = assign(x, centers)
+    return float(np.square(dist, dtype=np.float64).sum())
+
+
+def test_greedy_seeding_starts_lower_than_plain_and_is_seeded():
+    x, _ = blobs(n_per=40, k=40, d=8, seed=7)
+    greedy = [_seed_inertia(x, greedy_kmeans_plus_plus(x, 40, s)) for s in range(5)]
+    plain = [_seed_inertia(x, kmeans_plus_plus(x, 40, s)) for s in range(5)]
+    assert np.mean(greedy) < 0.9 * np.mean(plain)
+    np.testing.assert_array_equal(
+        greedy_kmeans_plus_plus(x, 40, 3), greedy_kmeans_plus_plus(x, 40, 3)
+    )
+
+
+def test_greedy_seeding_uses_a_bounded_subsample():
+    x, _ = blobs(n_per=200, k=5, d=4, seed=2)
+    centers = greedy_kmeans_plus_plus(x, 5, 0, points_per_centroid=10)
+    rows = {tuple(r) for r in x.tolist()}
+    assert centers.shape == (5, 4) and all(tuple(c) in rows for c in centers.tolist())
+    fit = fit_kmeans(x, 5, niter=10, seed=0, spherical=False, init="greedy_kmeans++")
+    ids, _ = assign(x, fit.centroids)
+    assert len(np.unique(ids)) == 5
