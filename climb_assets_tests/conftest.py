@@ -37,6 +37,20 @@ def small_demo_corpus(tmp_path_factory) -> Path:
     return root / "corpus"
 
 
+def stop_process_group(proc, grace: float) -> None:
+    """SIGTERM to the process group of `proc` (started with a new session), SIGKILL after
+    `grace` seconds."""
+    import signal
+    import subprocess
+
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+
+
 class S3Server:
     """A loopback `moto_server` and the settings a client needs to reach it."""
 
@@ -97,7 +111,6 @@ class S3Server:
 def s3_server(tmp_path_factory):
     """`moto_server` on a free loopback port, started within 60 s and stopped by its pid."""
     import shutil
-    import signal
     import socket
     import subprocess
     import sys
@@ -130,10 +143,5 @@ def s3_server(tmp_path_factory):
                 time.sleep(0.2)
         yield S3Server(endpoint)
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
+        stop_process_group(proc, grace=10)
         log.close()
