@@ -75,7 +75,8 @@ def _print_manifest(climb: ClimbResource) -> None:
         if "source" in climb.settings().corpus.extra_columns:
             rows = con.execute(
                 "SELECT super_cluster_id, source, count(*) AS n FROM documents "
-                "WHERE super_cluster_id IS NOT NULL GROUP BY ALL ORDER BY super_cluster_id, n DESC"
+                "WHERE super_cluster_id IS NOT NULL GROUP BY ALL "
+                "ORDER BY super_cluster_id, n DESC, source"
             ).fetchall()
             totals: dict[int, int] = {}
             for sc, _, n in rows:
