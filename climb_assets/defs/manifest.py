@@ -78,22 +78,15 @@ def climbmix_manifest(
             .with_columns(pl.lit(sc, pl.Int32).alias("super_cluster_id"), pl.Series("pass", passes))
         )  # fmt: skip
     chosen = pl.concat(selected)
-    texts = pl.concat(
-        [
-            pl.from_arrow(
-                store.read_parquet(shard_file("corpus_documents", sh), ["doc_id", "text"])
-            )
-            for sh in registered_shards(context)
-        ]
-    )
-    rng = np.random.default_rng(m.seed)
-    chosen = chosen.join(texts, on="doc_id", how="left")[rng.permutation(chosen.height).tolist()]
-    for old in store.list("manifest/shards"):
-        store.remove(f"manifest/shards/{old}")
-    shard_paths = []
-    for i, part in enumerate(np.array_split(np.arange(chosen.height), m.parquet_shards)):
-        rel = f"manifest/shards/part-{i:05d}.parquet"
-        shard_paths.append(store.write_parquet(rel, chosen[part.tolist()].to_arrow()))
+
+    def texts_of(shard: str):
+        rel = shard_file("corpus_documents", shard)
+        return lambda: pl.from_arrow(store.read_parquet(rel, ["doc_id", "text"]))
+
+    shard_paths = manifest.write_shuffled_parts(
+        store, chosen, [texts_of(sh) for sh in registered_shards(context)], m.parquet_shards,
+        m.seed,
+    )  # fmt: skip
 
     rounds = [store.read_json(f"search/{k}/round.json") for k in keys]
     tok_info = store.read_json("tokenizer/info.json")

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import polars as pl
+
+from climb_assets.lib.storage import Store
 
 
 class ManifestError(ValueError):
@@ -103,3 +106,66 @@ def megatron_blend(weights: np.ndarray, prefixes: Sequence[str]) -> list[float |
         if w > 0:
             blend += [round(float(w), 6), prefix]
     return blend
+
+
+def write_shuffled_parts(
+    store: Store,
+    chosen: pl.DataFrame,
+    shard_texts: Iterable[Callable[[], pl.DataFrame]],
+    n_parts: int,
+    seed: int,
+    folder: str = "manifest/shards",
+    staging: str = "manifest/_staging",
+) -> list[str]:
+    """Writes the selected documents with their text as `n_parts` shuffled Parquet files.
+
+    The rows of `chosen` (one per selected document and pass, with `doc_id`) are put in one
+    seeded random order and split into `n_parts` contiguous parts: the same files as joining
+    every text in memory, shuffling and splitting, but built one corpus shard at a time (each
+    `shard_texts` loader returns that shard's `doc_id` and `text`), so memory holds one corpus
+    shard or one output part, never the whole selection with its text. Rows go to per-part
+    staging files first; each part is then sorted into place and written atomically.
+
+    Returns:
+        The URIs of the parts, in order.
+
+    Raises:
+        ManifestError: A selected document has no text in the corpus (the corpus changed after
+            the clusters were tokenized).
+    """
+    n = chosen.height
+    if n_parts < 1:
+        raise ManifestError(f"manifest.parquet_shards = {n_parts}; write at least 1 part")
+    order = np.random.default_rng(seed).permutation(n)
+    position = np.empty(n, dtype=np.int64)
+    position[order] = np.arange(n)
+    part_of = np.empty(n, dtype=np.int32)
+    for i, span in enumerate(np.array_split(np.arange(n), n_parts)):
+        part_of[span] = i
+    keyed = chosen.with_columns(pl.Series("_pos", position), pl.Series("_part", part_of[position]))
+    store.remove(staging)
+    found, schema = 0, None
+    for j, load in enumerate(shard_texts):
+        joined = keyed.join(load().select("doc_id", "text"), on="doc_id", how="inner")
+        found += joined.height
+        schema = schema or joined.drop("_part").schema
+        for (i,), group in joined.partition_by("_part", as_dict=True).items():
+            rel = f"{staging}/part-{int(i):05d}/s{j:05d}.parquet"
+            store.write_parquet(rel, group.drop("_part").to_arrow())
+    if found != n:
+        store.remove(staging)
+        raise ManifestError(
+            f"{n - found} of {n} selected rows have no text in the corpus: the corpus changed "
+            "after cluster_tokens was built; re-run the data side and the search"
+        )
+    for old in store.list(folder):
+        store.remove(old)
+    paths = []
+    for i in range(n_parts):
+        files = store.list(f"{staging}/part-{i:05d}")
+        frames = [pl.from_arrow(store.read_parquet(f)) for f in files]
+        part = pl.concat(frames) if frames else pl.DataFrame(schema=schema)
+        part = part.sort("_pos").drop("_pos")
+        paths.append(store.write_parquet(f"{folder}/part-{i:05d}.parquet", part.to_arrow()))
+    store.remove(staging)
+    return paths

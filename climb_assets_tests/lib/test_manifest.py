@@ -7,6 +7,7 @@ from climb_assets.lib.manifest import (
     select_documents,
     stable_order,
     token_budget,
+    write_shuffled_parts,
 )
 
 
@@ -59,3 +60,53 @@ def test_select_documents_fills_budget_with_full_then_partial_passes():
 def test_megatron_blend_pairs_weights_and_prefixes():
     blend = megatron_blend(np.array([0.7, 0.0, 0.3]), ["a", "b", "c"])
     assert blend == [0.7, "a", 0.3, "c"]
+
+
+def _selection(n_docs: int = 40, repeats: int = 2):
+    import polars as pl
+
+    ids = [f"d{i:03d}" for i in range(n_docs)]
+    chosen = pl.DataFrame(
+        {
+            "doc_id": ids * repeats,
+            "cluster_id": [i % 5 for i in range(n_docs)] * repeats,
+            "n_tokens": list(range(n_docs)) * repeats,
+            "super_cluster_id": [i % 3 for i in range(n_docs)] * repeats,
+            "pass": [p for p in range(repeats) for _ in range(n_docs)],
+        }
+    )
+    shards = [
+        pl.DataFrame({"doc_id": ids[s::3], "text": [f"text of {d}" for d in ids[s::3]]})
+        for s in range(3)
+    ]
+    return chosen, shards
+
+
+def test_shuffled_parts_match_the_in_memory_shuffle_and_leave_no_staging(tmp_path):
+    import polars as pl
+
+    from climb_assets.lib.storage import Store
+
+    chosen, shards = _selection()
+    store = Store(str(tmp_path))
+    store.write_bytes("manifest/shards/part-00009.parquet", b"stale part from a larger run")
+    paths = write_shuffled_parts(store, chosen, [lambda s=s: s for s in shards], 4, seed=7)
+    got = [pl.read_parquet(p) for p in paths]
+    everything = chosen.join(pl.concat(shards), on="doc_id", how="left")
+    expected = everything[np.random.default_rng(7).permutation(chosen.height).tolist()]
+    bounds = np.array_split(np.arange(chosen.height), 4)
+    for part, span in zip(got, bounds, strict=True):
+        assert part.columns == expected.columns
+        assert part.equals(expected[span.tolist()])
+    assert store.list("manifest") == [f"manifest/shards/part-{i:05d}.parquet" for i in range(4)]
+    assert not store.exists("manifest/_staging")
+
+
+def test_shuffled_parts_refuse_documents_without_text(tmp_path):
+    from climb_assets.lib.storage import Store
+
+    chosen, shards = _selection()
+    store = Store(str(tmp_path))
+    with pytest.raises(ManifestError, match="no text in the corpus"):
+        write_shuffled_parts(store, chosen, [lambda s=s: s for s in shards[:2]], 2, seed=0)
+    assert not store.exists("manifest/_staging") and not store.exists("manifest/shards")
