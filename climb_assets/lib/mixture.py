@@ -254,7 +254,8 @@ def spread_rows(
         if not picked and not np.isfinite(nearest).any():
             idx = int(rng.integers(m))
         else:
-            gaps = np.where(np.isin(np.arange(m), picked), -1.0, nearest)
+            gaps = nearest.copy()
+            gaps[picked] = -1.0
             idx = int(np.argmax(gaps))
         picked.append(idx)
         nearest = np.minimum(nearest, np.linalg.norm(pts - pts[idx], axis=1))

@@ -204,10 +204,17 @@ class Store:
             self._fetch(remote, dest)
         return dest
 
-    def _fetch(self, remote: str, dest: Path) -> None:
+    def _tag(self, remote: str) -> str:
+        """The version of a remote file that a cached copy is checked against."""
         info = self.fs.info(remote)
-        tag = str(info.get("ETag") or info.get("etag") or info.get("size"))
-        stamp = dest.with_name(f".{dest.name}.etag")
+        return str(info.get("ETag") or info.get("etag") or info.get("size"))
+
+    @staticmethod
+    def _stamp(dest: Path) -> Path:
+        return dest.with_name(f".{dest.name}.etag")
+
+    def _fetch(self, remote: str, dest: Path) -> None:
+        tag, stamp = self._tag(remote), self._stamp(dest)
         if dest.is_file() and stamp.is_file() and stamp.read_text() == tag:
             return
         dest.parent.mkdir(parents=True, exist_ok=True)
@@ -224,10 +231,11 @@ class Store:
         """Copies every file of a local folder to `rel`, the file named `last` after the others.
 
         `last` is a completion marker: a reader that finds it finds every other file. On a local
-        store the folder is copied into a temporary sibling and renamed into place.
+        store the folder is copied into a temporary sibling and renamed into place. A folder
+        written at its own `cache_path` stays valid as the cached copy of what it uploaded.
         """
         source = Path(local_folder)
-        files = sorted(p for p in source.rglob("*") if p.is_file())
+        files = sorted(p for p in source.rglob("*") if p.is_file() and not p.name.startswith("."))
         files.sort(key=lambda p: p.name == last)
         local = self.local_path(rel)
         if local is not None:
@@ -239,8 +247,12 @@ class Store:
                 shutil.rmtree(local)
             os.replace(tmp, local)
             return self.uri(rel)
+        cached = self.cache is not None and source.resolve() == self.cache_path(rel).resolve()
         for file in files:
-            self.fs.put_file(str(file), self.path(f"{rel}/{file.relative_to(source).as_posix()}"))
+            remote = self.path(f"{rel}/{file.relative_to(source).as_posix()}")
+            self.fs.put_file(str(file), remote)
+            if cached:  # the folder is the cache copy: `local_copy` need not download it again
+                self._stamp(file).write_text(self._tag(remote))
         return self.uri(rel)
 
 

@@ -196,3 +196,13 @@ def test_gpu_step_runs_on_s3_through_the_multiprocess_executor(s3_run, s3_server
         if path.is_file():
             data = path.read_bytes()
             assert s3_server.SECRET.encode() not in data and s3_server.KEY_ID.encode() not in data
+
+
+def test_a_missing_bucket_is_named_with_the_fix(s3_server, tmp_path, monkeypatch):
+    for key, value in s3_server.env.items():
+        monkeypatch.setenv(key, value)
+    profile = write_profile(tmp_path, storage={"root": "s3://no-such-climb-bucket/run"})
+    climb = climb_resource(str(profile))
+    with pytest.raises(RuntimeError, match="cannot reach bucket 'no-such-climb-bucket'.*create"):
+        climb.check_bucket(climb.settings().storage.root)
+    climb.check_bucket(s3_server.bucket("climb-present") + "/run")  # an existing one passes

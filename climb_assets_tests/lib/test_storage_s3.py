@@ -84,3 +84,21 @@ def test_local_file_fetches_urls_and_passes_paths(s3_store, tmp_path):
     got = local_file(s3_store.uri("targets/t.txt"), s3_store.storage_options, tmp_path / "c")
     assert got.read_bytes() == b"held out"
     assert local_file(str(tmp_path / "x.txt")) == tmp_path / "x.txt"
+
+
+def test_a_folder_uploaded_from_its_cache_path_is_not_downloaded_again(s3_store):
+    src = s3_store.cache_path("proxies/y")
+    src.mkdir(parents=True)
+    (src / "model.safetensors").write_bytes(b"weights")
+    (src / "DONE").write_text("ok")
+    s3_store.put_folder(src, "proxies/y", last="DONE")
+    fetched = []
+    get = s3_store.fs.get_file
+    s3_store.fs.get_file = lambda a, b, **kw: (fetched.append(a), get(a, b))
+    assert s3_store.local_copy("proxies/y") == src
+    assert fetched == [] and (src / "model.safetensors").read_bytes() == b"weights"
+    s3_store.write_bytes("proxies/y/model.safetensors", b"changed elsewhere")
+    assert (
+        s3_store.local_copy("proxies/y") / "model.safetensors"
+    ).read_bytes() == b"changed elsewhere"
+    assert len(fetched) == 1
