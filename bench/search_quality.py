@@ -322,8 +322,9 @@ def _fit(x: list[np.ndarray], y: list[float], seed: int) -> Any:
 
 
 def _pool_scores(setup: SearchSetup, fit: Any, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    from climb_assets.lib.mixture import candidate_pool
     from climb_assets.lib.predictor import predict
+
+    from climb_assets.lib.mixture import candidate_pool
 
     pool = candidate_pool(setup.prior, setup.candidates, seed, setup.settings)
     return pool, predict(fit, pool)
@@ -346,8 +347,9 @@ def run_climb(
     `design` is how each round picks its mixtures: "maximin" (climb's default, spread over the
     sampler's draws and the predicted top set) or "random" (the paper's).
     """
-    from climb_assets.lib.mixture import final_mixture, mixture_key, sample_mixtures, select_next
     from climb_assets.lib.predictor import predict
+
+    from climb_assets.lib.mixture import final_mixture, mixture_key, sample_mixtures, select_next
 
     x: list[np.ndarray] = []
     y: list[float] = []
@@ -406,8 +408,9 @@ def run_random(
     setup: SearchSetup, score: Callable[[Any, np.ndarray], dict[str, float]]
 ) -> tuple[dict, dict]:
     """RegMix one-shot and best-of-random, on the same `setup.budget` random proxies."""
-    from climb_assets.lib.mixture import final_mixture, sample_mixtures
     from climb_assets.lib.predictor import predict
+
+    from climb_assets.lib.mixture import final_mixture, sample_mixtures
 
     base = setup.seed * 1000 + 500
     weights = sample_mixtures(setup.prior, setup.budget, base + 1, setup.settings)

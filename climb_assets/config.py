@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 import json
 import os
 import types
@@ -163,6 +164,10 @@ class ProxySettings:
     seed: int | None = None
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int | None = None
+    eval_fractions: tuple[float, ...] = (0.25, 0.5, 1.0)
+    """Shares of the token budget after which each proxy is scored on the targets: its
+    learning curve, which the bimix predictor fits and the catalog shows. Increasing, in
+    (0, 1], ending at 1.0 (the score the search ranks by)."""
 
 
 @dataclass(frozen=True)
@@ -186,11 +191,22 @@ class SearchSettings:
     seed: int = 42
     candidates: int = 100_000
     top_k_min: int = 128
-    design: Literal["maximin", "random"] = "maximin"
-    """How a round picks its mixtures from the sampler's draws (round 1) and from the predicted
-    top set (later rounds). maximin: greedy farthest-point, each pick as far as possible from
-    the mixtures already trained and picked, so few proxies still cover the simplex. random:
-    uniform picks, as in the paper."""
+    design: Literal["cover", "maximin", "random"] = "cover"
+    """How round 1 picks its mixtures from the sampler's draws, and later rounds from the
+    ranked top set. cover: the draws nearest the centres of k-means clusters of the draws
+    (round 1: picks spread over where the sampler puts its mass, interior included; later
+    rounds: farthest-point picks, as maximin). maximin: greedy farthest-point everywhere,
+    which in round 1 takes the simplex's corners (one-hot mixtures). random: uniform picks,
+    as in the paper."""
+    acquisition: Literal["mean", "ucb", "ei"] = "mean"
+    """How later rounds rank candidates: the predicted objective (the paper), an upper
+    confidence bound mean + kappa * std, or expected improvement over the best proxy. ucb and
+    ei need a predictor with an uncertainty (gp, aligned, or auto with rule ensemble)."""
+    kappa: float = 1.0
+    """Weight of the predictive standard deviation in the ucb acquisition."""
+    target_prior_weight: float = 0.0
+    """How far round 1's sampler centre (and every candidate pool's) leans from the token
+    prior toward the target documents' distribution over super-clusters, in [0, 1)."""
     final: Literal["argmax", "topk_mean", "best_observed"] = "argmax"
     """The final mixture: argmax of the last predictor over fresh candidates (the paper; the
     mean of the tied set when a tree predictor ties), topk_mean (RegMix: mean of the top
@@ -204,8 +220,17 @@ class SearchSettings:
 
 @dataclass(frozen=True)
 class PredictorSettings:
-    """The LightGBM regressor f(mixture) -> objective (paper hyper-parameters by default)."""
+    """The predictor f(mixture) -> objective fitted after every round.
 
+    `kind`: lightgbm (the paper's; its hyper-parameters below), log_linear (Data Mixing Law),
+    bimix (BiMix, fitted on the proxies' learning curves), gp (Gaussian process), aligned
+    (the target's distribution over super-clusters), or auto: every kind is scored by k-fold
+    cross-validated Spearman each round, and the best (`auto_rule: best`) or a CV-weighted
+    ensemble (`auto_rule: ensemble`) is used.
+    """
+
+    kind: Literal["auto", "lightgbm", "log_linear", "bimix", "gp", "aligned"] = "auto"
+    auto_rule: Literal["best", "ensemble"] = "best"
     learning_rate: float = 0.01
     num_boost_round: int = 1000
     max_depth: int = 4
@@ -332,6 +357,41 @@ def _check_ranges(p: Profile) -> None:
         "raise the round-1 budget",
     )
     need(p.search.candidates >= 1, "search.candidates", "must be >= 1")
+    need(
+        0 <= p.search.target_prior_weight < 1,
+        "search.target_prior_weight",
+        "must be in [0, 1) (0: the token prior; toward 1: the target's distribution)",
+    )
+    need(p.search.kappa >= 0, "search.kappa", "must be >= 0")
+    fr = p.proxy.eval_fractions
+    need(bool(fr), "proxy.eval_fractions", "must list at least [1.0]")
+    need(
+        all(0 < f <= 1 for f in fr),
+        "proxy.eval_fractions",
+        f"is {list(fr)}; every fraction must be in (0, 1]",
+    )
+    need(
+        all(a < b for a, b in itertools.pairwise(fr)),
+        "proxy.eval_fractions",
+        f"is {list(fr)}; list the fractions in increasing order, without repeats",
+    )
+    need(
+        bool(fr) and fr[-1] == 1.0,
+        "proxy.eval_fractions",
+        f"is {list(fr)}; it must end with 1.0 (the score the search ranks by)",
+    )
+    need(
+        p.predictor.kind != "bimix" or len(fr) >= 2,
+        "predictor.kind",
+        "is bimix, which fits learning curves: set proxy.eval_fractions to at least two "
+        "fractions, e.g. [0.25, 0.5, 1.0]",
+    )
+    need(
+        p.predictor.kind not in ("bimix",) or all(t.kind == "text" for t in p.targets),
+        "predictor.kind",
+        "is bimix, which models a loss in share and volume; choice targets (accuracy) need "
+        "log_linear, gp, lightgbm or auto",
+    )
     need(p.tokenizer.vocab_size >= 256, "tokenizer.vocab_size", "must be >= 256")
     need(
         p.tokenizer.kind == "bpe" or bool(p.tokenizer.path),

@@ -3,7 +3,7 @@
 import dagster as dg
 
 from climb_assets.config import Profile, deployment_kind, load_profile
-from climb_assets.defs import catalog, checks, data_side, manifest, search, sensors
+from climb_assets.defs import catalog, checks, data_side, manifest, search, search_round, sensors
 from climb_assets.defs.io import JsonIOManager
 from climb_assets.defs.resources import climb_resource, default_profile_ref
 from climb_assets.lib.routing import GPU_TAG
@@ -48,7 +48,8 @@ def build_definitions(profile_ref: str) -> dg.Definitions:
             search.proxy_tokenizer,
             search.cluster_tokens,
             search.search_targets,
-            search.build_search_round(n_rounds),
+            search.target_alignment,
+            search_round.build_search_round(n_rounds),
             manifest.climbmix_manifest,
         ],
         asset_checks=dg.load_asset_checks_from_modules([checks]),

@@ -165,12 +165,13 @@ def run_search(
     from climb_assets.defs.manifest import climbmix_manifest
     from climb_assets.defs.search import (
         IO,
-        build_search_round,
         cluster_tokens,
         proxy_tokenizer,
         round_keys,
         search_targets,
+        target_alignment,
     )
+    from climb_assets.defs.search_round import build_search_round
 
     profile, store = climb.settings(), climb.store()
     search_round = build_search_round(len(profile.search.rounds))
@@ -180,7 +181,8 @@ def run_search(
 
     upstream_changed = force or data_changed
     for asset, name in ((proxy_tokenizer, "proxy_tokenizer"), (cluster_tokens, "cluster_tokens"),
-                        (search_targets, "search_targets")):  # fmt: skip
+                        (search_targets, "search_targets"),
+                        (target_alignment, "target_alignment")):  # fmt: skip
         if upstream_changed or not is_done(store, profile, name, None):
             materialize([asset], name)
             write_marker(store, profile, name, None)

@@ -57,7 +57,7 @@ def test_bad_profiles_name_the_key(data, message):
 
 def test_min_points_matches_the_predictor():
     from climb_assets.config import MIN_PREDICTOR_POINTS
-    from climb_assets.lib.predictor import MIN_POINTS
+    from climb_assets.lib.predictors.tree import MIN_POINTS
 
     assert MIN_PREDICTOR_POINTS == MIN_POINTS
 

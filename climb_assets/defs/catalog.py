@@ -70,6 +70,9 @@ def catalog_views(store: Store, scorer_names: list[str]) -> dict[str, str]:
         "proxy_runs": "search/*/proxy_runs.parquet",
         "evaluations": "search/*/evaluations.parquet",
         "predictions": "search/*/predictions.parquet",
+        "proxy_curves": "search/*/curves.parquet",
+        "predictor_cv": "search/*/cv.parquet",
+        "target_alignment": "targets/alignment.parquet",
         "manifest_weights": "manifest/weights.parquet",
         "manifest_documents": "manifest/shards/*.parquet",
     }

@@ -13,13 +13,18 @@ from climb_assets.defs.data_side import shard_file
 from climb_assets.defs.resources import ClimbResource
 from climb_assets.defs.search import (
     GROUP,
-    _cluster_summary,
-    _sampler,
+    cluster_summary,
     cluster_tokens,
     proxy_config,
     round_keys,
 )
-from climb_assets.lib import manifest, mixture, plots, predictor
+from climb_assets.defs.search_round import (
+    load_round_predictor,
+    metric_datas_so_far,
+    search_space,
+)
+from climb_assets.lib import manifest, mixture, plots, proposals
+from climb_assets.lib.predictors.base import PredictorError, build_models
 
 
 @dg.asset(group_name=GROUP, deps=["predictor_models", cluster_tokens], kinds={"json", "parquet"})
@@ -29,7 +34,7 @@ def climbmix_manifest(
     """The ClimbMix manifest: final weights, token budgets, selected documents and exports."""
     profile, store = climb.settings(), climb.store()
     keys = round_keys(profile)
-    missing = [k for k in keys if not store.exists(f"search/{k}/predictor.txt")]
+    missing = [k for k in keys if not store.exists(f"search/{k}/predictor.json")]
     if missing:
         raise ValueError(
             f"search round(s) {missing} have no predictor yet; materialize every round of "
@@ -37,28 +42,56 @@ def climbmix_manifest(
         )
     m, s = profile.manifest, profile.search
     last = keys[-1]
-    summary = _cluster_summary(store)
-    available = np.asarray(summary["tokens"], dtype=np.int64)
-    prior = mixture.natural_prior(available)
-    booster = predictor.load_predictor(store.read_bytes(f"search/{last}/predictor.txt").decode())
-    observed: dict[str, Any] = {}
+    space = search_space(profile, store)
+    available = np.asarray(cluster_summary(store)["tokens"], dtype=np.int64)
+    prior = space.prior
+    model = load_round_predictor(store, last)
+    last_round = store.read_json(f"search/{last}/round.json")
+    chosen_by: dict[str, Any] = {}
     if s.final == "best_observed":
         evaluated = pl.concat(
             [pl.from_arrow(store.read_parquet(f"search/{k}/evaluations.parquet",
                                               ["mixture_id", "weights", "objective"]))
              for k in keys]
         ).sort("mixture_id")  # fmt: skip
-        best = evaluated.row(int(evaluated.get_column("objective").arg_max()), named=True)
+        x = np.array(evaluated.get_column("weights").to_list(), dtype=np.float64)
+        feasible = proposals.within_caps(x, space.caps)
+        objective = evaluated.get_column("objective").to_numpy()
+        best_row = int(np.argmax(np.where(feasible, objective, -np.inf)))
+        best = evaluated.row(best_row, named=True)
         weights = np.asarray(best["weights"], dtype=np.float64)
-        observed = {"mixture_id": best["mixture_id"], "observed_objective": best["objective"]}
+        chosen_by = {"mixture_id": best["mixture_id"], "observed_objective": best["objective"],
+                     "infeasible_proxies_skipped": int((~feasible).sum())}  # fmt: skip
         context.log.info(
-            f"final: {best['mixture_id']}, best observed objective {best['objective']}"
+            f"final: {best['mixture_id']}, best observed objective {best['objective']} among "
+            f"{int(feasible.sum())} proxies within the repetition caps"
         )
     else:
-        pool = mixture.candidate_pool(prior, s.candidates, m.seed, _sampler(profile))
-        scores = predictor.predict(booster, pool)
+        pool = space.pool(profile, m.seed)
+        scores = model.predict(pool)
+        ties = proposals.top_ties(scores, 1 if s.final == "argmax" else s.final_top_k)
+        if s.final == "argmax" and ties.tied > 1:
+            context.log.warning(
+                f"{ties.tied} candidates tie at the best predicted value; the final mixture is "
+                "their mean (the centre of the predicted-best region)"
+            )
         weights = mixture.final_mixture(pool, scores, s.final, s.final_top_k)
-    predicted = float(predictor.predict(booster, weights[None, :])[0])
+        chosen_by = {"tied_at_best": ties.tied, "candidates": len(pool)}
+    predicted = float(model.predict(weights[None, :])[0])
+    std = model.predict_std(weights[None, :])
+    band, band_source = (
+        (float(std[0]), "predictive standard deviation")
+        if std is not None
+        else (last_round.get("cv_rmse"), "cross-validated RMSE of the last predictor")
+    )
+    ratio = m.total_tokens / proxy_config(profile).train_tokens
+    at_total, at_total_note = None, None
+    try:
+        law = model if model.volume_aware else build_models("bimix", metric_datas_so_far(
+            profile, store), s.seed)  # fmt: skip
+        at_total = float(law.predict(weights[None, :], volume=ratio)[0])
+    except PredictorError as exc:
+        at_total_note = str(exc)
     budget = manifest.token_budget(weights, available, m.total_tokens, m.max_epochs)
     for idx in budget.capped:
         context.log.warning(
@@ -107,10 +140,18 @@ def climbmix_manifest(
         "encoder": encoder,
         "tokenizer": tok_info,
         "proxy": proxy_config(profile).to_dict(),
-        "final": {"method": s.final, "top_k": s.final_top_k, "predicted_objective": predicted,
-                  **observed},
+        "final": {
+            "method": s.final, "top_k": s.final_top_k, "predictor_kind": profile.predictor.kind,
+            "predictor_used": last_round["used"], "predicted_objective": predicted,
+            "predicted_objective_band": band, "band": band_source,
+            "predicted_objective_at_total_tokens": at_total,
+            "at_total_tokens_note": at_total_note or (
+                f"bimix law extrapolated {ratio:.3g}x beyond the proxy budget; a rough guide"),
+            **chosen_by,
+        },
         "rounds": [
-            {"round": r["round"], "points": r["points"], "cv_spearman": r["cv_spearman"],
+            {"round": r["round"], "points": r["points"], "used": r["used"],
+             "cv_spearman": r["cv_spearman"], "cv_by_kind": r["cv_by_kind"],
              "best_observed": r["best_observed"], "best_predicted": r["best_predicted"]}
             for r in rounds
         ],
@@ -156,6 +197,8 @@ def climbmix_manifest(
             "weights": [round(float(w), 4) for w in weights],
             "natural": [round(float(p), 4) for p in prior],
             "predicted_objective": round(predicted, 5),
+            "predicted_objective_band": "n/a" if band is None else round(band, 5),
+            "predictor_used": last_round["used"],
             "documents": chosen.height,
             "tokens": int(budget.granted.sum()),
             "shortfall": budget.shortfall,

@@ -164,15 +164,19 @@ def sample_mixtures(
     settings: SamplerSettings | None = None,
     exclude: Iterable[str] = (),
     design: str = "random",
+    center: Sequence[float] | np.ndarray | None = None,
+    caps: Sequence[float] | np.ndarray | None = None,
 ) -> np.ndarray:
     """Round-1 mixtures: RegMix's Dirichlet sampler, de-duplicated, n picked from the draws.
 
     Draws ``n * settings.oversample`` candidates, applies the rejection and minimum-weight
     rules, drops duplicates and mixtures whose :func:`mixture_key` is in ``exclude``, then picks
-    n of the rest: uniformly at random (``design="random"``, RegMix and the paper) or spread
+    n of the rest: uniformly at random (``design="random"``, RegMix and the paper), spread
     over the simplex by greedy farthest-point selection (``design="maximin"``, see
-    :func:`spread_rows`), so that a few proxies still reach every corner the sampler can, such
-    as mixtures dominated by a small super-cluster that random picks often miss.
+    :func:`spread_rows`; its picks are the simplex's corners: one-hot mixtures that tell a
+    predictor nothing about the interior), or as the draws nearest the centres of n k-means
+    clusters of the draws (``design="cover"``, see :func:`cover_rows`): picks that represent
+    where the sampler puts its mass, interior and edges alike, each in a different region.
 
     Args:
         prior: Natural prior (token share per super-cluster), e.g. from :func:`natural_prior`.
@@ -180,7 +184,12 @@ def sample_mixtures(
         seed: Seed of ``np.random.default_rng``; the same seed gives the same mixtures.
         settings: Sampler parameters (default: the paper's).
         exclude: Keys of mixtures that must not be returned (already trained).
-        design: ``"random"`` or ``"maximin"``.
+        design: ``"random"``, ``"maximin"`` or ``"cover"``.
+        center: Where the Dirichlet draws are centred (default: ``prior``), e.g. a blend of
+            the token prior and the target's distribution over super-clusters. The
+            rejection rule stays relative to the natural ``prior`` (it bounds repetition).
+        caps: Largest weight each super-cluster may get (the manifest's repetition cap);
+            draws above a cap are rejected.
 
     Returns:
         (n, K) float64 array; every row sums to 1 and each weight is 0 or >= min_weight.
@@ -205,7 +214,7 @@ def sample_mixtures(
             )
         return only
     rng = np.random.default_rng(seed)
-    units = _draw(p, n * settings.oversample, rng, settings)
+    units = _draw(p, n * settings.oversample, rng, settings, center, caps)
     units = _dedupe(units)
     if excluded:
         keep = np.array([_units_key(u) not in excluded for u in units], dtype=bool)
@@ -218,11 +227,36 @@ def sample_mixtures(
         )
     if design == "maximin":
         pick = np.sort(spread_rows(units / _SCALE, n, rng))
+    elif design == "cover":
+        pick = np.sort(cover_rows(units / _SCALE, n, seed))
     elif design == "random":
         pick = np.sort(rng.choice(units.shape[0], size=n, replace=False))
     else:
-        raise MixtureError(f"unknown design {design!r}; use 'random' or 'maximin'")
+        raise MixtureError(f"unknown design {design!r}; use 'random', 'maximin' or 'cover'")
     return units[pick] / _SCALE
+
+
+def cover_rows(points: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """Row indices of n points that cover the others: the point nearest each k-means centre.
+
+    A centroidal design: the n picks partition the points into regions of similar mass, so
+    they follow the sampler's density (mostly the interior of the simplex) while no two picks
+    share a region. Farthest-point selection instead takes the extremes (the corners).
+    """
+    from sklearn.cluster import KMeans
+
+    pts = np.asarray(points, dtype=np.float64)
+    if n > pts.shape[0]:
+        raise MixtureError(f"cannot pick {n} rows from {pts.shape[0]}; lower the round budget")
+    if n == pts.shape[0]:
+        return np.arange(n, dtype=np.int64)
+    km = KMeans(n_clusters=n, n_init=1, random_state=seed, max_iter=100).fit(pts)
+    picked: list[int] = []
+    for centre in km.cluster_centers_:
+        dist = np.linalg.norm(pts - centre, axis=1)
+        dist[picked] = np.inf
+        picked.append(int(np.argmin(dist)))
+    return np.asarray(picked, dtype=np.int64)
 
 
 def spread_rows(
@@ -267,6 +301,8 @@ def candidate_pool(
     size: int,
     seed: int,
     settings: SamplerSettings | None = None,
+    center: Sequence[float] | np.ndarray | None = None,
+    caps: Sequence[float] | np.ndarray | None = None,
 ) -> np.ndarray:
     """Fresh candidate mixtures from the round-1 sampler, for the predictor to score.
 
@@ -279,6 +315,8 @@ def candidate_pool(
         size: Number of candidates to draw.
         seed: Seed of ``np.random.default_rng``.
         settings: Sampler parameters (default: the paper's).
+        center: Centre of the draws (see :func:`sample_mixtures`).
+        caps: Largest weight per super-cluster (see :func:`sample_mixtures`).
 
     Returns:
         (m, K) float64 array of distinct mixtures, m <= size.
@@ -293,7 +331,7 @@ def candidate_pool(
     chunks: list[np.ndarray] = []
     accepted = 0
     for _ in range(settings.oversample):
-        batch = _draw(p, size, rng, settings)
+        batch = _draw(p, size, rng, settings, center, caps)
         chunks.append(batch)
         accepted += batch.shape[0]
         if accepted >= size:
@@ -302,7 +340,8 @@ def candidate_pool(
     if units.shape[0] == 0:
         raise MixtureError(
             f"no candidate passed the rejection rule in {size * settings.oversample} draws; "
-            "raise max_ratio (or set it to None) or raise the sampler temperature"
+            "raise max_ratio (or set it to None), raise the sampler temperature, or loosen the "
+            "repetition cap (manifest.max_epochs)"
         )
     return _dedupe(units) / _SCALE
 
@@ -457,6 +496,43 @@ def _check_prior(prior: Sequence[float] | np.ndarray) -> np.ndarray:
     return p / p.sum()
 
 
+def _check_center(center: Sequence[float] | np.ndarray, prior: np.ndarray) -> np.ndarray:
+    c = np.asarray(center, dtype=np.float64).reshape(-1)
+    if c.shape != prior.shape or not np.all(np.isfinite(c)) or np.any(c < 0):
+        raise MixtureError(
+            f"the sampler centre must be {prior.size} finite non-negative weights; blend the "
+            "token prior and the target distribution with blend_center"
+        )
+    if np.any((c <= 0) & (prior > 0)):
+        raise MixtureError(
+            "the sampler centre gives 0 to a super-cluster that has tokens; blend it with the "
+            "token prior (blend_center) so every super-cluster can be drawn"
+        )
+    return c / c.sum()
+
+
+def blend_center(
+    prior: Sequence[float] | np.ndarray, target: Sequence[float] | np.ndarray, weight: float
+) -> np.ndarray:
+    """``(1 - weight) * prior + weight * target``: a sampler centre leaning toward the target.
+
+    Args:
+        prior: Natural prior (token shares).
+        target: The target documents' distribution over super-clusters.
+        weight: How far toward the target, in [0, 1); 1 would give zero-token-share
+            super-clusters no chance to be drawn.
+    """
+    if not 0 <= weight < 1:
+        raise MixtureError(f"target prior weight = {weight}; it must be in [0, 1)")
+    p = _check_prior(prior)
+    t = np.asarray(target, dtype=np.float64).reshape(-1)
+    if t.shape != p.shape or np.any(t < 0) or t.sum() <= 0:
+        raise MixtureError(
+            f"the target distribution must be {p.size} non-negative shares, one per super-cluster"
+        )
+    return (1 - weight) * p + weight * t / t.sum()
+
+
 def _check_candidates(
     candidates: np.ndarray, predicted: Sequence[float] | np.ndarray
 ) -> np.ndarray:
@@ -477,13 +553,21 @@ def _check_candidates(
     return cand
 
 
-def _draw(p: np.ndarray, m: int, rng: np.random.Generator, settings: SamplerSettings) -> np.ndarray:
+def _draw(
+    p: np.ndarray,
+    m: int,
+    rng: np.random.Generator,
+    settings: SamplerSettings,
+    center: Sequence[float] | np.ndarray | None = None,
+    caps: Sequence[float] | np.ndarray | None = None,
+) -> np.ndarray:
     """m raw candidates -> admissible ones as integer weights on the 10**-DECIMALS grid.
 
     Zero-prior domains always get weight 0 (their bound is 0 and Dirichlet needs alpha > 0).
     """
     live = np.flatnonzero(p > 0)
-    tp = p[live] ** settings.temperature
+    base = p if center is None else _check_center(center, p)
+    tp = base[live] ** settings.temperature
     tp = tp / tp.sum()
     strengths = settings.strengths()
     which = rng.integers(0, strengths.size, size=m)
@@ -505,6 +589,9 @@ def _draw(p: np.ndarray, m: int, rng: np.random.Generator, settings: SamplerSett
     if settings.max_ratio is not None:
         bound = np.minimum(settings.max_ratio * p[live], 1.0)
         units = units[np.all(units <= np.floor(bound * _SCALE + 1e-9), axis=1)]
+    if caps is not None:
+        cap = np.asarray(caps, dtype=np.float64).reshape(-1)[live]
+        units = units[np.all(units <= np.floor(cap * _SCALE + 1e-9), axis=1)]
     full = np.zeros((units.shape[0], p.size), dtype=np.int64)
     full[:, live] = units
     return full

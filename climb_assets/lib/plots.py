@@ -86,3 +86,21 @@ def rounds_png(rounds: list[str], observed: list[float], predicted: list[float])
     ax.set_ylabel("objective (higher is better)")
     ax.legend()
     return _png(fig)
+
+
+def curves_png(proxies: list[str], tokens: list[int], objective: list[float], title: str) -> bytes:
+    """One line per proxy: its objective (higher is better) against tokens trained on."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    by_proxy: dict[str, list[tuple[int, float]]] = {}
+    for name, t, v in zip(proxies, tokens, objective, strict=True):
+        by_proxy.setdefault(name, []).append((t, v))
+    for name, points in sorted(by_proxy.items()):
+        points.sort()
+        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", ms=3, lw=1,
+                label=name)  # fmt: skip
+    ax.set_xlabel("tokens trained on")
+    ax.set_ylabel("objective (higher is better)")
+    ax.set_title(title)
+    if len(by_proxy) <= 16:
+        ax.legend(fontsize=6, ncol=2)
+    return _png(fig)

@@ -507,6 +507,8 @@ def train_proxy(
     log: Callable[[str], None] | None = None,
     threads: int | None = None,
     eos_token_id: int | None = None,
+    on_checkpoint: Callable[[int, torch.nn.Module], None] | None = None,
+    checkpoint_steps: Sequence[int] = (),
 ) -> TrainResult:
     """Trains one proxy on a mixture of super-clusters.
 
@@ -525,6 +527,10 @@ def train_proxy(
         log: Receives a progress line about ten times per run.
         threads: Torch intra-op threads for this call (restored afterwards); None leaves it.
         eos_token_id: Recorded in the model config.
+        on_checkpoint: Called as ``on_checkpoint(step, model)`` right after each step in
+            ``checkpoint_steps`` (learning-curve evaluations: it may evaluate the model, which
+            is back in training mode afterwards; it must not change the weights).
+        checkpoint_steps: Steps (1-based, counted after the update) for ``on_checkpoint``.
 
     Returns:
         The trained model and its statistics.
@@ -558,6 +564,7 @@ def train_proxy(
         steps = cfg.steps
         losses = torch.zeros(steps, device=dev)
         log_every = max(1, steps // 10)
+        at = set(checkpoint_steps) if on_checkpoint is not None else set()
         start = time.perf_counter()
         for step in range(steps):
             lr = cfg.learning_rate(step)
@@ -577,6 +584,11 @@ def train_proxy(
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             losses[step] = loss.detach()
+            if step + 1 in at:
+                paused = time.perf_counter()
+                on_checkpoint(step + 1, model)  # type: ignore[misc]
+                model.train()
+                start += time.perf_counter() - paused  # throughput counts training only
             if log is not None and ((step + 1) % log_every == 0 or step + 1 == steps):
                 recent = losses[max(0, step + 1 - log_every) : step + 1].mean().item()
                 elapsed = time.perf_counter() - start
@@ -606,6 +618,11 @@ def train_proxy(
         epochs_per_cluster=batches.epochs_per_cluster(steps),
         loss_every=loss_every,
     )
+
+
+def fraction_steps(cfg: ProxyConfig, fractions: Sequence[float]) -> list[int]:
+    """The step after which each fraction of the budget has been trained (at least 1)."""
+    return [max(1, min(cfg.steps, round(f * cfg.steps))) for f in fractions]
 
 
 def _json_default(value: Any) -> Any:

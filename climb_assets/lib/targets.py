@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow.parquet as pq
 
 from climb_assets.lib.corpus import content_id
@@ -120,3 +121,38 @@ def objective(scores: Mapping[str, Mapping[str, float]], targets: Sequence[Targe
         s = scores[t.name]
         total += t.weight * (-s["bpb"] if t.kind == "text" else s["accuracy"])
     return total
+
+
+def target_documents(target: Target) -> list[str]:
+    """The texts that stand for a target in embedding space: its documents, or for a choice
+    target each question's context followed by its correct answer."""
+    if target.kind == "text":
+        return [t for t in target.texts if t.strip()]
+    return [f"{i['context']} {i['choices'][int(i['answer'])]}" for i in target.items]
+
+
+def super_cluster_distribution(
+    nearest_cluster: Sequence[int], cluster_to_super: Sequence[int], n_super: int
+) -> list[float]:
+    """The share of a target's documents in each super-cluster.
+
+    Args:
+        nearest_cluster: For each target document, its nearest *kept* cluster (documents are
+            assigned among the kept centroids only, so every one lands in a super-cluster).
+        cluster_to_super: Super-cluster of each cluster id (-1 for a pruned cluster).
+        n_super: Number of super-clusters.
+
+    Returns:
+        Shares summing to 1.
+    """
+    mapping = np.asarray(cluster_to_super, dtype=np.int64)
+    nearest = np.asarray(nearest_cluster, dtype=np.int64)
+    if nearest.size == 0:
+        raise TargetError("the target has no documents to place among the super-clusters")
+    supers = mapping[nearest]
+    if np.any(supers < 0):
+        raise TargetError(
+            "a target document was placed in a pruned cluster; assign among kept ones"
+        )
+    counts = np.bincount(supers, minlength=n_super).astype(np.float64)
+    return (counts / counts.sum()).tolist()

@@ -20,12 +20,12 @@ DAGSTER = str(Path(sys.executable).with_name("dagster"))
 PROBE = """
 import json
 from climb_assets.definitions import defs
-from climb_assets.defs import data_side, search
+from climb_assets.defs import data_side, proxies
 print(json.dumps({
     "executor": defs.executor.name,
     "embeddings": dict(data_side.embeddings.op.tags),
     "kmeans": dict(data_side.kmeans_centroids.op.tags),
-    "train_proxy": dict(search.train_proxy.tags),
+    "train_proxy": dict(proxies.train_proxy.tags),
     "corpus_documents": dict(data_side.corpus_documents.op.tags),
 }))
 """

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from climb_assets.defs.resources import ClimbResource
-from climb_assets.defs.search import build_search_round
+from climb_assets.defs.search_round import build_search_round
 from climb_assets.lib import proxy, tokens
 from climb_assets.lib.planted import build_planted_corpus
 from climb_assets.runner import run_all

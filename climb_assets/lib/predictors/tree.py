@@ -1,4 +1,4 @@
-"""LightGBM predictor f(alpha) -> objective, fitted on the (mixture, score) pairs of the proxies.
+"""Kind `lightgbm`: the paper's LightGBM regressor f(alpha) -> metric, fitted on the proxies.
 
 The paper's predictor is a LightGBM regressor (gbdt, learning rate 0.01, up to 1000 rounds,
 max_depth 4, min_child_samples 5, reg_alpha 1.0, reg_lambda 1.0, early stopping after 20 rounds
@@ -29,22 +29,23 @@ Choices beyond the paper, for the small data a CLIMB round has (8-112 points):
 
 from __future__ import annotations
 
-import io
-import math
 import os
-import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import lightgbm
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import numpy as np
-from scipy.stats import spearmanr
+
+from climb_assets.lib.predictors.base import (
+    MetricData,
+    MetricModel,
+    PredictorError,
+    as_rows,
+    register,
+)
+from climb_assets.lib.predictors.report import spearman
 
 PAPER_PARAMS: dict[str, Any] = {
     "objective": "regression",
@@ -91,10 +92,6 @@ _ALIASES = {
 }
 
 
-class PredictorError(ValueError):
-    """Predictor inputs or models that cannot be used."""
-
-
 @dataclass
 class PredictorFit:
     """A fitted predictor and how well it generalises.
@@ -126,7 +123,7 @@ def fit_predictor(
     y: np.ndarray,
     seed: int,
     params: Mapping[str, Any] | None = None,
-    cv_folds: int = 5,
+    cv_folds: int | None = 5,
     feature_names: Sequence[str] | None = None,
 ) -> PredictorFit:
     """Fit the LightGBM predictor on mixtures X and their scores y (higher is better).
@@ -136,7 +133,8 @@ def fit_predictor(
         y: (n,) target score per proxy; negate losses so that higher is better.
         seed: Seed of LightGBM and of the validation split and folds.
         params: Overrides of :data:`PAPER_PARAMS` (native or sklearn-style names).
-        cv_folds: Folds of the cross-validation (capped at n).
+        cv_folds: Folds of the cross-validation (capped at n); None skips it (the family's
+            cross-validation in ``auto.py`` scores every kind the same way).
         feature_names: Name per feature (default ``sc_0 .. sc_{K-1}``).
 
     Returns:
@@ -152,7 +150,7 @@ def fit_predictor(
             f"need at least {MIN_POINTS} trained proxies to fit the predictor, got {n}; "
             "raise the round-1 budget"
         )
-    if cv_folds < 2:
+    if cv_folds is not None and cv_folds < 2:
         raise PredictorError(f"cv_folds = {cv_folds}; use at least 2 folds")
     names = _feature_names(feature_names, k)
     merged = _merge_params(params, seed)
@@ -162,7 +160,7 @@ def fit_predictor(
         raise PredictorError(f"num_iterations = {max_rounds}; boost at least 1 round")
 
     rng = np.random.default_rng(seed)
-    folds = _folds(n, min(cv_folds, n), rng)
+    folds = _folds(n, min(cv_folds or 2, n), rng)
     n_valid = int(n * VALID_FRACTION)
     y_mean, y_scale = _standardiser(y)
     z = (y - y_mean) / y_scale
@@ -186,7 +184,7 @@ def fit_predictor(
 
     cv_predictions = np.full(n, np.nan)
     cv_spearman: float | None = None
-    if n >= CV_MIN_POINTS:
+    if cv_folds is not None and n >= CV_MIN_POINTS:
         for train, test in folds:
             fold_booster, _ = _train(X[train], y[train], merged, num_rounds, names)
             cv_predictions[test] = fold_booster.predict(X[test])
@@ -247,74 +245,6 @@ def load_predictor(path_or_string: str | os.PathLike[str]) -> lightgbm.Booster:
             f"no predictor model at {path}; pass a LightGBM text model file or its contents"
         )
     return lightgbm.Booster(model_str=path.read_text(encoding="utf-8"))
-
-
-def spearman(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray) -> float:
-    """Spearman rank correlation over the pairs where both values are finite.
-
-    Returns NaN (not 0) when fewer than 2 pairs remain or either side is constant, so that an
-    uninformative predictor is never mistaken for an uncorrelated one.
-    """
-    x = np.asarray(a, dtype=np.float64).reshape(-1)
-    v = np.asarray(b, dtype=np.float64).reshape(-1)
-    if x.shape != v.shape:
-        raise PredictorError(f"spearman needs equal lengths, got {x.size} and {v.size}")
-    ok = np.isfinite(x) & np.isfinite(v)
-    x, v = x[ok], v[ok]
-    if x.size < 2 or np.all(x == x[0]) or np.all(v == v[0]):
-        return math.nan
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return float(spearmanr(x, v).statistic)
-
-
-def predicted_vs_actual_png(
-    actual: Sequence[float] | np.ndarray,
-    predicted: Sequence[float] | np.ndarray,
-    title: str = "predicted vs actual",
-) -> bytes:
-    """Scatter of predicted against actual scores with the y = x line and the Spearman."""
-    x = np.asarray(actual, dtype=np.float64).reshape(-1)
-    v = np.asarray(predicted, dtype=np.float64).reshape(-1)
-    ok = np.isfinite(x) & np.isfinite(v)
-    fig, ax = plt.subplots(figsize=(5, 5))
-    ax.scatter(x[ok], v[ok], s=18, alpha=0.8)
-    if ok.any():
-        lo = float(min(x[ok].min(), v[ok].min()))
-        hi = float(max(x[ok].max(), v[ok].max()))
-        pad = 0.05 * (hi - lo) or 0.05 * max(abs(hi), 1.0)
-        ax.plot([lo - pad, hi + pad], [lo - pad, hi + pad], color="grey", linestyle="--", lw=1)
-    rho = spearman(x, v)
-    label = "n/a" if math.isnan(rho) else f"{rho:.3f}"
-    ax.text(0.03, 0.97, f"Spearman {label}\nn = {int(ok.sum())}", transform=ax.transAxes, va="top")
-    ax.set_xlabel("actual")
-    ax.set_ylabel("predicted")
-    ax.set_title(title)
-    return _png(fig)
-
-
-def feature_importance_png(
-    importance: Sequence[float] | np.ndarray, names: Sequence[str] | None = None
-) -> bytes:
-    """Horizontal bars of feature importance (gain), largest on top."""
-    imp = np.asarray(importance, dtype=np.float64).reshape(-1)
-    labels = list(names) if names is not None else [f"sc_{i}" for i in range(imp.size)]
-    if len(labels) != imp.size:
-        raise PredictorError(f"{len(labels)} names for {imp.size} importances; give one each")
-    order = np.argsort(imp, kind="stable")
-    fig, ax = plt.subplots(figsize=(6, max(2.0, 0.25 * imp.size + 1)))
-    ax.barh(np.arange(imp.size), imp[order], color="tab:blue")
-    ax.set_yticks(np.arange(imp.size), [labels[i] for i in order])
-    ax.set_xlabel("gain")
-    ax.set_title("predictor feature importance")
-    return _png(fig)
-
-
-def _png(fig: plt.Figure) -> bytes:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
-    plt.close(fig)
-    return buf.getvalue()
 
 
 def _check_xy(X: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -418,3 +348,43 @@ def _folds(n: int, k: int, rng: np.random.Generator) -> list[tuple[np.ndarray, n
     """k shuffled folds as (train_rows, test_rows), every row tested exactly once."""
     perm = rng.permutation(n)
     return [(np.sort(np.setdiff1d(perm, test)), np.sort(test)) for test in np.array_split(perm, k)]
+
+
+@register
+class LightGBMModel(MetricModel):
+    """The paper's predictor behind the family's interface (see the module docstring)."""
+
+    kind: ClassVar[str] = "lightgbm"
+    min_points: ClassVar[int] = MIN_POINTS
+
+    def __init__(self, params: Mapping[str, Any] | None = None) -> None:
+        self.params = dict(params or {})
+        self.booster: lightgbm.Booster | None = None
+        self.fit_info: dict[str, Any] = {}
+
+    def fit(self, data: MetricData, seed: int) -> None:
+        fit = fit_predictor(data.weights, data.values, seed, self.params, cv_folds=None)
+        self.booster = fit.booster
+        self.fit_info = {
+            "num_rounds": fit.num_rounds,
+            "feature_importance": fit.feature_importance.round(6).tolist(),
+        }
+
+    def predict(self, x: np.ndarray, volume: float = 1.0) -> np.ndarray:
+        self._check_volume(volume)
+        if self.booster is None:
+            raise PredictorError("the lightgbm model is not fitted")
+        return predict(self.booster, as_rows(x))
+
+    def summary(self) -> dict[str, Any]:
+        return dict(self.fit_info)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"model": predictor_to_string(self.booster), **self.fit_info}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> LightGBMModel:
+        model = cls()
+        model.booster = load_predictor(str(data["model"]))
+        model.fit_info = {k: v for k, v in data.items() if k not in ("model", "kind")}
+        return model

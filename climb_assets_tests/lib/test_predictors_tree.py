@@ -7,19 +7,21 @@ import numpy as np
 import pytest
 
 from climb_assets.lib.mixture import candidate_pool
-from climb_assets.lib.predictor import (
+from climb_assets.lib.predictors.report import (
+    feature_importance_png,
+    predicted_vs_actual_png,
+    spearman,
+)
+from climb_assets.lib.predictors.tree import (
     MIN_POINTS,
     PAPER_PARAMS,
     PredictorError,
     PredictorFit,
-    feature_importance_png,
     fit_predictor,
     load_predictor,
     predict,
-    predicted_vs_actual_png,
     predictor_to_string,
     save_predictor,
-    spearman,
 )
 
 K = 6
