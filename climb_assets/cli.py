@@ -94,16 +94,24 @@ def _print_manifest(climb: ClimbResource) -> None:
             f"{sources.get(sc, '-'):<16} {terms.get(sc, '')}"
         )
     final = doc["final"]
+    band = final.get("predicted_objective_band")
+    plus = f" ± {band:.4f}" if band is not None else ""
     if "observed_objective" in final:
         print(f"final: proxy {final['mixture_id']}, observed objective "
-              f"{final['observed_objective']:.4f} (best_observed); rounds:")  # fmt: skip
+              f"{final['observed_objective']:.4f} (best_observed); predicted "
+              f"{final['predicted_objective']:.4f}{plus} by {final['predictor_used']}")  # fmt: skip
     else:
-        print(f"predicted objective {final['predicted_objective']:.4f} ({final['method']}); "
-              "rounds:")  # fmt: skip
+        print(f"final: predicted objective {final['predicted_objective']:.4f}{plus} "
+              f"({final['method']} of {final['predictor_used']})")  # fmt: skip
+    print("predictors, cross-validated Spearman by kind (* = used):")
     for r in doc["rounds"]:
-        cv = "n/a" if r["cv_spearman"] is None else f"{r['cv_spearman']:.2f}"
-        print(f"  {r['round']}: {r['points']} proxies so far, best observed "
-              f"{r['best_observed']:.4f}, cv Spearman {cv}")  # fmt: skip
+        kinds = ", ".join(
+            f"{kind}{'*' if kind == r['used'] or f'{kind}=' in r['used'] else ''} "
+            + ("n/a" if rho is None else f"{rho:.2f}")
+            for kind, rho in r["cv_by_kind"].items()
+        )
+        best = f"best observed {r['best_observed']:.4f}"
+        print(f"  {r['round']}: {r['points']} proxies, {best}; {kinds}")
     print(f"manifest: {store.uri('manifest/climbmix.json')}")
 
 

@@ -48,6 +48,25 @@ def test_environment_selects_profile(monkeypatch, tmp_path):
         ({"tokenizer": {"kind": "pretrained"}}, "tokenizer.path is required"),
         ({"targets": [{"name": "t", "path": "x", "weight": 0}]}, "targets[t].weight must be > 0"),
         ({"targets": [{"name": "t", "path": "x", "kind": "mcq"}]}, "'mcq' is not allowed"),
+        ({"predictor": {"kind": "xgboost"}}, "'xgboost' is not allowed"),
+        ({"proxy": {"eval_fractions": []}}, "proxy.eval_fractions must list at least [1.0]"),
+        ({"proxy": {"eval_fractions": [0.5, 0.25, 1.0]}}, "in increasing order"),
+        ({"proxy": {"eval_fractions": [0.0, 1.0]}}, "every fraction must be in (0, 1]"),
+        ({"proxy": {"eval_fractions": [0.5, 1.5]}}, "every fraction must be in (0, 1]"),
+        ({"proxy": {"eval_fractions": [0.25, 0.5]}}, "it must end with 1.0"),
+        (
+            {"predictor": {"kind": "bimix"}, "proxy": {"eval_fractions": [1.0]}},
+            "bimix, which fits learning curves: set proxy.eval_fractions",
+        ),
+        (
+            {
+                "predictor": {"kind": "bimix"},
+                "targets": [{"name": "q", "path": "x", "kind": "choice"}],
+            },
+            "choice targets (accuracy) need log_linear, gp, lightgbm or auto",
+        ),
+        ({"search": {"target_prior_weight": 1.0}}, "search.target_prior_weight must be in [0, 1)"),
+        ({"search": {"acquisition": "pi"}}, "'pi' is not allowed"),
     ],
 )
 def test_bad_profiles_name_the_key(data, message):

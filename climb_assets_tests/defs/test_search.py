@@ -135,8 +135,8 @@ def test_same_seed_same_mixtures_predictor_and_manifest(planted):
         ma = a.read_parquet(f"search/{key}/mixtures.parquet").column("key").to_pylist()
         mb = b.read_parquet(f"search/{key}/mixtures.parquet").column("key").to_pylist()
         assert ma == mb
-        assert a.read_bytes(f"search/{key}/predictor.txt") == b.read_bytes(
-            f"search/{key}/predictor.txt"
+        assert a.read_bytes(f"search/{key}/predictor.json") == b.read_bytes(
+            f"search/{key}/predictor.json"
         )
     wa = [r["weight"] for r in a.read_json("manifest/climbmix.json")["super_clusters"]]
     wb = [r["weight"] for r in b.read_json("manifest/climbmix.json")["super_clusters"]]
@@ -245,3 +245,40 @@ def test_best_observed_final_takes_the_best_trained_mixture(planted, tmp_path):
         assert before["final"]["method"] == "argmax" and "mixture_id" not in before["final"]
     finally:  # leave the module's manifest as the other tests expect it
         dg.materialize([climbmix_manifest], instance=instance, resources={"climb": climb})
+
+
+def test_learning_curves_predictor_report_and_alignment(planted):
+    _, _, climb, _ = planted
+    store = climb.store()
+    con = duckdb.connect(store.uri("catalog.duckdb"), read_only=True)
+    # every proxy scored at 25%, 50% and 100% of its budget; on average the target BPB falls
+    # (a proxy on other domains may get worse on the target as it specialises)
+    per_proxy = con.execute(
+        "SELECT mixture_id, list(fraction ORDER BY fraction), list(planted_bpb ORDER BY fraction)"
+        " FROM proxy_curves GROUP BY 1"
+    ).fetchall()
+    assert len(per_proxy) == 10
+    assert all(f == [0.25, 0.5, 1.0] for _, f, _ in per_proxy)
+    assert np.mean([b[0] for _, _, b in per_proxy]) > np.mean([b[-1] for _, _, b in per_proxy])
+    final = dict(con.execute("SELECT mixture_id, planted_bpb FROM evaluations").fetchall())
+    ends = {m: b[-1] for m, _, b in per_proxy}
+    assert all(ends[m] == pytest.approx(final[m]) for m in final)
+    # every kind cross-validated each round, exactly one used (or an ensemble)
+    cv = con.execute("SELECT round, kind, cv_spearman, used FROM predictor_cv").fetchall()
+    kinds = {k for _, k, _, _ in cv}
+    assert {"lightgbm", "log_linear", "gp", "bimix", "aligned"} <= kinds
+    for key in ("iter_001", "iter_002"):
+        assert sum(u for r, _, _, u in cv if r == key) >= 1
+    # the target's distribution over super-clusters puts most of its mass where domain 0 is
+    shares = dict(
+        con.execute(
+            "SELECT super_cluster_id, share FROM target_alignment WHERE target = 'planted'"
+        ).fetchall()
+    )
+    assert sum(shares.values()) == pytest.approx(1.0)
+    assert sum(shares[s] for s in _target_supers(climb)) > 0.8
+    doc = store.read_json("manifest/climbmix.json")
+    assert doc["final"]["predictor_kind"] == "auto" and doc["final"]["predictor_used"]
+    assert doc["final"]["predicted_objective_band"] is not None
+    assert set(doc["rounds"][-1]["cv_by_kind"]) == kinds
+    assert store.read_bytes("search/iter_001/curves.png")[:4] == b"\x89PNG"

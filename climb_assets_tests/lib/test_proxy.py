@@ -18,6 +18,7 @@ from climb_assets.lib.proxy import (
     count_parameters,
     evaluate_bpb,
     evaluate_choice,
+    fraction_steps,
     load_checkpoint,
     proxy_preset,
     save_checkpoint,
@@ -348,6 +349,28 @@ def test_progress_log_is_called(corpus):
     cfg = replace(TINY, train_tokens=2_560)
     train_proxy(cfg, corpus["arrays"], [0.5, 0.5], corpus["vocab"], log=lines.append, threads=1)
     assert len(lines) == 10 and lines[-1].startswith("step 10/10 loss")
+
+
+def test_learning_curve_evaluations_leave_training_unchanged(corpus, trained):
+    steps = fraction_steps(TINY, [0.25, 0.5])
+    assert steps == [round(0.25 * TINY.steps), round(0.5 * TINY.steps)]
+    seen: list[tuple[int, float]] = []
+
+    def score(step: int, model) -> None:
+        assert not model.training  # evaluate_bpb switches to eval mode and back
+        bpb = evaluate_bpb(model, corpus["tok"], corpus["heldout_a"], seq_len=32)["bpb"]
+        seen.append((step, bpb))
+
+    result = train_proxy(
+        TINY, corpus["arrays"], [1.0, 0.0], corpus["vocab"], threads=1, on_checkpoint=score,
+        checkpoint_steps=steps,
+    )  # fmt: skip
+    assert [s for s, _ in seen] == steps
+    final = evaluate_bpb(result.model, corpus["tok"], corpus["heldout_a"], seq_len=32)["bpb"]
+    assert seen[0][1] > seen[1][1] > final  # the curve falls as training goes on
+    # Scoring mid-run does not change the weights a plain run reaches.
+    plain, scored = trained["a"].model.state_dict(), result.model.state_dict()
+    assert all(torch.equal(plain[k], scored[k]) for k in plain)
 
 
 @pytest.mark.gpu

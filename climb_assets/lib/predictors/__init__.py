@@ -6,7 +6,7 @@ process), ``aligned`` (aligned.py, the target's own distribution over super-clus
 ``auto`` (auto.py: every kind scored by cross-validation, the best or an ensemble used).
 """
 
-from climb_assets.lib.predictors import tree  # noqa: F401  (registers its kind)
+from climb_assets.lib.predictors import aligned, bimix, gp, law, tree  # noqa: F401  (registers)
 from climb_assets.lib.predictors.base import (
     KINDS,
     Curve,
@@ -17,13 +17,6 @@ from climb_assets.lib.predictors.base import (
     ObjectivePredictor,
     PredictorError,
 )
-
-for _name in ("law", "gp", "bimix", "aligned"):
-    try:
-        __import__(f"climb_assets.lib.predictors.{_name}")
-    except ModuleNotFoundError as _exc:  # a kind still being written is simply not offered
-        if _exc.name != f"climb_assets.lib.predictors.{_name}":
-            raise
 
 __all__ = [
     "KINDS",
