@@ -26,7 +26,7 @@ import yaml
 PROFILES_DIR = Path(__file__).parent / "profiles"
 DEFAULT_PROFILE = "demo"
 MIN_PREDICTOR_POINTS = 4
-"""Fewest (mixture, objective) pairs the predictor fits on; equals lib.predictors.tree.MIN_POINTS."""
+"""Fewest (mixture, objective) pairs a predictor fits on (lib.predictors.tree.MIN_POINTS)."""
 
 
 class ProfileError(ValueError):

@@ -21,6 +21,7 @@ ASSET_SECTIONS = {
     "proxy_tokenizer": ("corpus", "encoder", "kmeans", "quality", "merge", "tokenizer"),
     "cluster_tokens": ("corpus", "encoder", "kmeans", "quality", "merge", "tokenizer"),
     "search_targets": ("corpus", "targets"),
+    "target_alignment": ("corpus", "encoder", "kmeans", "quality", "merge", "targets"),
     "search_round": (
         "corpus",
         "encoder",
@@ -32,12 +33,13 @@ ASSET_SECTIONS = {
         "targets",
         "search",
         "predictor",
+        "manifest",  # the repetition caps bound every candidate
     ),
 }
 
 
 # Bumped when an asset's output format changes, so finished work from older code is redone.
-ASSET_VERSIONS = {"corpus_documents": 2, "embeddings": 2}
+ASSET_VERSIONS = {"corpus_documents": 2, "embeddings": 2, "search_round": 2}
 
 
 def fingerprint(profile: Profile, asset: str) -> str:

@@ -17,6 +17,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from climb_assets.config import Profile
 from climb_assets.defs.common import (
     marker_path,
     md_table,
@@ -83,6 +84,15 @@ def corpus_documents(
     )
 
 
+def text_encoder(profile: Profile) -> TextEncoder:
+    """The profile's document encoder (shared by the corpus and the targets)."""
+    e = profile.encoder
+    return TextEncoder(
+        e.model, e.revision, e.max_tokens, e.batch_size, e.device, e.dtype, e.threads,
+        e.trust_remote_code,
+    )  # fmt: skip
+
+
 @dg.asset(
     partitions_def=shard_partitions,
     group_name=GROUP,
@@ -98,10 +108,7 @@ def embeddings(context: dg.AssetExecutionContext, climb: ClimbResource) -> dg.Ma
     docs = store.read_parquet(shard_file("corpus_documents", key), columns=["doc_id", "text"])
     texts = docs.column("text").to_pylist()
     e = profile.encoder
-    encoder = TextEncoder(
-        e.model, e.revision, e.max_tokens, e.batch_size, e.device, e.dtype, e.threads,
-        e.trust_remote_code,
-    )  # fmt: skip
+    encoder = text_encoder(profile)
     start = time.perf_counter()
     n_tokens = encoder.token_counts(texts)
     step = max(1, len(texts) // 10)

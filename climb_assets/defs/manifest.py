@@ -162,7 +162,8 @@ def climbmix_manifest(
             for i in range(len(weights))
         ],
         "total_tokens": {"requested": m.total_tokens, "granted": int(budget.granted.sum()),
-                         "shortfall": budget.shortfall, "redistributed": budget.redistributed},
+                         "shortfall": budget.shortfall, "redistributed": budget.redistributed,
+                         "capped_super_clusters": budget.capped},
         "max_epochs": m.max_epochs,
         "documents": chosen.height,
         "shards": shard_paths,

@@ -15,11 +15,16 @@ import pyarrow as pa
 
 from climb_assets.config import Profile, resolve_location
 from climb_assets.defs.common import registered_shards, require_files
-from climb_assets.defs.data_side import CENTROIDS_FILE, kmeans_centroids, shard_file, super_clusters
+from climb_assets.defs.data_side import (
+    CENTROIDS_FILE,
+    kmeans_centroids,
+    shard_file,
+    super_clusters,
+    text_encoder,
+)
 from climb_assets.defs.partitions import GPU_OP_TAGS, GPU_POOL
 from climb_assets.defs.resources import ClimbResource
 from climb_assets.lib import kmeans, mixture, proxy, tokens
-from climb_assets.lib.embed import TextEncoder
 from climb_assets.lib.storage import Store
 from climb_assets.lib.targets import (
     Target,
@@ -233,11 +238,7 @@ def target_alignment(
     kept = np.flatnonzero(mapping >= 0)
     n_super = int(mapping.max()) + 1
     centroids = store.read_npy(CENTROIDS_FILE, mmap=False)
-    e = profile.encoder
-    encoder = TextEncoder(
-        e.model, e.revision, e.max_tokens, e.batch_size, e.device, e.dtype, e.threads,
-        e.trust_remote_code,
-    )  # fmt: skip
+    encoder = text_encoder(profile)
     per_target, rows = {}, []
     combined = np.zeros(n_super)
     total_weight = 0.0

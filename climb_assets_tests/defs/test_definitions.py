@@ -19,6 +19,7 @@ SEARCH_ASSETS = {
     "proxy_tokenizer",
     "cluster_tokens",
     "search_targets",
+    "target_alignment",
     "mixture_batches",
     "proxy_checkpoints",
     "proxy_evaluations",
@@ -45,7 +46,7 @@ def test_search_assets_are_partitioned_by_iteration():
 
 def test_gpu_steps_carry_routing_tags_and_pool():
     graph = defs.resolve_asset_graph()
-    for name in ("embeddings", "kmeans_centroids"):
+    for name in ("embeddings", "kmeans_centroids", "target_alignment"):
         node = graph.get(dg.AssetKey(name))
         assets_def = node.assets_def
         assert dict(assets_def.op.tags).items() >= GPU_OP_TAGS.items(), name

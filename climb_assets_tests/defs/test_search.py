@@ -120,6 +120,9 @@ def test_catalog_and_exports(planted):
     assert granted + doc["total_tokens"]["shortfall"] >= 20_000 - len(doc["super_clusters"])
     for r in doc["super_clusters"]:
         assert r["tokens"] <= 2 * r["available_tokens"]  # max_epochs 2
+    # the caps bound the search itself, so the manifest ships the mixture that was chosen
+    assert doc["total_tokens"]["capped_super_clusters"] == []
+    assert doc["total_tokens"]["redistributed"] <= len(doc["super_clusters"])
     blend = store.read_json("manifest/megatron_blend.json")["data_path"]
     assert abs(sum(blend[0::2]) - 1.0) < 1e-3 and all(isinstance(p, str) for p in blend[1::2])
     assert store.read_bytes("manifest/weights.png")[:4] == b"\x89PNG"
