@@ -1,61 +1,49 @@
 """Search quality: CLIMB's mixture against baselines at the same number of proxies.
 
-Corpus. The planted corpus (`climb_assets.lib.planted.build_planted_corpus`: 4 artificial
-languages, 30/90/90/90 documents, the target is held-out text of domain 0, so the best mixture
-is known to favour the super-cluster(s) of domain 0). With `--demo`, also the demo corpus
-(real documentation, target held-out AWS API text; slow on 2 cores, off by default). The data
-side runs once per corpus through the runner (`climb_assets.runner.run_data_side`, in a
-throw-away Dagster instance, as the search test does), then the tokenizer, the super-clusters'
-token arrays and the targets are materialized (`proxy_tokenizer`, `cluster_tokens`,
-`search_targets`, no search round). Everything after that works at the library level on
-`cluster_tokens/sc_XXX.tokens.npy`, `cluster_tokens/summary.json` and the target texts.
+Corpora (`bench/corpora.py`): `planted` (4 artificial languages, target = held-out text of the
+smallest, best mixture known), with `--demo` the demo corpus (real documentation of six sources,
+target = held-out AWS API text) and with `--third` the `blend` corpus (another draw of the six
+sources, target = held-out numpy + sqlalchemy + torch text, so the best mixture is a blend). The
+data side runs once per corpus through the runner, then the tokenizer, the super-clusters' token
+arrays, the targets and the targets' distribution over super-clusters (`target_alignment`) are
+materialized; everything after that works at the library level.
 
-Strategies, for each search seed, all with the same proxy configuration and the same number of
-proxies (default 12):
+Strategies, for each search seed, all with the same proxy configuration:
 
-- `climb`: rounds (default [6, 4, 2]); round 1 `sample_mixtures(design="maximin")`; each later
-  round refits the predictor (`fit_predictor`, `{"early_stopping_round": 0}`) on every point so
-  far, scores a fresh `candidate_pool` and picks the round's mixtures with
-  `select_next(design="maximin")` (already trained keys excluded, top set
-  `max(n^2, --top-k-min)`, each pick farthest from the trained mixtures and earlier picks); after
-  the last round the predictor is refitted on all points and the final mixture is
-  `final_mixture(method="argmax")` over a fresh pool;
-- `regmix`: all proxies in one round from `sample_mixtures`, one fit, final
-  `final_mixture(method="topk_mean", k=128)` over a fresh pool;
-- `best_of_random`: the same random proxies as `regmix` (same mixtures, same scores), final =
-  the mixture with the best observed objective;
-- `natural` (token shares) and `uniform` (1/K): no proxies;
-- references, not ranked: `oracle`, the planted answer (all weight on the super-clusters where
-  the target domain is the majority, in proportion to their tokens); `climb_topk_mean` and
-  `climb_best_observed`, CLIMB's own proxies with RegMix's final rule and with the best-observed
-  rule (they separate the quality of CLIMB's proposals from that of its argmax final pick);
-  `climb_paper_design`, the same search with uniformly random picks (`design="random"`), as in
-  the paper.
+- `climb` (ranked): the product's loop (`climb_assets/defs/search_round.py`) with its defaults:
+  rounds (default [6, 4, 2]); round 1 `sample_mixtures(design="cover")` (centred on
+  `blend_center(prior, alignment, w)` when a target prior weight w > 0); after every round
+  `fit_search_predictor("auto", rule="best")` on every proxy so far (`MetricData`: BPB at the full
+  budget, learning-curve points at 0.25 and 0.5 of the budget, the target alignment), every
+  kind's cross-validated Spearman/RMSE recorded; later rounds `pick_next_round` over a fresh
+  `candidate_pool` (top `max(n^2, 128)`, acquisition `mean`, farthest-point picks); final =
+  `final_mixture(argmax)` of the predictor fitted after the last round over a fresh pool;
+- `regmix` (ranked): 12 random proxies (`sample_mixtures(design="random")`) in one round, one
+  `lightgbm` fit, final = `final_mixture(topk_mean, k=128)`;
+- `best_of_random` (ranked): the same random proxies, the best observed one;
+- `natural`, `uniform` (ranked): no proxies;
+- references: `oracle` (the target-dominated super-clusters; known for planted, a guess
+  elsewhere), `climb_best_observed` and `climb_topk_mean` (CLIMB's own proxies, other final
+  rules), `climb_ensemble_ucb` (auto, rule ensemble, acquisition ucb), `climb_target_prior`
+  (target prior weight 0.5), `climb_paper` (kind lightgbm, design random: the paper's),
+  `climb_28` (rounds 16/8/4) and `regmix_112` (112 random proxies) for the efficiency goal
+  (on the first three seeds by default, `--efficiency-seeds`: the most expensive part).
 
-Proxies (defaults): GPT-2, 1 layer x 64, 2 heads, seq 64, batch 16, lr 3e-3 (the tiny preset's),
-32,768 tokens (32 steps). Smaller budgets or the search test's lr 0.01 gave final models whose
-seed-to-seed spread (0.05 BPB at 16k tokens, lr 0.01, batch 8) swamped the differences between
-mixtures; this setting costs about 0.5 s per proxy on one core.
+Scoring. Each final mixture trains a model with the same architecture and `--final-multiplier`
+(3) times the proxy budget, seeded 1000 + search seed (common random numbers across the
+strategies of a seed), scored by target bits per byte (lower is better). Noise floor: the natural
+mixture's final model over 3 seeds (std). Reported: mean ± std, mean rank among the ranked
+strategies, paired differences, per-round CV Spearman by predictor kind, best observed per round,
+and a `goals` section (the issue's five goals, figure and pass/fail per corpus).
+Result: `bench/results/search_quality.json`.
 
-Scoring. Each strategy's final mixture trains a "final" model with the same architecture and
-`--final-multiplier` (default 3) times the proxies' token budget, seeded `1000 + search seed`
-(the proxies use `search seed`), and is scored by its bits per byte on the target texts (lower
-is better). Within one search seed every strategy's final model has the same initialisation and
-data stream (common random numbers), so per-seed ranks and paired differences compare mixtures
-only. Noise floor: the natural mixture's final model trained with 3 different seeds, std of
-its BPB.
-
-Reported per strategy: mean and standard deviation of the final BPB over the search seeds, the
-mean rank among the 5 ranked strategies (1 = best), the mean paired difference to `natural`, and
-every mixture, proxy score and timing. Result: `bench/results/search_quality.json`.
-
-Run: `.venv/bin/python -m bench.search_quality [--seeds 0 1 2] [--proxy-tokens 32768] [--quick]
-[--demo]`.
+Run: `.venv/bin/python -m bench.search_quality [--seeds 0 1 2 3 4] [--demo] [--third] [--quick]`.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -77,192 +65,82 @@ from bench.common import (
     wait_for_quiet,
     write_result,
 )
+from bench.corpora import Prepared, prepare_blend, prepare_demo, prepare_planted
+from bench.search_report import (
+    RANKED,
+    REFERENCE,
+    best_per_round,
+    cv_table,
+    goal_line,
+    goals,
+    mean_std,
+    paired,
+    summary_rows,
+)
 
 NAME = "search_quality"
-RANKED = ("climb", "regmix", "best_of_random", "natural", "uniform")
-REFERENCE = ("oracle", "climb_topk_mean", "climb_best_observed", "climb_paper_design")
+CLIMB_RUNS = ("climb", "climb_ensemble_ucb", "climb_target_prior", "climb_paper", "climb_28")
 LABELS = {
-    "climb": "CLIMB (iterative, maximin picks, argmax)",
-    "regmix": "RegMix (one shot, top-128 mean)",
+    "climb": "CLIMB (auto predictor, cover design, argmax)",
+    "regmix": "RegMix (one shot, lightgbm, top-128 mean)",
     "best_of_random": "best of random proxies",
     "natural": "natural proportions",
     "uniform": "uniform",
-    "oracle": "oracle (planted answer, reference)",
-    "climb_topk_mean": "CLIMB's proxies, top-128 mean final (reference)",
+    "oracle": "oracle (target super-clusters, reference)",
     "climb_best_observed": "CLIMB's best observed proxy (reference)",
-    "climb_paper_design": "CLIMB with random picks, the paper's design (reference)",
+    "climb_topk_mean": "CLIMB's proxies, top-128 mean final (reference)",
+    "climb_ensemble_ucb": "CLIMB, auto ensemble + ucb (reference)",
+    "climb_target_prior": "CLIMB, target prior weight 0.5 (reference)",
+    "climb_paper": "CLIMB, lightgbm + random picks, the paper's (reference)",
+    "climb_28": "CLIMB with 28 proxies (reference)",
+    "regmix_112": "RegMix with 112 proxies (reference)",
 }
-PREDICTOR_PARAMS: dict[str, Any] = {"early_stopping_round": 0}
+OPTIONS: dict[str, Any] = {"lightgbm": {"params": {"early_stopping_round": 0}}}
+CURVE_FRACTIONS = (0.25, 0.5)
 FINAL_SEED_OFFSET = 1000
 NOISE_SEEDS = 3
 
 
-@dataclass
-class Prepared:
-    """A corpus after the data side: what the strategies need.
+@dataclass(frozen=True)
+class Variant:
+    """How a CLIMB run is configured (the product's `search` and `predictor` settings)."""
 
-    Attributes:
-        name: `planted` or `demo`.
-        arrays: One token array per super-cluster.
-        prior: Natural prior (token share per super-cluster).
-        tok: The proxies' tokenizer.
-        texts: Target texts.
-        oracle: The known-good mixture (weight on the target-dominated super-clusters).
-        details: JSON-ready description (composition, sizes, timings).
-    """
+    kind: str = "auto"
+    rule: str = "best"
+    design: str = "cover"
+    acquisition: str = "mean"
+    target_prior_weight: float = 0.0
+    kappa: float = 1.0
+    rounds: tuple[int, ...] | None = None
 
-    name: str
-    arrays: list[np.ndarray]
-    prior: np.ndarray
-    tok: Any
-    texts: list[str]
-    oracle: np.ndarray
-    details: dict[str, Any] = field(default_factory=dict)
-
-
-def _write_profile(folder: Path, sections: dict[str, Any]) -> Path:
-    """A profile extending `demo` with `sections` merged in (as the tests' `write_profile`)."""
-    import yaml
-
-    data: dict[str, Any] = {"extends": "demo"}
-    for key, value in sections.items():
-        data[key] = {**data.get(key, {}), **value} if isinstance(value, dict) else value
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / "profile.yaml"
-    path.write_text(yaml.safe_dump(data))
-    return path
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "rule": self.rule,
+            "design": self.design,
+            "acquisition": self.acquisition,
+            "target_prior_weight": self.target_prior_weight,
+            "kappa": self.kappa,
+            "rounds": None if self.rounds is None else list(self.rounds),
+        }
 
 
-def _materialize_search_inputs(climb: Any, instance: Any) -> dict[str, float]:
-    """Data side through the runner, then the tokenizer, cluster tokens and targets (no round)."""
-    import dagster as dg
-
-    from climb_assets.defs.search import cluster_tokens, proxy_tokenizer, search_targets
-    from climb_assets.runner import run_data_side
-
-    timings = dict(run_data_side(climb, instance, log=lambda _: None))
-    for asset in (proxy_tokenizer, cluster_tokens, search_targets):
-        start = time.perf_counter()
-        dg.materialize(
-            [asset],
-            instance=instance,
-            resources={"climb": climb},
-            run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
-        )
-        timings[asset.key.path[-1]] = time.perf_counter() - start
-    return timings
-
-
-def _load_prepared(
-    name: str, climb: Any, domain_column: str, target_domain: str, timings: dict[str, float]
-) -> Prepared:
-    """Reads the token arrays, prior, tokenizer and targets, and the domain composition."""
-    import duckdb
-
-    from climb_assets.lib import tokens
-    from climb_assets.lib.mixture import natural_prior
-
-    store = climb.store()
-    summary = store.read_json("cluster_tokens/summary.json")
-    counts = [int(c) for c in summary["tokens"]]
-    arrays = [store.read_npy(f"cluster_tokens/sc_{i:03d}.tokens.npy") for i in range(len(counts))]
-    tok = tokens.load_tokenizer(store.uri("tokenizer/tokenizer.json"))
-    targets = store.read_json("targets/targets.json")
-    texts = [t for target in targets for t in target["texts"] if t.strip()]
-    con = duckdb.connect(store.uri("catalog.duckdb"), read_only=True)
-    rows = con.execute(
-        f'SELECT super_cluster_id, "{domain_column}", count(*) FROM documents '
-        "WHERE super_cluster_id IS NOT NULL GROUP BY 1, 2 ORDER BY 1, 2"
-    ).fetchall()
-    con.close()
-    composition: list[dict[str, Any]] = [
-        {"super_cluster": i, "tokens": counts[i], "documents": {}} for i in range(len(counts))
-    ]
-    for sc, domain, n in rows:
-        composition[int(sc)]["documents"][str(domain)] = int(n)
-    for entry in composition:
-        docs = entry["documents"]
-        entry["target_share"] = docs.get(target_domain, 0) / max(1, sum(docs.values()))
-    good = np.array([c["target_share"] > 0.5 for c in composition])
-    if not good.any():  # no majority cluster: the one with the largest share
-        good[int(np.argmax([c["target_share"] for c in composition]))] = True
-    oracle = np.where(good, np.asarray(counts, dtype=np.float64), 0.0)
-    prior = natural_prior(counts)
-    return Prepared(
-        name=name,
-        arrays=arrays,
-        prior=prior,
-        tok=tok,
-        texts=texts,
-        oracle=oracle / oracle.sum(),
-        details={
-            "super_clusters": len(counts),
-            "tokens": counts,
-            "natural_prior": prior.round(4).tolist(),
-            "composition": composition,
-            "target_domain": target_domain,
-            "target_texts": len(texts),
-            "target_bytes": sum(len(t.encode("utf-8")) for t in texts),
-            "vocab_size": tok.get_vocab_size(),
-            "tokenizer_hash": summary["tokenizer_hash"],
-            "data_side_seconds": {k: round(v, 2) for k, v in timings.items()},
-        },
-    )
-
-
-def prepare_planted(workdir: Path) -> Prepared:
-    """Builds the planted corpus and runs the data side on it (the search test's settings)."""
-    import dagster as dg
-
-    from climb_assets.defs.resources import ClimbResource
-    from climb_assets.lib.planted import build_planted_corpus
-
-    corpus = build_planted_corpus(workdir / "data")
-    sections = {
-        "storage": {"root": str(workdir / "out")},
-        "corpus": {"path": str(corpus.corpus), "extra_columns": ["domain"]},
-        "kmeans": {"k": 8, "niter": 10},
-        "quality": {"scorers": [{"name": "heuristic", "threshold": 1.0}]},
-        "merge": {"distance_threshold": None, "target_count": 4},
-        "tokenizer": {"vocab_size": 300},
-        "targets": [{"name": "planted", "kind": "text", "path": str(corpus.target)}],
-    }
-    climb = ClimbResource(profile=str(_write_profile(workdir, sections)))
-    with dg.instance_for_test() as instance:
-        timings = _materialize_search_inputs(climb, instance)
-    prepared = _load_prepared("planted", climb, "domain", str(corpus.target_domain), timings)
-    prepared.details["docs_per_domain"] = corpus.docs_per_domain
-    return prepared
-
-
-def prepare_demo(workdir: Path, docs_per_source: int) -> Prepared:
-    """Builds the demo corpus (real documentation) and runs the data side with the demo profile.
-
-    The target is the held-out AWS API text, as in the demo profile.
-    """
-    import dagster as dg
-
-    from climb_assets.defs.resources import ClimbResource
-    from climb_assets.lib.demo_corpus import build_demo_corpus
-
-    info = build_demo_corpus(
-        workdir / "data", docs_per_source=docs_per_source, heldout_per_source=50
-    )
-    sections = {
-        "storage": {"root": str(workdir / "out")},
-        "corpus": {"path": str(info.root / "corpus")},
-        "targets": [{"name": "aws_api", "kind": "text", "path": str(info.targets["aws_api"])}],
-    }
-    climb = ClimbResource(profile=str(_write_profile(workdir, sections)))
-    with dg.instance_for_test() as instance:
-        timings = _materialize_search_inputs(climb, instance)
-    prepared = _load_prepared("demo", climb, "source", "aws_api", timings)
-    prepared.details["docs_per_source"] = info.per_source
-    return prepared
+VARIANTS: dict[str, Variant] = {
+    "climb": Variant(),
+    "climb_ensemble_ucb": Variant(rule="ensemble", acquisition="ucb"),
+    "climb_target_prior": Variant(target_prior_weight=0.5),
+    "climb_paper": Variant(kind="lightgbm", design="random"),
+}
 
 
 class Scorer:
-    """Trains a model on a mixture and scores its target BPB, caching identical runs."""
+    """Trains a model on a mixture and scores its target BPB, caching identical runs.
+
+    The cache key is (mixture, configuration digest). With `curve=True` the model is also
+    scored after `CURVE_FRACTIONS` of its budget (`train_proxy(on_checkpoint=...)`), and those
+    points are cached with it; an entry trained without them is trained again when they are
+    asked for.
+    """
 
     def __init__(self, prepared: Prepared, device: str = "cpu") -> None:
         from climb_assets.lib.tokens import eos_id
@@ -271,30 +149,56 @@ class Scorer:
         self.device = device
         self.vocab = prepared.tok.get_vocab_size()
         self.eos = eos_id(prepared.tok)
-        self.cache: dict[tuple[str, str], dict[str, float]] = {}
+        self.cache: dict[tuple[str, str], dict[str, Any]] = {}
         self.trained = 0
         self.seconds = 0.0
+        self.curve_seconds = 0.0
 
-    def __call__(self, cfg: Any, weights: np.ndarray) -> dict[str, float]:
-        """`{"bpb", "seconds"}` of a model trained with `cfg` on `weights`."""
-        from climb_assets.lib.proxy import evaluate_bpb, train_proxy
+    def _bpb(self, model: Any, cfg: Any) -> float:
+        from climb_assets.lib.proxy import evaluate_bpb
+
+        p = self.prepared
+        return float(evaluate_bpb(model, p.tok, p.texts, cfg.seq_len, self.device)["bpb"])
+
+    def __call__(self, cfg: Any, weights: np.ndarray, curve: bool = False) -> dict[str, Any]:
+        """`{"bpb", "seconds"[, "curve": [{"fraction", "bpb"}]]}` of a model on `weights`."""
+        from climb_assets.lib.proxy import fraction_steps, train_proxy
 
         w = np.asarray(weights, dtype=np.float64)
         w = w / w.sum()
         key = (",".join(repr(float(v)) for v in w), cfg.digest())
-        if key not in self.cache:
-            start = time.perf_counter()
-            result = train_proxy(
-                cfg, self.prepared.arrays, w, self.vocab, self.device, eos_token_id=self.eos
-            )
-            bpb = evaluate_bpb(
-                result.model, self.prepared.tok, self.prepared.texts, cfg.seq_len, self.device
-            )["bpb"]
-            seconds = time.perf_counter() - start
-            self.cache[key] = {"bpb": float(bpb), "seconds": round(seconds, 3)}
-            self.trained += 1
-            self.seconds += seconds
-        return self.cache[key]
+        cached = self.cache.get(key)
+        if cached is not None and (not curve or "curve" in cached):
+            return cached
+        points: list[dict[str, float]] = []
+        steps = fraction_steps(cfg, CURVE_FRACTIONS) if curve else []
+        eval_seconds = 0.0
+
+        def on_checkpoint(step: int, model: Any) -> None:
+            nonlocal eval_seconds
+            t = time.perf_counter()
+            fraction = CURVE_FRACTIONS[steps.index(step)]
+            points.append({"fraction": fraction, "bpb": self._bpb(model, cfg)})
+            eval_seconds += time.perf_counter() - t
+
+        start = time.perf_counter()
+        result = train_proxy(
+            cfg, self.prepared.arrays, w, self.vocab, self.device, eos_token_id=self.eos,
+            on_checkpoint=on_checkpoint if curve else None, checkpoint_steps=steps,
+        )  # fmt: skip
+        bpb = self._bpb(result.model, cfg)
+        seconds = time.perf_counter() - start
+        entry: dict[str, Any] = {"bpb": bpb, "seconds": round(seconds, 3)}
+        if curve:
+            entry["curve"] = points
+        self.cache[key] = entry
+        self.trained += 1
+        self.seconds += seconds
+        self.curve_seconds += eval_seconds
+        return entry
+
+
+Score = Callable[..., dict[str, Any]]
 
 
 @dataclass(frozen=True)
@@ -302,138 +206,197 @@ class SearchSetup:
     """What every strategy of one search seed shares."""
 
     prior: np.ndarray
+    alignment: np.ndarray
     proxy_cfg: Any
     rounds: tuple[int, ...]
     seed: int
     candidates: int
     top_k_min: int
     settings: Any
-
-    @property
-    def budget(self) -> int:
-        """Proxies per strategy."""
-        return sum(self.rounds)
+    target: str = "target"
 
 
-def _fit(x: list[np.ndarray], y: list[float], seed: int) -> Any:
-    from climb_assets.lib.predictor import fit_predictor
-
-    return fit_predictor(np.array(x), np.array(y), seed, params=PREDICTOR_PARAMS)
-
-
-def _pool_scores(setup: SearchSetup, fit: Any, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    from climb_assets.lib.predictor import predict
-
-    from climb_assets.lib.mixture import candidate_pool
-
-    pool = candidate_pool(setup.prior, setup.candidates, seed, setup.settings)
-    return pool, predict(fit, pool)
-
-
-def _proxy_rows(weights: np.ndarray, scores: Sequence[dict[str, float]]) -> list[dict[str, Any]]:
-    return [
-        {"weights": w.round(4).tolist(), "bpb": s["bpb"]}
-        for w, s in zip(weights, scores, strict=True)
-    ]
-
-
-def run_climb(
+def _metric_data(
     setup: SearchSetup,
-    score: Callable[[Any, np.ndarray], dict[str, float]],
-    design: str = "maximin",
-) -> dict:
-    """CLIMB's iterative search; returns the final mixture and the history.
+    x: Sequence[np.ndarray],
+    bpb: Sequence[float],
+    curves: Sequence[list[dict[str, float]]] | None,
+) -> Any:
+    """The product's `MetricData`: BPB at the full budget, curve points, the alignment."""
+    from climb_assets.lib.predictors.base import Curve, Metric, MetricData
 
-    `design` is how each round picks its mixtures: "maximin" (climb's default, spread over the
-    sampler's draws and the predicted top set) or "random" (the paper's).
+    curve = None
+    if curves is not None:
+        proxy, volume, values = [], [], []
+        for i, points in enumerate(curves):
+            for p in [*points, {"fraction": 1.0, "bpb": bpb[i]}]:
+                proxy.append(i)
+                volume.append(p["fraction"])
+                values.append(p["bpb"])
+        curve = Curve(np.array(proxy), np.array(volume), np.array(values))
+    return MetricData(
+        np.array(x), np.array(bpb), Metric(setup.target, "bpb", 1.0), curve, setup.alignment
+    )
+
+
+def _cv_json(report: Any) -> dict[str, Any]:
+    from climb_assets.lib.predictors import auto
+
+    spearman, rmse = auto.json_float(report.spearman), auto.json_float(report.rmse)
+    return {"spearman": spearman, "rmse": rmse, "error": report.error}
+
+
+def _fit(kind: str, data: Any, seed: int, rule: str = "best") -> tuple[Any, dict[str, Any]]:
+    """`fit_search_predictor` and a JSON record of every kind's cross-validation."""
+    from climb_assets.lib.predictors import auto, report
+
+    start = time.perf_counter()
+    fit = auto.fit_search_predictor(kind, [data], seed, options=OPTIONS, rule=rule)
+    seconds = time.perf_counter() - start
+    y = -data.values
+    oof = auto.out_of_fold(fit)
+    rho = report.spearman(oof, y) if np.isfinite(oof).any() else math.nan
+    record = {
+        "points": data.n,
+        "used": fit.used,
+        "cv_spearman": auto.json_float(rho),
+        "cv_rmse": auto.json_float(fit.cv.rmse) if fit.cv is not None else None,
+        "by_kind": {k: _cv_json(r) for k, r in fit.reports.items()},
+        "warnings": list(fit.warnings),
+        "seconds": round(seconds, 2),
+    }
+    return fit, record
+
+
+def _proxy_rows(weights: np.ndarray, scores: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    rows = []
+    for w, s in zip(weights, scores, strict=True):
+        row = {"weights": np.asarray(w).round(4).tolist(), "bpb": round(s["bpb"], 5)}
+        if "curve" in s:
+            row["curve"] = [[p["fraction"], round(p["bpb"], 5)] for p in s["curve"]]
+        rows.append(row)
+    return rows
+
+
+def run_climb(setup: SearchSetup, score: Score, variant: Variant) -> dict[str, Any]:
+    """CLIMB's iterative search as `search_round` runs it; the final mixture and the history.
+
+    Seeds follow the product (`_round_seed`: search seed * 1000 + round * 10 + salt; salt 1 for
+    the proposals, 2 for the predictor). No repetition caps (the bench has no manifest budget).
     """
-    from climb_assets.lib.predictor import predict
+    from climb_assets.lib.mixture import (
+        blend_center,
+        candidate_pool,
+        final_mixture,
+        mixture_key,
+        sample_mixtures,
+    )
+    from climb_assets.lib.proposals import pick_next_round, top_ties
 
-    from climb_assets.lib.mixture import final_mixture, mixture_key, sample_mixtures, select_next
-
+    rounds = variant.rounds or setup.rounds
+    center = None
+    if variant.target_prior_weight > 0:
+        center = blend_center(setup.prior, setup.alignment, variant.target_prior_weight)
     x: list[np.ndarray] = []
-    y: list[float] = []
+    bpb: list[float] = []
+    curves: list[list[dict[str, float]]] = []
     trained: set[str] = set()
-    history = []
+    history: list[dict[str, Any]] = []
     base = setup.seed * 1000
-    for index, n in enumerate(setup.rounds):
-        round_seed = base + index * 10 + 1
+    fit: Any = None
+    fit_seconds = 0.0
+    for index, n in enumerate(rounds):
+        seed = base + index * 10 + 1
         info: dict[str, Any] = {"round": index + 1, "proxies": n}
         if index == 0:
-            weights = sample_mixtures(setup.prior, n, round_seed, setup.settings, design=design)
+            weights = sample_mixtures(
+                setup.prior, n, seed, setup.settings, design=variant.design, center=center
+            )
         else:
-            fit = _fit(x, y, round_seed + 1)
-            pool, predicted = _pool_scores(setup, fit, round_seed)
+            pool = candidate_pool(setup.prior, setup.candidates, seed, setup.settings, center)
             top = max(n * n, setup.top_k_min)
-            rows = select_next(
-                pool, predicted, n, round_seed + 5, exclude_keys=trained, top=top,
-                design=design, trained=np.array(x),
+            picks = pick_next_round(
+                pool, fit.predictor, n, seed + 5, trained, np.array(x), -min(bpb), top,
+                variant.design, variant.acquisition, variant.kappa,
             )  # fmt: skip
-            weights = pool[rows]
+            weights = pool[picks.rows]
             info.update(
-                predictor_points=len(y),
-                cv_spearman=fit.cv_spearman,
                 pool=len(pool),
                 top=top,
-                predicted_bpb=(-predicted[rows]).round(4).tolist(),
+                acquisition=picks.acquisition,
+                top_set_ties=picks.ties.tied,
+                tie_break=picks.tie_break,
+                notes=list(picks.notes),
+                predicted_bpb=(-picks.mean[picks.rows]).round(4).tolist(),
+                predicted_std=None
+                if picks.std is None
+                else picks.std[picks.rows].round(4).tolist(),
             )
-        scores = [score(setup.proxy_cfg, w) for w in weights]
+        scores = [score(setup.proxy_cfg, w, curve=True) for w in weights]
         for w, s in zip(weights, scores, strict=True):
-            x.append(w)
-            y.append(-s["bpb"])
+            x.append(np.asarray(w, dtype=np.float64))
+            bpb.append(s["bpb"])
+            curves.append(s["curve"])
             trained.add(mixture_key(w))
         info["mixtures"] = _proxy_rows(weights, scores)
+        info["best_bpb_in_round"] = min(s["bpb"] for s in scores)
+        info["best_bpb_so_far"] = min(bpb)
+        fit, info["fit"] = _fit(
+            variant.kind, _metric_data(setup, x, bpb, curves), base + index * 10 + 2, variant.rule
+        )
+        fit_seconds += info["fit"]["seconds"]
         history.append(info)
-    fit = _fit(x, y, base + 99)
-    pool, predicted = _pool_scores(setup, fit, base + 98)
+    pool = candidate_pool(setup.prior, setup.candidates, base + 98, setup.settings, center)
+    predicted = fit.predictor.predict(pool)
     final = final_mixture(pool, predicted, method="argmax")
+    best = int(np.argmin(bpb))
     return {
         "weights": final,
         "topk_mean_weights": final_mixture(pool, predicted, method="topk_mean", k=128),
-        "best_observed_weights": x[int(np.argmax(y))].copy(),
-        "proxies": len(y),
-        "best_proxy_bpb": -max(y),
-        "predicted_bpb": float(-predict(fit, final)[0]),
-        "predicted_bpb_at_best_proxy": float(-predict(fit, x[int(np.argmax(y))])[0]),
-        # The predictor is piecewise constant: how many pool candidates share the top prediction
-        # (argmax takes the first of them in pool order).
+        "best_observed_weights": x[best].copy(),
+        "proxies": len(bpb),
+        "variant": variant.to_dict(),
+        "best_proxy_bpb": min(bpb),
+        "predicted_bpb": float(-fit.predictor.predict(final[None, :])[0]),
+        "predicted_bpb_at_best_proxy": float(-fit.predictor.predict(x[best][None, :])[0]),
         "pool_size": len(pool),
-        "pool_ties_at_max": int(np.sum(predicted >= predicted.max() - 1e-12)),
-        "cv_spearman": fit.cv_spearman,
+        "pool_ties_at_max": top_ties(predicted, len(pool)).tied,
+        "used": fit.used if fit is not None else None,
+        "cv_spearman": history[-1]["fit"]["cv_spearman"],
+        "best_bpb_per_round": [h["best_bpb_so_far"] for h in history],
+        "fit_seconds": round(fit_seconds, 2),
         "rounds": history,
     }
 
 
 def run_random(
-    setup: SearchSetup, score: Callable[[Any, np.ndarray], dict[str, float]]
-) -> tuple[dict, dict]:
-    """RegMix one-shot and best-of-random, on the same `setup.budget` random proxies."""
-    from climb_assets.lib.predictor import predict
+    setup: SearchSetup, score: Score, n: int, offset: int
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """RegMix one-shot and best-of-random on the same `n` random proxies."""
+    from climb_assets.lib.mixture import candidate_pool, final_mixture, sample_mixtures
 
-    from climb_assets.lib.mixture import final_mixture, sample_mixtures
-
-    base = setup.seed * 1000 + 500
-    weights = sample_mixtures(setup.prior, setup.budget, base + 1, setup.settings)
+    base = setup.seed * 1000 + offset
+    weights = sample_mixtures(setup.prior, n, base + 1, setup.settings, design="random")
     scores = [score(setup.proxy_cfg, w) for w in weights]
-    y = [-s["bpb"] for s in scores]
-    fit = _fit(list(weights), y, base + 2)
-    pool, predicted = _pool_scores(setup, fit, base + 3)
+    bpb = [s["bpb"] for s in scores]
+    fit, record = _fit("lightgbm", _metric_data(setup, list(weights), bpb, None), base + 2)
+    pool = candidate_pool(setup.prior, setup.candidates, base + 3, setup.settings)
+    predicted = fit.predictor.predict(pool)
     final = final_mixture(pool, predicted, method="topk_mean", k=128)
-    proxies = _proxy_rows(weights, scores)
-    best = int(np.argmax(y))
+    best = int(np.argmin(bpb))
     regmix = {
         "weights": final,
-        "proxies": len(y),
-        "best_proxy_bpb": -max(y),
-        "predicted_bpb": float(-predict(fit, final)[0]),
-        "predicted_bpb_at_best_proxy": float(-predict(fit, weights[best])[0]),
-        "cv_spearman": fit.cv_spearman,
-        "random_proxies": proxies,
+        "proxies": n,
+        "best_proxy_bpb": min(bpb),
+        "predicted_bpb": float(-fit.predictor.predict(final[None, :])[0]),
+        "cv_spearman": record["cv_spearman"],
+        "fit": record,
+        "random_proxies": _proxy_rows(weights, scores),
     }
     best_of = {
         "weights": weights[best].copy(),
-        "proxies": len(y),
-        "best_proxy_bpb": -max(y),
+        "proxies": n,
+        "best_proxy_bpb": min(bpb),
         "note": "same random proxies as regmix",
     }
     return regmix, best_of
@@ -446,130 +409,161 @@ def _rank(values: Sequence[float]) -> list[float]:
     return [float(r) for r in rankdata(values, method="average")]
 
 
-def _mean_std(values: Sequence[float]) -> tuple[float, float]:
-    arr = np.asarray(values, dtype=np.float64)
-    return float(arr.mean()), float(arr.std(ddof=1)) if arr.size > 1 else 0.0
+@dataclass(frozen=True)
+class CorpusPlan:
+    """What runs on every corpus."""
+
+    seeds: tuple[int, ...]
+    proxy_cfg: Any
+    rounds: tuple[int, ...]
+    final_multiplier: float
+    candidates: int
+    top_k_min: int
+    efficiency_rounds: tuple[int, ...]
+    efficiency_random: int
+    efficiency_seeds: tuple[int, ...]
+    device: str = "cpu"
+    variants: dict[str, Variant] = field(default_factory=lambda: dict(VARIANTS))
 
 
-def run_corpus(
-    prepared: Prepared,
-    seeds: Sequence[int],
-    proxy_cfg: Any,
-    rounds: tuple[int, ...],
-    final_multiplier: float,
-    candidates: int,
-    top_k_min: int,
-    device: str = "cpu",
-) -> dict[str, Any]:
-    """Every strategy for every seed on one prepared corpus; returns the per-corpus record."""
+def run_seed(prepared: Prepared, scorer: Scorer, plan: CorpusPlan, seed: int) -> dict[str, Any]:
+    """Every strategy for one search seed; final models scored with common random numbers."""
     from climb_assets.lib.mixture import SamplerSettings, mixture_key
 
-    scorer = Scorer(prepared, device)
+    start = time.perf_counter()
     k = len(prepared.arrays)
-    final_tokens = round(proxy_cfg.train_tokens * final_multiplier)
+    setup = SearchSetup(
+        prior=prepared.prior,
+        alignment=prepared.alignment,
+        proxy_cfg=replace(plan.proxy_cfg, seed=seed),
+        rounds=plan.rounds,
+        seed=seed,
+        candidates=plan.candidates,
+        top_k_min=plan.top_k_min,
+        settings=SamplerSettings(),
+        target=prepared.name,
+    )
+    strategies: dict[str, dict[str, Any]] = {}
+    seconds: dict[str, float] = {}
+
+    def timed(name: str, fn: Callable[[], Any]) -> Any:
+        t0, trained0 = time.perf_counter(), scorer.trained
+        out = fn()
+        seconds[name] = round(time.perf_counter() - t0, 2)
+        seconds[f"{name}_new_proxies"] = scorer.trained - trained0
+        return out
+
+    for name, variant in plan.variants.items():
+        strategies[name] = timed(name, lambda v=variant: run_climb(setup, scorer, v))
+    climb = strategies["climb"]
+    strategies["climb_best_observed"] = {
+        "weights": climb["best_observed_weights"],
+        "proxies": climb["proxies"],
+        "note": "the best of CLIMB's own proxies",
+    }
+    strategies["climb_topk_mean"] = {
+        "weights": climb["topk_mean_weights"],
+        "proxies": climb["proxies"],
+        "note": "CLIMB's proxies and last predictor, final_mixture(topk_mean, k=128)",
+    }
+    for entry in strategies.values():
+        entry.pop("best_observed_weights", None)
+        entry.pop("topk_mean_weights", None)
+    budget = sum(plan.rounds)
+    strategies["regmix"], strategies["best_of_random"] = timed(
+        "regmix", lambda: run_random(setup, scorer, budget, 500)
+    )
+    strategies["natural"] = {"weights": prepared.prior.copy(), "proxies": 0}
+    strategies["uniform"] = {"weights": np.full(k, 1.0 / k), "proxies": 0}
+    strategies["oracle"] = {"weights": prepared.oracle.copy(), "proxies": 0}
+    if seed in plan.efficiency_seeds:
+        eff = Variant(rounds=plan.efficiency_rounds)
+        strategies["climb_28"] = timed("climb_28", lambda: run_climb(setup, scorer, eff))
+        strategies["climb_28"].pop("best_observed_weights", None)
+        strategies["climb_28"].pop("topk_mean_weights", None)
+        strategies["regmix_112"] = timed(
+            "regmix_112", lambda: run_random(setup, scorer, plan.efficiency_random, 600)[0]
+        )
+    final_tokens = round(plan.proxy_cfg.train_tokens * plan.final_multiplier)
+    final_cfg = replace(plan.proxy_cfg, train_tokens=final_tokens, seed=FINAL_SEED_OFFSET + seed)
+    t0 = time.perf_counter()
+    for entry in strategies.values():
+        result = scorer(final_cfg, entry["weights"])
+        entry["final_bpb"] = result["bpb"]
+        entry["final_seconds"] = result["seconds"]
+        entry["weights"] = np.asarray(entry["weights"]).round(4).tolist()
+        entry["key"] = mixture_key(entry["weights"])
+    seconds["final_models"] = round(time.perf_counter() - t0, 2)
+    ranks = _rank([strategies[n]["final_bpb"] for n in RANKED])
+    for name, rank in zip(RANKED, ranks, strict=True):
+        strategies[name]["rank"] = rank
+    total = time.perf_counter() - start
+    return {
+        "seed": seed,
+        "proxy_seed": seed,
+        "final_seed": FINAL_SEED_OFFSET + seed,
+        "seconds": round(total, 1),
+        "seconds_by_strategy": seconds,
+        "strategies": strategies,
+    }
+
+
+def run_corpus(prepared: Prepared, plan: CorpusPlan) -> dict[str, Any]:
+    """Every strategy for every seed on one prepared corpus; returns the per-corpus record."""
+    scorer = Scorer(prepared, plan.device)
+    final_tokens = round(plan.proxy_cfg.train_tokens * plan.final_multiplier)
     per_seed = []
-    for seed in seeds:
-        start = time.perf_counter()
-        cfg = replace(proxy_cfg, seed=seed)
-        setup = SearchSetup(
-            prior=prepared.prior,
-            proxy_cfg=cfg,
-            rounds=rounds,
-            seed=seed,
-            candidates=candidates,
-            top_k_min=top_k_min,
-            settings=SamplerSettings(),
-        )
-        strategies: dict[str, dict[str, Any]] = {}
-        t0 = time.perf_counter()
-        strategies["climb"] = run_climb(setup, scorer)
-        strategies["climb"]["search_seconds"] = round(time.perf_counter() - t0, 2)
-        paper = run_climb(setup, scorer, design="random")
-        strategies["climb_paper_design"] = {
-            "weights": paper["weights"],
-            "proxies": paper["proxies"],
-            "best_proxy_bpb": paper["best_proxy_bpb"],
-            "cv_spearman": paper["cv_spearman"],
-            "rounds": paper["rounds"],
-            "note": "run_climb(design='random'): round 1 and later picks at random (the paper)",
-        }
-        t0 = time.perf_counter()
-        strategies["regmix"], strategies["best_of_random"] = run_random(setup, scorer)
-        strategies["regmix"]["search_seconds"] = round(time.perf_counter() - t0, 2)
-        strategies["natural"] = {"weights": prepared.prior.copy(), "proxies": 0}
-        strategies["uniform"] = {"weights": np.full(k, 1.0 / k), "proxies": 0}
-        strategies["oracle"] = {"weights": prepared.oracle.copy(), "proxies": 0}
-        climb = strategies["climb"]
-        strategies["climb_topk_mean"] = {
-            "weights": climb.pop("topk_mean_weights"),
-            "proxies": climb["proxies"],
-            "note": "CLIMB's proxies and final predictor, final_mixture(topk_mean, k=128)",
-        }
-        strategies["climb_best_observed"] = {
-            "weights": climb.pop("best_observed_weights"),
-            "proxies": climb["proxies"],
-            "note": "the best of CLIMB's own proxies",
-        }
-        final_cfg = replace(proxy_cfg, train_tokens=final_tokens, seed=FINAL_SEED_OFFSET + seed)
-        for entry in strategies.values():
-            result = scorer(final_cfg, entry["weights"])
-            entry["final_bpb"] = result["bpb"]
-            entry["final_seconds"] = result["seconds"]
-            entry["weights"] = np.asarray(entry["weights"]).round(4).tolist()
-            entry["key"] = mixture_key(entry["weights"])
-        ranks = _rank([strategies[n]["final_bpb"] for n in RANKED])
-        for name, rank in zip(RANKED, ranks, strict=True):
-            strategies[name]["rank"] = rank
-        seconds = time.perf_counter() - start
-        per_seed.append(
-            {
-                "seed": seed,
-                "proxy_seed": seed,
-                "final_seed": FINAL_SEED_OFFSET + seed,
-                "seconds": round(seconds, 1),
-                "strategies": strategies,
-            }
-        )
+    for seed in plan.seeds:
+        run = run_seed(prepared, scorer, plan, seed)
+        per_seed.append(run)
+        s = run["strategies"]
+        fits = " ".join(f"{n}:{s[n]['used']}/{s[n]['cv_spearman']}" for n in CLIMB_RUNS if n in s)
         print(
-            f"[{prepared.name}] seed {seed} ({seconds:.0f} s): "
-            + ", ".join(f"{n} {strategies[n]['final_bpb']:.4f}" for n in (*RANKED, *REFERENCE)),
+            f"[{prepared.name}] seed {seed} ({run['seconds']:.0f} s, {scorer.trained} models): "
+            + ", ".join(f"{n} {s[n]['final_bpb']:.4f}" for n in (*RANKED, *REFERENCE) if n in s)
+            + f" | used/cv {fits} | seconds {run['seconds_by_strategy']}",
             flush=True,
         )
 
     noise_runs = []
     for s in range(NOISE_SEEDS):
-        cfg = replace(proxy_cfg, train_tokens=final_tokens, seed=FINAL_SEED_OFFSET + s)
+        cfg = replace(plan.proxy_cfg, train_tokens=final_tokens, seed=FINAL_SEED_OFFSET + s)
         noise_runs.append({"final_seed": cfg.seed, "bpb": scorer(cfg, prepared.prior)["bpb"]})
-    noise_mean, noise_std = _mean_std([r["bpb"] for r in noise_runs])
+    noise_mean, noise_std = mean_std([r["bpb"] for r in noise_runs])
 
     table: dict[str, dict[str, Any]] = {}
     for name in (*RANKED, *REFERENCE):
-        values = [run["strategies"][name]["final_bpb"] for run in per_seed]
-        diffs = [
-            run["strategies"][name]["final_bpb"] - run["strategies"]["natural"]["final_bpb"]
-            for run in per_seed
-        ]
-        mean, std = _mean_std(values)
-        diff_mean, diff_std = _mean_std(diffs)
+        runs = [run for run in per_seed if name in run["strategies"]]
+        if not runs:
+            continue
+        values = [run["strategies"][name]["final_bpb"] for run in runs]
+        mean, std = mean_std(values)
+        diff_mean, diff_std = mean_std(paired(runs, name, "natural"))
+        vs_climb_mean, vs_climb_std = mean_std(paired(runs, name, "climb"))
         row: dict[str, Any] = {
             "label": LABELS[name],
             "bpb_mean": mean,
             "bpb_std": std,
             "bpb_per_seed": values,
+            "seeds": [run["seed"] for run in runs],
             "diff_vs_natural_mean": diff_mean,
             "diff_vs_natural_std": diff_std,
-            "proxies": per_seed[0]["strategies"][name]["proxies"],
+            "diff_vs_climb_mean": vs_climb_mean,
+            "diff_vs_climb_std": vs_climb_std,
+            "proxies": runs[0]["strategies"][name]["proxies"],
         }
         if name in RANKED:
-            ranks = [run["strategies"][name]["rank"] for run in per_seed]
+            ranks = [run["strategies"][name]["rank"] for run in runs]
             row["rank_mean"] = float(np.mean(ranks))
             row["rank_per_seed"] = ranks
         table[name] = row
-    return {
+    record: dict[str, Any] = {
         "corpus": prepared.details,
         "final_train_tokens": final_tokens,
         "per_seed": per_seed,
         "strategies": table,
+        "cv_tables": {n: cv_table(per_seed, n) for n in CLIMB_RUNS},
+        "best_bpb_per_round": {n: best_per_round(per_seed, n) for n in CLIMB_RUNS},
         "noise_floor": {
             "mixture": "natural",
             "runs": noise_runs,
@@ -577,46 +571,15 @@ def run_corpus(
             "bpb_std": noise_std,
             "note": (
                 "the natural mixture's final model with final seeds "
-                f"{[r['final_seed'] for r in noise_runs]} (same seeds as the natural rows when "
-                "the search seeds are 0..2)"
+                f"{[r['final_seed'] for r in noise_runs]}"
             ),
         },
         "models_trained": scorer.trained,
         "training_seconds": round(scorer.seconds, 1),
+        "curve_eval_seconds": round(scorer.curve_seconds, 1),
     }
-
-
-def summary_rows(name: str, record: dict[str, Any], seeds: Sequence[int]) -> list[dict[str, str]]:
-    """One README-table row per strategy: mean ± std BPB (mean rank); baseline natural."""
-    table = record["strategies"]
-    natural = table["natural"]
-    noise = record["noise_floor"]["bpb_std"]
-    rows = []
-    for key in (*RANKED, *REFERENCE):
-        row = table[key]
-        ranked = "rank_mean" in row
-        rank = f", rank {row['rank_mean']:.2f}" if ranked else ""
-        how = f"mean ± std, mean rank of {len(RANKED)}" if ranked else "mean ± std, unranked"
-        if key == "natural":
-            baseline = f"noise floor: seed std {noise:.4f}"
-            ratio = "1"
-        else:
-            baseline = f"{natural['bpb_mean']:.4f} ± {natural['bpb_std']:.4f} (natural)"
-            ratio = f"{row['bpb_mean'] / natural['bpb_mean']:.3f}"
-        proxies = f"{row['proxies']} proxies" if row["proxies"] else "no proxies"
-        rows.append(
-            {
-                "what": (
-                    f"{name} corpus, target BPB of a final model ({record['final_train_tokens']:,}"
-                    f" tokens) on the mixture of {row['label']}, {proxies}, {len(seeds)} seeds; "
-                    f"{how}; ratio to natural, lower is better"
-                ),
-                "ours": f"{row['bpb_mean']:.4f} ± {row['bpb_std']:.4f}{rank}",
-                "baseline": baseline,
-                "ratio": ratio,
-            }
-        )
-    return rows
+    record["goals"] = goals(record)
+    return record
 
 
 def main(argv: Sequence[str] | None = None, quick: bool = False) -> dict[str, Any]:
@@ -635,8 +598,19 @@ def main(argv: Sequence[str] | None = None, quick: bool = False) -> dict[str, An
         "--proxy-tokens", type=int, help="proxy token budget (default 32768; 8192 with --quick)"
     )
     parser.add_argument(
-        "--rounds", type=int, nargs="+", help="CLIMB proxies per round (default 6 4 2; 4 2 2 quick)"
+        "--rounds", type=int, nargs="+", help="CLIMB proxies per round (default 6 4 2; 6 2 2 quick)"
     )
+    parser.add_argument(
+        "--efficiency-rounds", type=int, nargs="+",
+        help="climb_28's rounds (default 16 8 4; 6 4 2 quick)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--efficiency-random", type=int, help="regmix_112's proxies (default 112; 24 quick)"
+    )
+    parser.add_argument(
+        "--efficiency-seeds", type=int, nargs="+",
+        help="seeds on which climb_28 and regmix_112 run (default: the first three)",
+    )  # fmt: skip
     parser.add_argument("--final-multiplier", type=float, default=3.0)
     parser.add_argument("--candidates", type=int, help="candidate pool (default 20000; 4000 quick)")
     parser.add_argument("--top-k-min", type=int, default=128)
@@ -649,14 +623,19 @@ def main(argv: Sequence[str] | None = None, quick: bool = False) -> dict[str, An
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--demo", action="store_true", help="also the demo corpus (slow)")
+    parser.add_argument("--third", action="store_true", help="also the blended-target corpus")
     parser.add_argument("--demo-docs", type=int, default=300, help="demo documents per source")
+    parser.add_argument("--skip-planted", action="store_true", help="leave the planted corpus out")
     parser.add_argument("--workdir", help="keep the corpora and stores here (default: temporary)")
     add_run_options(parser)
     args = parser.parse_args(argv)
     quick = quick or args.quick
-    seeds = args.seeds or ([0] if quick else [0, 1, 2])
+    seeds = tuple(args.seeds or ([0] if quick else [0, 1, 2]))
     proxy_tokens = args.proxy_tokens or (8192 if quick else 32_768)
-    rounds = tuple(args.rounds or ((4, 2, 2) if quick else (6, 4, 2)))
+    rounds = tuple(args.rounds or ((6, 2, 2) if quick else (6, 4, 2)))
+    eff_rounds = tuple(args.efficiency_rounds or ((6, 4, 2) if quick else (16, 8, 4)))
+    eff_random = args.efficiency_random or (24 if quick else 112)
+    eff_seeds = tuple(seeds[:3] if args.efficiency_seeds is None else args.efficiency_seeds)
     candidates = args.candidates or (4000 if quick else 20_000)
 
     import torch
@@ -664,6 +643,9 @@ def main(argv: Sequence[str] | None = None, quick: bool = False) -> dict[str, An
     from climb_assets.lib.proxy import ProxyConfig, count_parameters
 
     torch.set_num_threads(args.threads)
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(args.threads)  # BLAS/OpenMP of numpy, scipy, scikit-learn too
     proxy_cfg = ProxyConfig(
         n_layer=args.n_layer,
         n_embd=args.n_embd,
@@ -673,6 +655,18 @@ def main(argv: Sequence[str] | None = None, quick: bool = False) -> dict[str, An
         train_tokens=proxy_tokens,
         lr=args.lr,
     )
+    plan = CorpusPlan(
+        seeds=seeds,
+        proxy_cfg=proxy_cfg,
+        rounds=rounds,
+        final_multiplier=args.final_multiplier,
+        candidates=candidates,
+        top_k_min=args.top_k_min,
+        efficiency_rounds=eff_rounds,
+        efficiency_random=eff_random,
+        efficiency_seeds=eff_seeds,
+        device=args.device,
+    )
     if args.wait_quiet:
         wait_for_quiet(timeout_s=args.wait_quiet)
     machine = machine_info()
@@ -681,68 +675,86 @@ def main(argv: Sequence[str] | None = None, quick: bool = False) -> dict[str, An
     wall_start = time.perf_counter()
     corpora: dict[str, Any] = {}
     summary: list[dict[str, str]] = []
+
+    def build(partial: bool) -> dict[str, Any]:
+        """The result so far (`partial`: written after each corpus, in case a later one fails)."""
+        wall = time.perf_counter() - wall_start
+        return {
+            "description": (
+                "target BPB of a final model (same architecture, more tokens, another seed) "
+                "trained on the mixture each strategy picks; mean ± std over search seeds, mean "
+                "rank, noise floor of the final model, per-round CV Spearman of every predictor "
+                "kind, and the issue's goals per corpus"
+            ),
+            "params": {
+                "seeds": list(seeds),
+                "proxies_per_strategy": sum(rounds),
+                "climb_rounds": list(rounds),
+                "variants": {n: v.to_dict() for n, v in plan.variants.items()},
+                "efficiency": {
+                    "climb_rounds": list(eff_rounds),
+                    "regmix_proxies": eff_random,
+                    "seeds": list(eff_seeds),
+                },
+                "proxy_config": proxy_cfg.to_dict(),
+                "proxy_seed": "search seed",
+                "curve_fractions": [*CURVE_FRACTIONS, 1.0],
+                "final_multiplier": args.final_multiplier,
+                "final_seed": f"{FINAL_SEED_OFFSET} + search seed",
+                "candidates": candidates,
+                "top_k_min": args.top_k_min,
+                "predictor_options": OPTIONS,
+                "regmix_final": {"method": "topk_mean", "k": 128, "kind": "lightgbm"},
+                "climb_final": {"method": "argmax"},
+                "repetition_caps": None,
+                "sampler": "SamplerSettings() (paper defaults)",
+                "threads": args.threads,
+                "device": args.device,
+                "corpora": list(corpora),
+                "ranked": list(RANKED),
+                "reference": list(REFERENCE),
+            },
+            "goals": {name: record["goals"] for name, record in corpora.items()},
+            "corpora": corpora,
+            "wall_seconds": round(wall, 1),
+            "partial": partial,
+            "summary": summary,
+            "machine": machine,
+        }
+
+    names = [
+        *([] if args.skip_planted else ["planted"]),
+        *(["demo"] if args.demo else []),
+        *(["blend"] if args.third else []),
+    ]
     with tempfile.TemporaryDirectory(prefix="climb-search-quality-") as tmp:
         root = Path(args.workdir) if args.workdir else Path(tmp)
-        names = ["planted", *(["demo"] if args.demo else [])]
         for name in names:
             start = time.perf_counter()
             if name == "planted":
                 prepared = prepare_planted(root / "planted")
-            else:
+            elif name == "demo":
                 prepared = prepare_demo(root / "demo", args.demo_docs)
+            else:
+                prepared = prepare_blend(root / "blend", args.demo_docs)
             prep_seconds = time.perf_counter() - start
             print(
                 f"[{name}] data side done in {prep_seconds:.0f} s: "
                 f"{len(prepared.arrays)} super-clusters, prior {prepared.details['natural_prior']}"
+                f", alignment {prepared.details['target_alignment']}"
                 f", oracle {prepared.oracle.round(3).tolist()}",
                 flush=True,
             )
-            record = run_corpus(
-                prepared,
-                seeds,
-                proxy_cfg,
-                rounds,
-                args.final_multiplier,
-                candidates,
-                args.top_k_min,
-                args.device,
-            )
+            record = run_corpus(prepared, plan)
             record["prepare_seconds"] = round(prep_seconds, 1)
             record["parameters"] = count_parameters(proxy_cfg, prepared.tok.get_vocab_size())
             corpora[name] = record
-            summary += summary_rows(name, record, seeds)
-    wall = time.perf_counter() - wall_start
-    result: dict[str, Any] = {
-        "description": (
-            "target BPB of a final model (same architecture, more tokens, another seed) trained "
-            "on the mixture each strategy picks with the same number of proxies; mean ± std "
-            "over search seeds, mean rank, noise floor of the final model"
-        ),
-        "params": {
-            "seeds": list(seeds),
-            "proxies_per_strategy": sum(rounds),
-            "climb_rounds": list(rounds),
-            "proxy_config": proxy_cfg.to_dict(),
-            "proxy_seed": "search seed",
-            "final_multiplier": args.final_multiplier,
-            "final_seed": f"{FINAL_SEED_OFFSET} + search seed",
-            "candidates": candidates,
-            "top_k_min": args.top_k_min,
-            "predictor_params": PREDICTOR_PARAMS,
-            "regmix_final": {"method": "topk_mean", "k": 128},
-            "climb_final": {"method": "argmax"},
-            "sampler": "SamplerSettings() (paper defaults)",
-            "threads": args.threads,
-            "device": args.device,
-            "corpora": list(corpora),
-            "ranked": list(RANKED),
-            "reference": list(REFERENCE),
-        },
-        "corpora": corpora,
-        "wall_seconds": round(wall, 1),
-        "summary": summary,
-        "machine": machine,
-    }
+            summary += summary_rows(name, record)
+            print(f"[{name}] goals: {goal_line(record['goals'])}", flush=True)
+            if name != names[-1]:
+                write_result(NAME, build(partial=True), QUICK_DIR if quick else RESULTS_DIR)
+    result = build(partial=False)
+    wall = result["wall_seconds"]
     result["cpu"] = monitor.stop()
     result["load_average_start"] = load
     result["load_average_end"] = load_average()
@@ -756,9 +768,13 @@ def main(argv: Sequence[str] | None = None, quick: bool = False) -> dict[str, An
         print(f"{name}: final BPB over seeds {list(seeds)} (mean ± std, mean rank)")
         for key, row in record["strategies"].items():
             rank = f"  rank {row['rank_mean']:.2f}" if "rank_mean" in row else ""
-            print(f"  {key:15s} {row['bpb_mean']:.4f} ± {row['bpb_std']:.4f}{rank}")
+            print(f"  {key:20s} {row['bpb_mean']:.4f} ± {row['bpb_std']:.4f}{rank}")
         noise = record["noise_floor"]
         print(f"  noise floor (natural, 3 final seeds): std {noise['bpb_std']:.4f}")
+        for strategy, table in record["cv_tables"].items():
+            for label, row in table.items():
+                print(f"  cv {strategy:20s} {label}: {row}")
+        print(f"  goals: {goal_line(record['goals'])}")
     print(f"wall time {wall:.0f} s")
     return result
 
