@@ -1,8 +1,6 @@
 """The data side materialized end to end with Dagster on a small real corpus."""
 
-import re
 import threading
-from pathlib import Path
 
 import dagster as dg
 import duckdb
@@ -19,7 +17,7 @@ from climb_assets.lib.corpus import CorpusError
 from climb_assets.lib.embed import EncoderError
 from climb_assets.lib.kmeans import KMeansError
 from climb_assets.runner import register_shards, run_data_side
-from climb_assets_tests.conftest import write_jsonl, write_profile
+from climb_assets_tests.conftest import run_readme_queries, write_jsonl, write_profile
 
 pytestmark = pytest.mark.slow
 
@@ -245,18 +243,5 @@ def test_ids_repeated_across_shards_fail_at_pruning(tmp_path):
 
 def test_readme_queries_run_on_the_catalog(pipeline):
     climb, _ = pipeline
-    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
-    blocks = re.findall(r"```sql\n(.*?)```", readme, re.S)
-    con = _catalog(climb)
-    views = {r[0] for r in con.execute("SELECT view_name FROM duckdb_views()").fetchall()}
-    ran = 0
-    for block in blocks:
-        for statement in block.split(";"):
-            sql = "\n".join(ln for ln in statement.splitlines() if not ln.strip().startswith("--"))
-            if not sql.strip():
-                continue
-            if "evaluations" in sql and "evaluations" not in views:
-                continue  # search views: covered by the search tests' catalog
-            con.execute(sql).fetchall()
-            ran += 1
+    ran, _ = run_readme_queries(_catalog(climb))
     assert ran >= 3

@@ -18,7 +18,7 @@ from climb_assets.defs.search_round import build_search_round
 from climb_assets.lib import proxy, tokens
 from climb_assets.lib.planted import build_planted_corpus
 from climb_assets.runner import run_all
-from climb_assets_tests.conftest import write_profile
+from climb_assets_tests.conftest import run_readme_queries, write_profile
 
 pytestmark = pytest.mark.slow
 
@@ -285,3 +285,10 @@ def test_learning_curves_predictor_report_and_alignment(planted):
     assert doc["final"]["predicted_objective_band"] is not None
     assert set(doc["rounds"][-1]["cv_by_kind"]) == kinds
     assert store.read_bytes("search/iter_001/curves.png")[:4] == b"\x89PNG"
+
+
+def test_every_readme_query_runs_on_a_search_catalog(planted):
+    _, _, climb, _ = planted
+    con = duckdb.connect(climb.store().uri("catalog.duckdb"), read_only=True)
+    ran, skipped = run_readme_queries(con)
+    assert ran >= 6 and skipped == 0
