@@ -627,9 +627,13 @@ def main(argv: Sequence[str] | None = None, quick: bool = False) -> dict[str, An
     parser.add_argument("--demo-docs", type=int, default=300, help="demo documents per source")
     parser.add_argument("--skip-planted", action="store_true", help="leave the planted corpus out")
     parser.add_argument("--workdir", help="keep the corpora and stores here (default: temporary)")
+    parser.add_argument(
+        "--results-dir", help="write the result here (default bench/results, quick: results/quick)"
+    )
     add_run_options(parser)
     args = parser.parse_args(argv)
     quick = quick or args.quick
+    out_dir = Path(args.results_dir) if args.results_dir else (QUICK_DIR if quick else RESULTS_DIR)
     seeds = tuple(args.seeds or ([0] if quick else [0, 1, 2]))
     proxy_tokens = args.proxy_tokens or (8192 if quick else 32_768)
     rounds = tuple(args.rounds or ((6, 2, 2) if quick else (6, 4, 2)))
@@ -752,7 +756,7 @@ def main(argv: Sequence[str] | None = None, quick: bool = False) -> dict[str, An
             summary += summary_rows(name, record)
             print(f"[{name}] goals: {goal_line(record['goals'])}", flush=True)
             if name != names[-1]:
-                write_result(NAME, build(partial=True), QUICK_DIR if quick else RESULTS_DIR)
+                write_result(NAME, build(partial=True), out_dir)
     result = build(partial=False)
     wall = result["wall_seconds"]
     result["cpu"] = monitor.stop()
@@ -763,7 +767,7 @@ def main(argv: Sequence[str] | None = None, quick: bool = False) -> dict[str, An
     # Contention slows the run down but does not change the BPB figures (CPU training is
     # deterministic for the same inputs and thread count).
     result["contended"] = result["high_load_at_start"] or bool(other and other > CONTENDED_CORES)
-    write_result(NAME, result, QUICK_DIR if quick else RESULTS_DIR)
+    write_result(NAME, result, out_dir)
     for name, record in corpora.items():
         print(f"{name}: final BPB over seeds {list(seeds)} (mean ± std, mean rank)")
         for key, row in record["strategies"].items():
