@@ -56,6 +56,11 @@ def climbmix_manifest(
         ).sort("mixture_id")  # fmt: skip
         x = np.array(evaluated.get_column("weights").to_list(), dtype=np.float64)
         feasible = proposals.within_caps(x, space.caps)
+        if not feasible.any():
+            raise ValueError(
+                "no trained proxy's mixture fits within the repetition caps (manifest.max_epochs "
+                "against manifest.total_tokens); use search.final: argmax, or raise max_epochs"
+            )
         objective = evaluated.get_column("objective").to_numpy()
         best_row = int(np.argmax(np.where(feasible, objective, -np.inf)))
         best = evaluated.row(best_row, named=True)
@@ -79,11 +84,13 @@ def climbmix_manifest(
         chosen_by = {"tied_at_best": ties.tied, "candidates": len(pool)}
     predicted = float(model.predict(weights[None, :])[0])
     std = model.predict_std(weights[None, :])
-    band, band_source = (
-        (float(std[0]), "predictive standard deviation")
-        if std is not None
-        else (last_round.get("cv_rmse"), "cross-validated RMSE of the last predictor")
-    )
+    # The band is the larger of the model's own std and its out-of-sample error: at a trained
+    # mixture a GP's std shrinks to its noise term, which says nothing about how far off it is.
+    spreads = {"predictive standard deviation": None if std is None else float(std[0]),
+               "cross-validated RMSE of the last predictor": last_round.get("cv_rmse")}  # fmt: skip
+    known = {k: v for k, v in spreads.items() if v is not None}
+    band_source = max(known, key=known.__getitem__) if known else "none available"
+    band = known.get(band_source)
     ratio = m.total_tokens / proxy_config(profile).train_tokens
     at_total, at_total_note = None, None
     try:

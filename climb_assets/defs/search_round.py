@@ -181,11 +181,8 @@ def propose_mixtures(
         if picks.std is not None:
             spread = [float(picks.std[r]) for r in picks.rows]
         method = f"{picks.acquisition} of predictor top-{top} of {len(pool)}, {s.design} picks"
-        ties = picks.ties
-        tie_break = picks.tie_break
-        rule = picks.acquisition
-        extra = {"top_set_ties": ties.tied, "top_set_distinct": ties.distinct,
-                 "tie_break": tie_break, "acquisition": rule}  # fmt: skip
+        extra = {"top_set_ties": picks.ties.tied, "top_set_distinct": picks.ties.distinct,
+                 "tie_break": picks.tie_break, "acquisition": picks.acquisition}  # fmt: skip
     mixtures = [
         {"mixture_id": f"{key}-m{j:03d}", "key": mixture.mixture_key(w), "weights": w.tolist(),
          "predicted": predicted[j]}
@@ -398,11 +395,10 @@ def fit_round_predictor(
         ),
     )
     aligned_rho = report.spearman(x @ space.alignment, y) if space.alignment is not None else None
-    cv = fit.cv
     summary = {
         "round": key, "points": len(y), "seed": seed, "kind": pr.kind, "used": fit.used,
         "cv_spearman": report.spearman(oof, y) if np.isfinite(oof).any() else None,
-        "cv_rmse": cv.rmse if cv is not None else None,
+        "cv_rmse": float(np.sqrt(np.mean((oof - y) ** 2))) if np.isfinite(oof).all() else None,
         "best_observed": float(y.max()), "best_predicted": float(pool_mean[best]),
         "best_predicted_std": None if pool_std is None else float(pool_std[best]),
         "candidates": len(pool), "alignment_spearman": aligned_rho,
