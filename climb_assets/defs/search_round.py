@@ -102,15 +102,20 @@ class SearchSpace:
         )  # fmt: skip
 
 
+def _current_alignment(store: Store, k: int) -> np.ndarray | None:
+    """The targets' shares over the current k super-clusters (None if absent or outdated)."""
+    alignment = load_alignment(store)
+    # An alignment made for other super-clusters is ignored until target_alignment runs again.
+    return alignment if alignment is not None and alignment.size == k else None
+
+
 def search_space(profile: Profile, store: Store) -> SearchSpace:
     """The search space of this profile; clear errors when the caps or the centre cannot hold."""
     available = np.asarray(cluster_summary(store)["tokens"], dtype=np.int64)
     prior = mixture.natural_prior(available)
     m = profile.manifest
     caps = proposals.repetition_caps(available, m.total_tokens, m.max_epochs)
-    alignment = load_alignment(store)
-    if alignment is not None and alignment.size != prior.size:
-        alignment = None  # made for other super-clusters; target_alignment has to run again
+    alignment = _current_alignment(store, prior.size)
     center = None
     weight = profile.search.target_prior_weight
     if weight > 0:
@@ -317,7 +322,8 @@ def evaluations_so_far(
     if data is None:
         raise ValueError("no proxy has been evaluated yet; materialize the search rounds first")
     curves = _rows_so_far(store, profile, index, "curves")
-    datas = metric_datas(data, curves, load_targets(store), search_space(profile, store).alignment)
+    k = int(data.get_column("weights").list.len()[0])
+    datas = metric_datas(data, curves, load_targets(store), _current_alignment(store, k))
     return data, datas
 
 
