@@ -3,7 +3,9 @@
 import argparse
 import json
 import os
+import signal
 import sys
+import threading
 import time
 
 import dagster as dg
@@ -116,7 +118,7 @@ def _print_manifest(climb: ClimbResource) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from climb_assets.runner import local_instance, run_all, run_data_side
+    from climb_assets.runner import exclusive_instance, run_all, run_data_side
 
     climb = climb_resource(args.profile)
     profile = climb.settings()
@@ -134,12 +136,15 @@ def _run(args: argparse.Namespace) -> int:
             f"in {len(info.shards)} shards ({time.perf_counter() - start:.1f}s) at {info.root}"
         )
     start = time.perf_counter()
-    instance = local_instance()
-    if args.data_only or not profile.targets:
-        timings = run_data_side(climb, instance, force=args.force)
-    else:
-        timings = run_all(climb, instance, force=args.force)
-        _print_manifest(climb)
+    from climb_assets.preflight import check_profile
+
+    check_profile(climb, search=bool(profile.targets) and not args.data_only)
+    with exclusive_instance(climb, wait=args.wait) as instance:
+        if args.data_only or not profile.targets:
+            timings = run_data_side(climb, instance, force=args.force)
+        else:
+            timings = run_all(climb, instance, force=args.force)
+            _print_manifest(climb)
     print(f"\ndone in {time.perf_counter() - start:.0f}s; step seconds: "
           f"{json.dumps({k: round(v, 1) for k, v in timings.items()})}")  # fmt: skip
     _summary(climb)
@@ -216,16 +221,30 @@ def main(argv: list[str] | None = None) -> int:
     demo = sub.add_parser("demo", help="build the demo corpus, then run every asset on it")
     demo.add_argument("--docs-per-source", type=int, default=1000)
     run = sub.add_parser("run", help="run every asset on the profile's corpus")
+    register = sub.add_parser(
+        "register-shards",
+        help="add a partition for each new shard file, remove those whose file is gone",
+    )
     for p in (demo, run):
         p.add_argument("--force", action="store_true", help="recompute finished steps too")
         p.add_argument("--data-only", action="store_true", help="stop after the data side")
-    sub.add_parser("register-shards", help="add a partition for each new shard file")
+    for p in (demo, run, register):
+        p.add_argument(
+            "--wait",
+            action="store_true",
+            help="wait for another climb process on this instance or storage root to finish "
+            "(default: stop at once, naming it)",
+        )
     sub.add_parser("profile", help="print the resolved profile")
     _add_plan_parser(sub)
     cat = sub.add_parser("catalog", help="query the DuckDB catalog (local or on S3), read-only")
     cat.add_argument("sql", nargs="?", help="a query; without one, the views are listed")
     cat.add_argument("--max-rows", type=int, default=40)
     args = parser.parse_args(argv)
+    # SIGTERM (a scheduler stopping the job, `kill`) ends the run as Ctrl-C does: Dagster marks
+    # the run interrupted and frees its slots, and the user sees one line.
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         if args.command == "plan":
             return _plan(args)
@@ -237,12 +256,20 @@ def main(argv: list[str] | None = None) -> int:
             print(yaml.safe_dump(profile.to_dict(), sort_keys=False))
             return 0
         if args.command == "register-shards":
-            from climb_assets.runner import local_instance, register_shards
+            from climb_assets.runner import exclusive_instance, register_shards
 
-            added = register_shards(local_instance(), climb_resource(args.profile))
-            print(f"registered {len(added)} new shard(s): {added}")
+            climb = climb_resource(args.profile)
+            with exclusive_instance(climb, wait=args.wait) as instance:
+                changes = register_shards(instance, climb)
+            print(f"registered {len(changes.added)} new shard(s): {changes.added}")
+            if changes.replaced:
+                print(f"replaced since last read (the next `climb run` reads them again): "
+                      f"{sorted(changes.replaced)}")  # fmt: skip
             return 0
         return _run(args)
+    except (KeyboardInterrupt, dg.DagsterExecutionInterruptedError):
+        print("climb: interrupted; finished work is kept; run again to resume", file=sys.stderr)
+        return 130
     except (ProfileError, ValueError, FileNotFoundError, RuntimeError) as exc:
         print(f"climb: error: {exc}", file=sys.stderr)
         return 2

@@ -62,6 +62,12 @@ class CorpusSettings:
     """Carried through for evaluation and the catalog only; the algorithm never reads them."""
     min_chars: int = 1
     on_duplicate_id: Literal["error", "keep_first"] = "error"
+    max_chars: int | None = 100_000
+    """Longest document kept whole; null keeps every document whole."""
+    long_documents: Literal["split", "truncate"] = "split"
+    """What happens to a longer document: split at paragraph breaks, or cut at max_chars."""
+    on_bad_shard: Literal["error", "skip"] = "error"
+    """A shard file that cannot be read: stop with its path, or quarantine it and go on."""
 
 
 @dataclass(frozen=True)
@@ -323,6 +329,11 @@ def _check_ranges(p: Profile) -> None:
     need(bool(p.corpus.formats), "corpus.formats", "must list at least one of parquet, jsonl")
     for fmt in p.corpus.formats:
         need(fmt in ("parquet", "jsonl"), "corpus.formats", f"has '{fmt}'; allowed: parquet, jsonl")
+    need(
+        p.corpus.max_chars is None or p.corpus.max_chars >= 1000,
+        "corpus.max_chars",
+        "must be >= 1000 or null (no cap)",
+    )
     need(bool(p.quality.scorers), "quality.scorers", "must list at least one scorer")
     names = [s.name for s in p.quality.scorers]
     need(len(set(names)) == len(names), "quality.scorers", f"has duplicate names {names}")
@@ -522,11 +533,31 @@ def _resolve_profile_file(name_or_path: str, relative_to: Path | None = None) ->
     return shipped
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A YAML loader that refuses a key repeated in one mapping (PyYAML keeps the last)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None,
+                    None,
+                    f"duplicate key '{key}' on line {line} (first on line {seen[key]}); "
+                    "merge the two blocks into one",
+                    key_node.start_mark,
+                )
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
 def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     if path in seen:
         raise ProfileError(f"profile {path} extends itself through {[str(s) for s in seen]}")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader) or {}
     except yaml.YAMLError as exc:
         raise ProfileError(f"profile {path} is not valid YAML: {exc}") from exc
     if not isinstance(data, dict):

@@ -8,7 +8,8 @@ skipped, and anything downstream of a step that ran is recomputed.
 import os
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import dagster as dg
@@ -29,9 +30,16 @@ from climb_assets.defs.data_side import (
     pruned_clusters,
     super_clusters,
 )
-from climb_assets.defs.partitions import shard_partitions
+from climb_assets.defs.partitions import GPU_POOL, shard_partitions
 from climb_assets.defs.resources import ClimbResource
-from climb_assets.defs.sensors import new_shards
+from climb_assets.defs.sensors import (
+    ShardChanges,
+    shard_changes,
+    unknown_files_warning,
+    unregister_shards,
+)
+from climb_assets.lib.locks import FileLock
+from climb_assets.run_health import ATTEMPT_TAG, cli_run_tags, reap_dead_runs, watch_pool_waits
 
 
 class CheckFailed(RuntimeError):
@@ -41,15 +49,48 @@ class CheckFailed(RuntimeError):
 MINIMAL_INSTANCE_YAML = "telemetry:\n  enabled: false\n"
 
 
-def local_instance() -> dg.DagsterInstance:
-    """The instance under DAGSTER_HOME, or `./.dagster` (created) when it is not set."""
+def instance_home() -> Path:
+    """DAGSTER_HOME, set to `./.dagster` (created, with a minimal dagster.yaml) when unset."""
     if not os.environ.get("DAGSTER_HOME"):
         home = Path(os.environ.get("CLIMB_HOME", os.getcwd())) / ".dagster"
         home.mkdir(parents=True, exist_ok=True)
         if not (home / "dagster.yaml").exists():
             (home / "dagster.yaml").write_text(MINIMAL_INSTANCE_YAML)
         os.environ["DAGSTER_HOME"] = str(home)
+    home = Path(os.environ["DAGSTER_HOME"])
+    home.mkdir(parents=True, exist_ok=True)
+    return home
+
+
+def local_instance() -> dg.DagsterInstance:
+    """The instance under DAGSTER_HOME, or `./.dagster` (created) when it is not set."""
+    instance_home()
     return dg.DagsterInstance.get()
+
+
+@contextmanager
+def exclusive_instance(
+    climb: ClimbResource, wait: bool = False, log: Callable[[str], None] = print
+) -> Iterator[dg.DagsterInstance]:
+    """The local instance, held by this process alone, with runs of killed processes cleaned up.
+
+    One `climb` process at a time per instance (DAGSTER_HOME) and per local storage root: a
+    second one fails at once naming the holder's pid (or waits, with `wait`). The lock is taken
+    before the instance is opened, so two first runs cannot both create its tables.
+    """
+    home = instance_home()
+    locks = [FileLock(home / ".climb-run.lock", wait)]
+    store = climb.store()
+    if store.is_local:
+        locks.append(FileLock(Path(store.path(".climb-run.lock")), wait))
+    with ExitStack() as stack:
+        for lock in locks:
+            stack.enter_context(lock)
+        instance = dg.DagsterInstance.get()
+        note = reap_dead_runs(instance)
+        if note:
+            log(note)
+        yield instance
 
 
 class Materializer:
@@ -75,14 +116,16 @@ class Materializer:
     ) -> None:
         start = time.perf_counter()
         self.log(f"  materializing {name}{f' [{partition}]' if partition else ''}")
-        result = dg.materialize(
-            [*assets, *checks],
-            partition_key=partition,
-            instance=self.instance,
-            resources=self.resources,
-            tags={"climb/runner": "cli"},
-            run_config={"loggers": {"console": {"config": {"log_level": self.log_level}}}},
-        )
+        tags = cli_run_tags()
+        with watch_pool_waits(self.instance, tags[ATTEMPT_TAG], (GPU_POOL,), self.log):
+            result = dg.materialize(
+                [*assets, *checks],
+                partition_key=partition,
+                instance=self.instance,
+                resources=self.resources,
+                tags=tags,
+                run_config={"loggers": {"console": {"config": {"log_level": self.log_level}}}},
+            )
         self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - start
         failed = [e for e in result.get_asset_check_evaluations() if not e.passed]
         if failed:
@@ -90,12 +133,23 @@ class Materializer:
             raise CheckFailed(f"asset check(s) failed after {name}: {names}; see the run's logs")
 
 
-def register_shards(instance: dg.DagsterInstance, climb: ClimbResource) -> list[str]:
-    """Adds a dynamic partition for every shard file not yet registered; returns the new ones."""
-    added = new_shards(instance, climb)
-    if added:
-        instance.add_dynamic_partitions(shard_partitions.name, added)
-    return added
+def register_shards(
+    instance: dg.DagsterInstance, climb: ClimbResource, log: Callable[[str], None] = print
+) -> ShardChanges:
+    """Registers new shard files and unregisters those whose file is gone (with their outputs).
+
+    Replaced shards keep their partition; `run_data_side` reads them again.
+    """
+    changes = shard_changes(instance, climb)
+    if changes.added:
+        instance.add_dynamic_partitions(shard_partitions.name, changes.added)
+    if changes.removed:
+        unregister_shards(instance, climb, changes.removed)
+        log(f"unregistered {len(changes.removed)} shard(s) whose file is gone: {changes.removed}")
+    warning = unknown_files_warning(changes, climb.settings().corpus.formats)
+    if warning:
+        log(f"warning: {warning}")
+    return changes
 
 
 def run_data_side(
@@ -108,15 +162,20 @@ def run_data_side(
     """Materializes every data-side asset in order; returns seconds spent per step."""
     warnings.filterwarnings("ignore", category=dg.PreviewWarning)
     warnings.filterwarnings("ignore", category=dg.BetaWarning)
-    profile, store = climb.settings(), climb.store()
-    added = register_shards(instance, climb)
+    profile, store, corpus = climb.settings(), climb.store(), climb.corpus_store()
+    start = time.perf_counter()
+    changes = register_shards(instance, climb, log)
     shards = sorted(instance.get_dynamic_partitions(shard_partitions.name))
-    log(f"{len(shards)} shard(s) registered ({len(added)} new) under {climb.corpus_store().uri()}")
+    log(f"{len(shards)} shard(s) registered ({changes.describe()}) under {corpus.uri()}")
     materialize = Materializer(instance, {"climb": climb}, log, log_level)
     timings = materialize.timings
+    if changes.removed:  # the global steps and the search must forget those documents
+        timings["unregister_shards"] = time.perf_counter() - start
+    sources = {shard: corpus.identity(shard) for shard in shards}
 
     def todo(asset: str, partition: str | None) -> bool:
-        return force or not is_done(store, profile, asset, partition)
+        source = sources.get(partition) if partition else None
+        return force or not is_done(store, profile, asset, partition, source)
 
     changed_embeddings = False
     for shard in shards:

@@ -104,3 +104,21 @@ def test_deployment_kind_from_environment(monkeypatch):
     monkeypatch.setenv("CLIMB_DEPLOYMENT", "slurm")
     with pytest.raises(ProfileError, match="use local, k8s or ecs"):
         deployment_kind(profile)
+
+
+def test_duplicate_key_names_the_key_and_line(tmp_path):
+    path = tmp_path / "dup.yaml"
+    path.write_text(
+        "extends: demo\ncorpus:\n  min_chars: 5\nkmeans:\n  k: 4\ncorpus:\n  min_chars: 7\n"
+    )
+    with pytest.raises(ProfileError, match=r"duplicate key 'corpus' on line 6 \(first on line 2\)"):
+        load_profile(str(path))
+    nested = tmp_path / "nested.yaml"
+    nested.write_text("extends: demo\nkmeans:\n  k: 4\n  k: 5\n")
+    with pytest.raises(ProfileError, match=r"duplicate key 'k' on line 4"):
+        load_profile(str(nested))
+
+
+def test_max_chars_has_a_floor():
+    with pytest.raises(ProfileError, match="corpus.max_chars must be >= 1000 or null"):
+        profile_from_dict({"name": "x", "corpus": {"max_chars": 10}})

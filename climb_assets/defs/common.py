@@ -55,20 +55,73 @@ def marker_path(asset: str, partition: str | None) -> str:
     return f"_done/{asset}/{safe_name(partition) if partition else 'all'}.json"
 
 
-def write_marker(store: Store, profile: Profile, asset: str, partition: str | None) -> None:
-    """Records that `asset` (partition) finished with the current settings."""
-    store.write_json(
-        marker_path(asset, partition),
-        {"fingerprint": fingerprint(profile, asset), "finished_at": time.time()},
-    )
+def write_marker(
+    store: Store,
+    profile: Profile,
+    asset: str,
+    partition: str | None,
+    source: str | None = None,
+) -> None:
+    """Records that `asset` (partition) finished with the current settings.
+
+    `source` is the identity (`Store.identity`) of the shard file the output was computed
+    from, so that a shard replaced in place is read again.
+    """
+    record: dict[str, Any] = {
+        "fingerprint": fingerprint(profile, asset),
+        "finished_at": time.time(),
+    }
+    if source is not None:
+        record["source"] = source
+    store.write_json(marker_path(asset, partition), record)
 
 
-def is_done(store: Store, profile: Profile, asset: str, partition: str | None) -> bool:
-    """True when `asset` (partition) finished before with the same relevant settings."""
+def marker_source(store: Store, asset: str, partition: str) -> str | None:
+    """The shard identity recorded in `asset`'s marker for `partition` (None when absent)."""
+    rel = marker_path(asset, partition)
+    return store.read_json(rel).get("source") if store.exists(rel) else None
+
+
+def is_done(
+    store: Store,
+    profile: Profile,
+    asset: str,
+    partition: str | None,
+    source: str | None = None,
+) -> bool:
+    """True when `asset` (partition) finished before with the same relevant settings.
+
+    With `source`, the output must also have been computed from that identity of its shard.
+    """
     rel = marker_path(asset, partition)
     if not store.exists(rel):
         return False
-    return store.read_json(rel).get("fingerprint") == fingerprint(profile, asset)
+    record = store.read_json(rel)
+    if source is not None and record.get("source") != source:
+        return False
+    return record.get("fingerprint") == fingerprint(profile, asset)
+
+
+SHARD_OUTPUTS = (
+    ("corpus_documents", ".parquet"),
+    ("corpus_rejects", ".parquet"),
+    ("embeddings", ".npy"),
+    ("embeddings", ".tokens.parquet"),
+    ("cluster_quality", ".parquet"),
+    ("cluster_assignments", ".parquet"),
+    ("drift", ".parquet"),
+    ("super_clusters/members", ".parquet"),
+)
+"""Every file written per shard partition (folder, suffix)."""
+PER_SHARD_ASSETS = ("corpus_documents", "embeddings", "cluster_quality", "cluster_assignments")
+
+
+def remove_shard_outputs(store: Store, key: str) -> None:
+    """Deletes everything computed from one shard, completion markers first."""
+    for asset in PER_SHARD_ASSETS:
+        store.remove(marker_path(asset, key))
+    for folder, suffix in SHARD_OUTPUTS:
+        store.remove(f"{folder}/{safe_name(key)}{suffix}")
 
 
 def registered_shards(

@@ -20,6 +20,7 @@ import pyarrow.compute as pc
 from climb_assets.config import Profile
 from climb_assets.defs.common import (
     marker_path,
+    marker_source,
     md_table,
     registered_shards,
     require_files,
@@ -28,7 +29,7 @@ from climb_assets.defs.common import (
 from climb_assets.defs.partitions import GPU_OP_TAGS, GPU_POOL, shard_partitions
 from climb_assets.defs.resources import ClimbResource
 from climb_assets.lib import plots
-from climb_assets.lib.corpus import CorpusError, read_shard
+from climb_assets.lib.corpus import CorpusError, ShardUnreadable, quarantined_shard, read_shard
 from climb_assets.lib.embed import TextEncoder
 from climb_assets.lib.kmeans import (
     assign,
@@ -65,23 +66,55 @@ def corpus_documents(
     profile, store, key = climb.settings(), climb.store(), context.partition_key
     for location in (profile.storage.root, profile.corpus.path):
         climb.check_bucket(location)
-    shard = read_shard(climb.corpus_store(), key, climb.corpus_options())
+    corpus, options = climb.corpus_store(), climb.corpus_options()
+    if not corpus.exists(key):
+        raise CorpusError(
+            f"shard {corpus.uri(key)} no longer exists; `climb register-shards` (or `climb run`) "
+            "unregisters it"
+        )
+    # The identity is taken before reading: a file replaced during the read is read again.
+    source = corpus.identity(key)
+    try:
+        shard = read_shard(corpus, key, options)
+    except ShardUnreadable as exc:
+        if profile.corpus.on_bad_shard != "skip":
+            raise
+        context.log.warning(f"quarantined (corpus.on_bad_shard: skip): {exc}")
+        shard = quarantined_shard(exc.reason, options.extra_columns)
     path = store.write_parquet(shard_file("corpus_documents", key), shard.documents)
     store.write_parquet(shard_file("corpus_rejects", key), shard.rejects)
-    write_marker(store, profile, "corpus_documents", key)
+    write_marker(store, profile, "corpus_documents", key, source)
     reasons = collections.Counter(shard.rejects.column("reason").to_pylist())
     if shard.rejects.num_rows:
         context.log.warning(f"shard {key}: rejected {shard.rejects.num_rows} rows: {dict(reasons)}")
+    long_docs = {k: shard.stats.get(k, 0) for k in LONG_DOCUMENT_STATS}
+    if long_docs["split_documents"] or long_docs["truncated_documents"]:
+        context.log.warning(
+            f"shard {key}: documents longer than corpus.max_chars={options.max_chars}: "
+            f"{long_docs['split_documents']} split into {long_docs['split_parts']} parts, "
+            f"{long_docs['truncated_documents']} truncated"
+        )
     return dg.MaterializeResult(
         metadata={
             "dagster/row_count": shard.documents.num_rows,
             "path": dg.MetadataValue.path(path),
+            "source": source,
             "rejected_rows": shard.rejects.num_rows,
             "reject_reasons": dict(reasons),
             "rejects": md_table(shard.rejects.select(["row", "reason", "preview"]).to_pylist()),
             "total_chars": int(pc.sum(shard.documents.column("n_chars")).as_py() or 0),
-        }
+            **long_docs,
+        },
+        data_version=dg.DataVersion(source),
     )
+
+
+LONG_DOCUMENT_STATS = ("split_documents", "split_parts", "truncated_documents", "truncated_chars")
+
+
+def shard_source(store: Store, key: str) -> str | None:
+    """Identity of the shard file that the shard's documents were read from."""
+    return marker_source(store, "corpus_documents", key)
 
 
 def text_encoder(profile: Profile) -> TextEncoder:
@@ -124,7 +157,7 @@ def embeddings(context: dg.AssetExecutionContext, climb: ClimbResource) -> dg.Ma
         shard_file("embeddings", key, ".tokens.parquet"),
         pa.table({"doc_id": docs.column("doc_id"), "n_tokens": pa.array(n_tokens, pa.int64())}),
     )
-    write_marker(store, profile, "embeddings", key)
+    write_marker(store, profile, "embeddings", key, shard_source(store, key))
     info = encoder.info
     store.write_json("embeddings/_encoder.json", info.to_dict())
     return dg.MaterializeResult(
@@ -296,7 +329,7 @@ def cluster_assignments(
     drift = shard_drift(key, dist, fit_baseline(store, digest, context.log), digest)
     path = store.write_parquet(shard_file("cluster_assignments", key), table)
     store.write_parquet(shard_file("drift", key), pa.Table.from_pylist([drift], DRIFT_SCHEMA))
-    write_marker(store, profile, "cluster_assignments", key)
+    write_marker(store, profile, "cluster_assignments", key, shard_source(store, key))
     metadata: dict[str, dg.RawMetadataValue] = {
         "dagster/row_count": table.num_rows,
         "path": dg.MetadataValue.path(path),
@@ -383,7 +416,7 @@ def cluster_quality(
         metadata[f"{spec.name}_mean"] = round(float(scores.mean()), 3) if len(scores) else 0.0
         metadata[f"{spec.name}_seconds"] = round(time.perf_counter() - start, 2)
     path = store.write_parquet(shard_file("cluster_quality", key), pa.table(columns))
-    write_marker(store, profile, "cluster_quality", key)
+    write_marker(store, profile, "cluster_quality", key, shard_source(store, key))
     metadata["path"] = dg.MetadataValue.path(path)
     return dg.MaterializeResult(metadata=metadata)
 

@@ -106,10 +106,17 @@ def climbmix_manifest(
             f"{budget.available[idx]} exist; capped at {m.max_epochs} epochs, excess redistributed"
         )
 
-    selected = []
+    selected, dominated = [], {}
     for sc in range(len(weights)):
         docs = store.read_parquet(f"cluster_tokens/sc_{sc:03d}.docs.parquet")
         ids = docs.column("doc_id").to_pylist()
+        held = manifest.dominated_by_few(docs.column("n_tokens").to_numpy())
+        if held is not None and weights[sc] > 0:
+            dominated[sc] = round(held, 3)
+            context.log.warning(
+                f"super-cluster {sc}: its 5 longest documents hold {held:.0%} of its tokens; "
+                "its weight mostly buys those few documents (lower corpus.max_chars to split them)"
+            )
         rows, passes = manifest.select_documents(
             ids, docs.column("n_tokens").to_numpy(), int(budget.granted[sc]), m.seed
         )
@@ -118,6 +125,17 @@ def climbmix_manifest(
             .with_columns(pl.lit(sc, pl.Int32).alias("super_cluster_id"), pl.Series("pass", passes))
         )  # fmt: skip
     chosen = pl.concat(selected)
+    exported = (
+        chosen.group_by("super_cluster_id").agg(pl.col("n_tokens").sum())
+        .sort("super_cluster_id")
+    )  # fmt: skip
+    exported_tokens = np.zeros(len(weights), np.int64)
+    exported_tokens[exported.get_column("super_cluster_id").to_numpy()] = exported.get_column(
+        "n_tokens"
+    ).to_numpy()
+    accounting = manifest.check_token_accounting(budget.granted, exported_tokens)
+    if not accounting["within_tolerance"]:
+        context.log.warning(f"token accounting: {accounting['note']}")
 
     def texts_of(shard: str):
         rel = shard_file("corpus_documents", shard)
@@ -165,12 +183,15 @@ def climbmix_manifest(
         "super_clusters": [
             {"super_cluster_id": i, "weight": float(weights[i]), "natural": float(prior[i]),
              "available_tokens": int(available[i]), "requested_tokens": int(budget.requested[i]),
-             "tokens": int(budget.granted[i]), "epochs": float(budget.epochs[i])}
+             "tokens": int(budget.granted[i]), "exported_tokens": int(exported_tokens[i]),
+             "epochs": float(budget.epochs[i])}
             for i in range(len(weights))
         ],
         "total_tokens": {"requested": m.total_tokens, "granted": int(budget.granted.sum()),
                          "shortfall": budget.shortfall, "redistributed": budget.redistributed,
-                         "capped_super_clusters": budget.capped},
+                         "capped_super_clusters": budget.capped,
+                         "exported": int(exported_tokens.sum()), "accounting": accounting},
+        "dominated_super_clusters": dominated,
         "max_epochs": m.max_epochs,
         "documents": chosen.height,
         "shards": shard_paths,
@@ -209,6 +230,9 @@ def climbmix_manifest(
             "predictor_used": last_round["used"],
             "documents": chosen.height,
             "tokens": int(budget.granted.sum()),
+            "exported_tokens": int(exported_tokens.sum()),
+            "token_accounting": accounting["note"],
+            "dominated_super_clusters": dominated or "none",
             "shortfall": budget.shortfall,
             "capped_super_clusters": budget.capped,
             "seed": m.seed,

@@ -118,24 +118,41 @@ class ClimbResource(dg.ConfigurableResource):
         cache = resolve_location(self.settings().storage.cache)
         return str(local_file(location, self.storage_options(location), cache))
 
-    def s3_client(self) -> Any:
+    def s3_client(self, max_attempts: int | None = None) -> Any:
         """A boto3 S3 client from the dagster-aws resource (or its defaults)."""
         s3 = self.s3 or S3Resource()
         fields = {f: _value(getattr(s3, f)) for f in S3Resource.model_fields}
+        if max_attempts is not None:
+            fields["max_attempts"] = max_attempts
         return S3Resource(**fields).get_client()
+
+    def has_s3_credentials(self) -> bool:
+        """Whether boto3 finds credentials: explicit keys, AWS_* variables, a profile or a role."""
+        import boto3
+
+        s3 = self.s3 or S3Resource()
+        if _value(s3.aws_access_key_id) or s3.use_unsigned_session:
+            return True
+        return boto3.session.Session(profile_name=s3.profile_name).get_credentials() is not None
 
     def check_bucket(self, location: str) -> None:
         """Fails early, naming the fix, when an `s3://` location's bucket cannot be reached."""
         if not location.startswith("s3://"):
             return
         bucket = location[len("s3://") :].split("/", 1)[0]
+        if not self.has_s3_credentials():
+            raise RuntimeError(
+                f"no AWS credentials for {location}: set AWS_ACCESS_KEY_ID and "
+                "AWS_SECRET_ACCESS_KEY (and AWS_ENDPOINT_URL or storage.endpoint_url for an "
+                "S3-compatible server), or run where an instance or task role provides them"
+            )
         try:
-            self.s3_client().head_bucket(Bucket=bucket)
+            self.s3_client(max_attempts=1).head_bucket(Bucket=bucket)
         except Exception as exc:  # botocore raises several unrelated types here
             raise RuntimeError(
                 f"cannot reach bucket '{bucket}' of {location} ({type(exc).__name__}: {exc}); "
-                "create the bucket or fix the location, and check AWS_ENDPOINT_URL, AWS_REGION "
-                "and the credentials in the environment"
+                "create the bucket or fix the location, and check AWS_ENDPOINT_URL (or "
+                "storage.endpoint_url), AWS_REGION and the credentials in the environment"
             ) from None
 
     def corpus_options(self) -> CorpusOptions:
@@ -146,4 +163,6 @@ class ClimbResource(dg.ConfigurableResource):
             extra_columns=c.extra_columns,
             min_chars=c.min_chars,
             on_duplicate_id=c.on_duplicate_id,
+            max_chars=c.max_chars,
+            long_documents=c.long_documents,
         )

@@ -26,12 +26,15 @@ Every sensor and the schedule start STOPPED; an operator turns them on in the UI
    markers, so `climb run` re-assigns every shard even when these sensors are off.
 """
 
+from dataclasses import dataclass
+
 import dagster as dg
 
+from climb_assets.defs.common import marker_source, remove_shard_outputs
 from climb_assets.defs.data_side import CENTROIDS_FILE
 from climb_assets.defs.partitions import shard_partitions
 from climb_assets.defs.resources import ClimbResource
-from climb_assets.lib.corpus import list_shards
+from climb_assets.lib.corpus import list_shards, unknown_files
 
 REFRESH_TAG = "climb/refresh"
 """Tag on every run these jobs start: ingest, assign, catalog or recluster."""
@@ -80,11 +83,62 @@ IN_FLIGHT = [
 """Run states that mean a run will still write outputs the catalog summarizes."""
 
 
-def new_shards(instance: dg.DagsterInstance, climb: ClimbResource) -> list[str]:
-    """Shard files under corpus.path that are not yet registered partitions."""
+@dataclass(frozen=True)
+class ShardChanges:
+    """How the shard files under corpus.path differ from the registered partitions."""
+
+    added: list[str]
+    """Files with no partition yet."""
+    removed: list[str]
+    """Partitions whose file is gone."""
+    replaced: dict[str, str]
+    """Registered shards whose file changed since its documents were read: key -> identity."""
+    unknown: list[str]
+    """Files of a type no configured format reads."""
+
+    def describe(self) -> str:
+        parts = [f"{len(self.added)} new", f"{len(self.removed)} gone", f"{len(self.replaced)} "
+                 "replaced"]  # fmt: skip
+        return ", ".join(parts)
+
+
+def shard_changes(instance: dg.DagsterInstance, climb: ClimbResource) -> ShardChanges:
+    """Compares the corpus folder with the registered shard partitions."""
+    corpus, store = climb.corpus_store(), climb.store()
+    formats = climb.settings().corpus.formats
     known = set(instance.get_dynamic_partitions(shard_partitions.name))
-    shards = list_shards(climb.corpus_store(), climb.settings().corpus.formats)
-    return [s for s in shards if s not in known]
+    shards = list_shards(corpus, formats)
+    replaced = {}
+    for key in sorted(known.intersection(shards)):
+        read_from = marker_source(store, "corpus_documents", key)
+        now = corpus.identity(key)
+        if read_from is not None and read_from != now:
+            replaced[key] = now
+    return ShardChanges(
+        added=[s for s in shards if s not in known],
+        removed=sorted(known - set(shards)),
+        replaced=replaced,
+        unknown=unknown_files(corpus, formats),
+    )
+
+
+def unknown_files_warning(changes: ShardChanges, formats: tuple[str, ...]) -> str | None:
+    """One line listing the files no configured format reads, or None."""
+    if not changes.unknown:
+        return None
+    shown = ", ".join(changes.unknown[:5]) + (" and more" if len(changes.unknown) > 5 else "")
+    return (
+        f"{len(changes.unknown)} file(s) under corpus.path are not read (corpus.formats: "
+        f"{', '.join(formats)}): {shown}"
+    )
+
+
+def unregister_shards(instance: dg.DagsterInstance, climb: ClimbResource, keys: list[str]) -> None:
+    """Removes the partitions of shards whose file is gone, and everything computed from them."""
+    store = climb.store()
+    for key in keys:
+        remove_shard_outputs(store, key)
+        instance.delete_dynamic_partition(shard_partitions.name, key)
 
 
 def runs_in_flight(instance: dg.DagsterInstance, job_names: list[str]) -> int:
@@ -96,30 +150,53 @@ def runs_in_flight(instance: dg.DagsterInstance, job_names: list[str]) -> int:
 
 
 @dg.sensor(
-    job=ingest_shards_job,
+    jobs=[ingest_shards_job, refresh_catalog_job],
     minimum_interval_seconds=60,
     default_status=dg.DefaultSensorStatus.STOPPED,
 )
 def corpus_shards_sensor(context: dg.SensorEvaluationContext, climb: ClimbResource):
-    """Adds a partition for every new shard file and requests its ingestion run.
+    """Registers new shard files, re-ingests replaced ones and unregisters deleted ones.
 
-    The run embeds, scores and assigns that shard alone, to the centroids already fitted; without
-    centroids yet, it leaves the assignment out (run the `recluster` job to fit them).
+    A new or replaced shard gets one `ingest_shards` run: it embeds, scores and assigns that
+    shard alone, to the centroids already fitted (without centroids yet, the assignment is left
+    out; run the `recluster` job to fit them). A shard whose file is gone loses its partition
+    and its outputs, and a `refresh_catalog` run recomputes the summaries without it.
     """
-    added = new_shards(context.instance, climb)
-    if not added:
-        return dg.SkipReason("no new shards")
+    changes = shard_changes(context.instance, climb)
+    warning = unknown_files_warning(changes, climb.settings().corpus.formats)
+    if warning:
+        context.log.warning(warning)
+    if not (changes.added or changes.removed or changes.replaced):
+        return dg.SkipReason("no new, replaced or deleted shards")
     selection = None
     if not climb.store().exists(CENTROIDS_FILE):
         selection = [dg.AssetKey(a) for a in INGEST_ASSETS if a != "cluster_assignments"]
         context.log.info("no k-means centroids yet: ingesting without assignment")
-    return dg.SensorResult(
-        run_requests=[
-            dg.RunRequest(partition_key=s, run_key=f"ingest:{s}", asset_selection=selection)
-            for s in added
-        ],
-        dynamic_partitions_requests=[shard_partitions.build_add_request(added)],
-    )
+    ingest = [(s, "new") for s in changes.added] + [
+        (s, f"replaced {identity}") for s, identity in changes.replaced.items()
+    ]
+    requests = [
+        dg.RunRequest(
+            partition_key=s,
+            run_key=f"ingest:{s}" if why == "new" else f"ingest:{s}:{why}",
+            asset_selection=selection,
+            job_name=ingest_shards_job.name,
+        )
+        for s, why in ingest
+    ]
+    partition_requests: list = []
+    if changes.added:
+        partition_requests.append(shard_partitions.build_add_request(changes.added))
+    if changes.removed:
+        unregister_shards(context.instance, climb, changes.removed)
+        context.log.warning(f"unregistered shard(s) whose file is gone: {changes.removed}")
+        requests.append(
+            dg.RunRequest(
+                job_name=refresh_catalog_job.name,
+                tags={"climb/unregistered": ",".join(changes.removed)[:200]},
+            )
+        )
+    return dg.SensorResult(run_requests=requests, dynamic_partitions_requests=partition_requests)
 
 
 @dg.run_status_sensor(

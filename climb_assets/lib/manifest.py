@@ -81,7 +81,8 @@ def select_documents(
     """Documents (indices) and their pass number that fill `budget` tokens.
 
     Whole passes over the cluster come first (each in the seeded stable order), then a partial
-    pass takes documents in that order until the budget is met.
+    pass takes documents in that order while they fit in what is left of the budget, skipping a
+    document that would overshoot, so one long document never multiplies the tokens granted.
     """
     n_tokens = np.asarray(n_tokens, dtype=np.int64)
     if len(doc_ids) == 0 or budget <= 0 or n_tokens.sum() == 0:
@@ -92,11 +93,77 @@ def select_documents(
     picks = [order] * full
     passes = [np.full(len(order), p, np.int32) for p in range(full)]
     if rest:
-        cumulative = np.cumsum(n_tokens[order])
-        k = int(np.searchsorted(cumulative, rest, side="left")) + 1
-        picks.append(order[:k])
-        passes.append(np.full(k, full, np.int32))
+        partial = partial_pass(n_tokens[order], rest)
+        picks.append(order[partial])
+        passes.append(np.full(len(partial), full, np.int32))
     return np.concatenate(picks), np.concatenate(passes)
+
+
+def partial_pass(sizes: np.ndarray, budget: int, max_skips: int = 10_000) -> np.ndarray:
+    """Positions (in order) of documents of `sizes` that fill `budget` without large overshoot.
+
+    Takes the longest prefix that fits, then keeps taking the next document that still fits
+    (at most `max_skips` times); finally the smallest document left out is added if that ends
+    nearer to the budget than stopping short.
+    """
+    cumulative = np.cumsum(sizes)
+    k = int(np.searchsorted(cumulative, budget, side="right"))
+    taken = list(range(k))
+    left = budget - (int(cumulative[k - 1]) if k else 0)
+    position = k
+    for _ in range(max_skips):
+        if left <= 0 or position >= len(sizes):
+            break
+        fits = np.flatnonzero(sizes[position:] <= left)
+        if not len(fits):
+            break
+        position += int(fits[0])
+        taken.append(position)
+        left -= int(sizes[position])
+        position += 1
+    if left > 0 and len(taken) < len(sizes):
+        rest = np.ones(len(sizes), bool)
+        rest[taken] = False
+        smallest = int(np.flatnonzero(rest)[np.argmin(sizes[rest])])
+        if int(sizes[smallest]) - left < left:  # overshooting by less than we fall short
+            taken.append(smallest)
+    return np.array(sorted(taken), dtype=np.int64)
+
+
+def dominated_by_few(n_tokens: np.ndarray, top: int = 5, share: float = 0.5) -> float | None:
+    """The share of tokens held by the `top` longest documents when it exceeds `share`."""
+    n_tokens = np.asarray(n_tokens, dtype=np.int64)
+    total = int(n_tokens.sum())
+    if total == 0 or len(n_tokens) <= top:
+        return None
+    held = float(np.sort(n_tokens)[-top:].sum()) / total
+    return held if held > share else None
+
+
+def check_token_accounting(
+    granted: np.ndarray, exported: np.ndarray, tolerance: float = 0.01
+) -> dict[str, object]:
+    """Compares the tokens the budget granted with those the selected documents hold.
+
+    Each super-cluster with a budget must land within `tolerance` (relative) of it, or within
+    one document's worth when that is all the cluster can do; the totals within `tolerance`.
+    """
+    granted = np.asarray(granted, np.int64)
+    exported = np.asarray(exported, np.int64)
+    total_g, total_e = int(granted.sum()), int(exported.sum())
+    rel = abs(total_e - total_g) / total_g if total_g else 0.0
+    off = [
+        int(i)
+        for i in np.flatnonzero(granted > 0)
+        if abs(int(exported[i]) - int(granted[i])) > tolerance * int(granted[i])
+    ]
+    ok = rel <= tolerance
+    note = (
+        f"selected documents hold {total_e} tokens against {total_g} granted "
+        f"({rel:.2%} apart; tolerance {tolerance:.0%})"
+        + (f"; super-clusters off by more than the tolerance: {off}" if off else "")
+    )
+    return {"within_tolerance": ok, "relative_error": rel, "off_super_clusters": off, "note": note}
 
 
 def megatron_blend(weights: np.ndarray, prefixes: Sequence[str]) -> list[float | str]:

@@ -99,6 +99,20 @@ class Store:
             found.append(full[len(self._root) :].lstrip("/"))
         return sorted(found)
 
+    def identity(self, rel: str) -> str:
+        """What changes when the file at `rel` is replaced: size and mtime, or the ETag.
+
+        A local file is `size:mtime_ns`; an object is its ETag (and size), which changes with
+        every upload of different bytes.
+        """
+        local = self.local_path(rel)
+        if local is not None:
+            st = local.stat()
+            return f"size={st.st_size};mtime_ns={st.st_mtime_ns}"
+        info = self.fs.info(self.path(rel))
+        etag = str(info.get("ETag") or info.get("etag") or "").strip('"')
+        return f"size={info.get('size')};etag={etag}"
+
     def remove(self, rel: str) -> None:
         if self.exists(rel):
             self.fs.rm(self.path(rel), recursive=True)

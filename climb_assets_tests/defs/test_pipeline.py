@@ -179,7 +179,7 @@ def test_bad_shard_rows_reported_and_missing_column_fails(tmp_path):
     profile = write_profile(tmp_path, corpus={"path": str(corpus), "extra_columns": []})
     climb = ClimbResource(profile=str(profile))
     with dg.instance_for_test() as inst:
-        assert register_shards(inst, climb) == ["a.jsonl", "b.parquet"]
+        assert register_shards(inst, climb).added == ["a.jsonl", "b.parquet"]
         result = dg.materialize(
             [corpus_documents], partition_key="a.jsonl", instance=inst, resources={"climb": climb}
         )

@@ -2,7 +2,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from climb_assets.lib.corpus import CorpusError, CorpusOptions, content_id, list_shards, read_shard
+from climb_assets.lib.corpus import (
+    CorpusError,
+    CorpusOptions,
+    ShardUnreadable,
+    content_id,
+    list_shards,
+    read_shard,
+    split_text,
+    unknown_files,
+)
 from climb_assets.lib.storage import Store
 from climb_assets_tests.conftest import write_jsonl
 
@@ -50,7 +59,9 @@ def test_empty_whitespace_and_non_utf8_rows_are_rejected_not_fatal(tmp_path):
     assert "invalid JSON" in reasons[1]
     assert reasons.count("empty or whitespace-only text") == 2
     assert "missing text" in reasons
-    assert result.stats == {"rows_read": 7, "documents": 2, "rejected": 5, "duplicates": 0}
+    assert {k: result.stats[k] for k in ("rows_read", "documents", "rejected", "duplicates")} == {
+        "rows_read": 7, "documents": 2, "rejected": 5, "duplicates": 0,
+    }  # fmt: skip
 
 
 def test_non_utf8_binary_parquet_column(tmp_path):
@@ -92,3 +103,46 @@ def test_extra_columns_carried_and_missing_extra_fails(tmp_path):
     assert result.documents.column("n_bytes").to_pylist() == [2]
     with pytest.raises(CorpusError, match="corpus.extra_columns"):
         read_shard(Store(str(tmp_path)), "s.jsonl", CorpusOptions(extra_columns=("lang",)))
+
+
+def test_long_document_is_split_at_paragraphs_and_counted(tmp_path):
+    paragraphs = [f"paragraph {i} " + "word " * 300 for i in range(40)]  # ~1.5k chars each
+    giant = "\n\n".join(paragraphs)
+    write_jsonl(
+        tmp_path / "s.jsonl", [{"doc_id": "big", "text": giant}, {"doc_id": "s", "text": "hi"}]
+    )
+    result = read_shard(Store(str(tmp_path)), "s.jsonl", CorpusOptions(max_chars=5000))
+    ids = result.documents.column("doc_id").to_pylist()
+    texts = result.documents.column("text").to_pylist()
+    assert ids[-1] == "s" and all(i.startswith("big#") for i in ids[:-1])
+    assert max(len(t) for t in texts) <= 5000
+    assert all(t.startswith("paragraph") for t in texts[:-1]), "a split fell inside a paragraph"
+    assert sum(t.count("word") for t in texts) == giant.count("word")  # nothing lost
+    assert result.stats["split_documents"] == 1 and result.stats["split_parts"] == len(ids) - 1
+    truncated = read_shard(
+        Store(str(tmp_path)), "s.jsonl", CorpusOptions(max_chars=5000, long_documents="truncate")
+    )
+    assert truncated.documents.column("n_chars").to_pylist() == [5000, 2]
+    assert truncated.stats["truncated_chars"] == len(giant) - 5000
+
+
+def test_split_text_without_breaks_cuts_at_the_cap():
+    pieces = split_text("x" * 12_500, 5000)
+    assert [len(p) for p in pieces] == [5000, 5000, 2500]
+
+
+@pytest.mark.parametrize("damage", ["truncated", "empty"])
+def test_unreadable_parquet_names_the_file(tmp_path, damage):
+    path = tmp_path / "bad.parquet"
+    pq.write_table(pa.table({"doc_id": ["1"], "text": ["some text"]}), path)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2] if damage == "truncated" else b"")
+    with pytest.raises(ShardUnreadable, match=r"shard .*bad\.parquet cannot be read as Parquet"):
+        read_shard(Store(str(tmp_path)), "bad.parquet", CorpusOptions())
+
+
+def test_unknown_files_are_listed(tmp_path):
+    write_jsonl(tmp_path / "a.jsonl", [{"doc_id": "1", "text": "x"}])
+    (tmp_path / "notes.csv").write_text("a,b\n")
+    (tmp_path / ".hidden").write_text("")
+    assert unknown_files(Store(str(tmp_path))) == ["notes.csv"]

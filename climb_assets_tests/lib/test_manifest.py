@@ -3,6 +3,8 @@ import pytest
 
 from climb_assets.lib.manifest import (
     ManifestError,
+    check_token_accounting,
+    dominated_by_few,
     megatron_blend,
     select_documents,
     stable_order,
@@ -110,3 +112,22 @@ def test_shuffled_parts_refuse_documents_without_text(tmp_path):
     with pytest.raises(ManifestError, match="no text in the corpus"):
         write_shuffled_parts(store, chosen, [lambda s=s: s for s in shards[:2]], 2, seed=0)
     assert not store.exists("manifest/_staging") and not store.exists("manifest/shards")
+
+
+def test_one_giant_document_does_not_overshoot_the_budget():
+    sizes = np.array([120] * 200 + [2_000_000] + [80] * 100, dtype=np.int64)
+    ids = [f"d{i}" for i in range(len(sizes))]
+    for budget in (5_000, 30_000, 31_234):
+        rows, _ = select_documents(ids, sizes, budget, seed=3)
+        assert abs(int(sizes[rows].sum()) - budget) <= 120, budget
+        assert 200 not in rows.tolist()
+
+
+def test_token_accounting_and_dominated_clusters():
+    ok = check_token_accounting(np.array([1000, 0, 500]), np.array([1004, 0, 499]))
+    assert ok["within_tolerance"] and ok["off_super_clusters"] == []
+    bad = check_token_accounting(np.array([1000, 500]), np.array([76_000, 500]))
+    assert not bad["within_tolerance"] and bad["off_super_clusters"] == [0]
+    assert "76500 tokens against 1500 granted" in bad["note"]
+    assert dominated_by_few(np.array([10] * 100 + [5000])) > 0.8
+    assert dominated_by_few(np.array([10] * 100)) is None

@@ -1,0 +1,367 @@
+"""Faults a real user meets: killed runs, replaced, deleted and broken shards, concurrent runs.
+
+Each test is one finding of the fault review and fails on the code before the fix.
+"""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import dagster as dg
+import duckdb
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from climb_assets.defs.resources import ClimbResource
+from climb_assets.lib.corpus import CorpusError
+from climb_assets.runner import run_data_side
+from climb_assets_tests.conftest import write_jsonl, write_profile
+
+REPO = Path(__file__).resolve().parents[2]
+DATA_SIDE = {
+    "kmeans": {"k": 4, "niter": 5},
+    "quality": {"scorers": [{"name": "heuristic", "threshold": 1.0}]},
+    "merge": {"distance_threshold": None, "target_count": 2},
+}
+
+
+def _profile(tmp_path: Path, folder: Path, **sections) -> Path:
+    """A data-side profile on `folder`; `corpus=` adds keys to the corpus section."""
+    corpus = {"path": str(folder), "extra_columns": ["source"], **sections.pop("corpus", {})}
+    return write_profile(tmp_path, corpus=corpus, targets=[], **{**DATA_SIDE, **sections})
+
+
+def _documents(climb: ClimbResource, sql: str) -> list[tuple]:
+    con = duckdb.connect(climb.store().uri("catalog.duckdb"), read_only=True)
+    try:
+        return con.execute(sql).fetchall()
+    finally:
+        con.close()
+
+
+@pytest.fixture
+def corpus(tmp_path, small_demo_corpus) -> Path:
+    folder = tmp_path / "corpus"
+    shutil.copytree(small_demo_corpus, folder)
+    return folder
+
+
+def test_replaced_shard_is_read_again_and_deleted_shard_unregistered(tmp_path, corpus):
+    climb = ClimbResource(profile=str(_profile(tmp_path, corpus)))
+    lines: list[str] = []
+    with dg.instance_for_test() as instance:
+        run_data_side(climb, instance, log=lines.append)
+        before = _documents(climb, "SELECT count(*) FROM documents")[0][0]
+        shard = corpus / "shard-000.parquet"
+        table = pq.read_table(shard)
+        new_ids = pa.array([f"new-{i}" for i in range(table.num_rows)])
+        pq.write_table(table.set_column(0, "doc_id", new_ids), shard)  # replaced in place
+        lines.clear()
+        run_data_side(climb, instance, log=lines.append)
+        assert any("materializing corpus_documents" in ln and "shard-000" in ln for ln in lines)
+        ids = {r[0] for r in _documents(climb, "SELECT doc_id FROM documents")}
+        assert {f"new-{i}" for i in range(table.num_rows)} <= ids
+        assert _documents(climb, "SELECT count(*) FROM documents")[0][0] == before
+
+        gone = corpus / "shard-001.jsonl"
+        n_gone = sum(1 for _ in gone.open())
+        gone.unlink()
+        lines.clear()
+        run_data_side(climb, instance, log=lines.append)
+        assert any("unregistered 1 shard(s) whose file is gone" in ln for ln in lines)
+        assert "shard-001.jsonl" not in instance.get_dynamic_partitions("corpus_shards")
+        assert _documents(climb, "SELECT count(*) FROM documents")[0][0] == before - n_gone
+        assert not (
+            Path(climb.store().uri()) / "corpus_documents" / "shard-001.jsonl.parquet"
+        ).exists()
+
+
+def test_broken_shard_named_then_quarantined_then_deleted(tmp_path, corpus):
+    good = pq.read_table(corpus / "shard-000.parquet")
+    broken = corpus / "shard-broken.parquet"
+    pq.write_table(good, broken)
+    data = broken.read_bytes()
+    broken.write_bytes(data[: len(data) // 2])  # cut in half
+    (corpus / "notes.csv").write_text("a,b\n")
+    climb = ClimbResource(profile=str(_profile(tmp_path, corpus)))
+    lines: list[str] = []
+    with dg.instance_for_test() as instance:
+        with pytest.raises(CorpusError, match=r"shard-broken\.parquet cannot be read as Parquet"):
+            run_data_side(climb, instance, log=lines.append)
+        assert any("notes.csv" in ln and "not read" in ln for ln in lines)
+
+        skip = ClimbResource(
+            profile=str(_profile(tmp_path, corpus, corpus={"on_bad_shard": "skip"}))
+        )
+        run_data_side(skip, instance, log=lines.append)
+        reasons = _documents(
+            skip, "SELECT reason FROM rejected_rows WHERE reason LIKE 'unreadable%'"
+        )
+        assert len(reasons) == 1 and "cannot be read as Parquet" in reasons[0][0]
+
+        broken.unlink()
+        run_data_side(climb, instance, log=lines.append)  # no "No such file" any more
+        assert "shard-broken.parquet" not in instance.get_dynamic_partitions("corpus_shards")
+
+
+def _climb(home: Path, profile: Path, *args: str) -> subprocess.Popen:
+    env = {**os.environ, "DAGSTER_HOME": str(home), "CLIMB_HOME": str(home.parent)}
+    return subprocess.Popen(
+        [sys.executable, "-m", "climb_assets.cli", "--profile", str(profile), *args],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        start_new_session=True,
+    )  # fmt: skip
+
+
+def test_sigkilled_run_never_blocks_the_next(tmp_path, corpus):
+    """kill -9 while embeddings hold the only `gpu` pool slot; the next run must go through."""
+    home = tmp_path / "home"
+    home.mkdir()
+    shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")  # pools: default_limit 1
+    profile = _profile(tmp_path, corpus)
+    first = _climb(home, profile, "run", "--data-only")
+    os.environ["DAGSTER_HOME"] = str(home)
+    deadline = time.monotonic() + 300
+    try:
+        with dg.DagsterInstance.get() as instance:
+            while not instance.event_log_storage.get_concurrency_info("gpu").claimed_slots:
+                assert first.poll() is None, first.stdout.read()
+                assert time.monotonic() < deadline, "embeddings never claimed the gpu slot"
+                time.sleep(0.2)
+    finally:
+        if first.poll() is None:
+            os.killpg(first.pid, signal.SIGKILL)
+        first.wait(timeout=30)
+        del os.environ["DAGSTER_HOME"]
+    second = _climb(home, profile, "run", "--data-only")
+    try:
+        out, _ = second.communicate(timeout=400)
+    except subprocess.TimeoutExpired:
+        os.killpg(second.pid, signal.SIGKILL)
+        pytest.fail("the run after a SIGKILL is wedged")
+    assert second.returncode == 0, out
+    assert "marked failed 1 run(s) whose process is gone" in out
+    os.environ["DAGSTER_HOME"] = str(home)
+    try:
+        with dg.DagsterInstance.get() as instance:
+            assert not instance.event_log_storage.get_concurrency_info("gpu").claimed_slots
+            failed = instance.get_runs(dg.RunsFilter(statuses=[dg.DagsterRunStatus.FAILURE]))
+            assert len(failed) == 1 and failed[0].tags["climb/pid"] == str(first.pid)
+    finally:
+        del os.environ["DAGSTER_HOME"]
+
+
+def test_second_run_on_the_same_root_refuses_naming_the_holder(tmp_path, corpus):
+    """Two first runs on a new DAGSTER_HOME: one runs, the other says who holds the lock."""
+    home = tmp_path / "home"  # not created: both runs race to create the instance
+    profile = _profile(tmp_path, corpus)
+    runs = [_climb(home, profile, "run", "--data-only") for _ in range(2)]
+    outputs = [p.communicate(timeout=400)[0] for p in runs]
+    codes = sorted(p.returncode for p in runs)
+    assert codes == [0, 2], outputs
+    refused = next(o for p, o in zip(runs, outputs, strict=True) if p.returncode == 2)
+    assert "another climb process (pid" in refused and "Traceback" not in refused
+    assert "table runs already exists" not in "".join(outputs)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_interrupt_ends_with_one_line(tmp_path, corpus, sig):
+    home = tmp_path / "home"
+    profile = _profile(tmp_path, corpus)
+    proc = _climb(home, profile, "run", "--data-only")
+    deadline = time.monotonic() + 300
+    while not (tmp_path / "out" / "corpus_documents").exists():
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.2)
+    os.killpg(proc.pid, sig)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130, out
+    assert "interrupted; finished work is kept; run again to resume" in out
+    assert "Traceback" not in out, out
+
+
+def test_preflight_lists_every_wrong_path_before_any_work(tmp_path, corpus, capsys, monkeypatch):
+    from climb_assets.cli import main
+
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "home"))
+    (tmp_path / "root-is-a-file").write_text("")
+    profile = write_profile(
+        tmp_path, corpus={"path": str(corpus)},
+        storage={"root": str(tmp_path / "root-is-a-file")},
+        encoder={"model": str(tmp_path / "no-encoder") + "/"},
+        targets=[{"name": "t", "kind": "text", "path": str(tmp_path)}],
+    )  # fmt: skip
+    start = time.perf_counter()
+    assert main(["--profile", str(profile), "run"]) == 2
+    err = capsys.readouterr().err
+    assert time.perf_counter() - start < 30
+    assert "3 problem(s) found before any work started" in err, err
+    assert "storage.root" in err and "is a file, not a folder" in err
+    assert "targets[t].path" in err and "is a folder, not a file" in err
+    assert "encoder path" in err and "set encoder.model" in err
+    assert not (tmp_path / "home").exists(), "the instance was opened before the checks"
+
+
+def test_s3_without_credentials_fails_within_seconds(
+    tmp_path, corpus, s3_server, monkeypatch, capsys
+):
+    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    profile = write_profile(
+        tmp_path, corpus={"path": str(corpus)}, targets=[],
+        storage={"root": "s3://climb-nocreds/out", "endpoint_url": s3_server.endpoint},
+    )  # fmt: skip
+    from climb_assets.cli import main
+
+    start = time.perf_counter()
+    code = main(["--profile", str(profile), "run", "--data-only"])
+    err = capsys.readouterr().err
+    assert code == 2 and time.perf_counter() - start < 15, err
+    assert "no AWS credentials for s3://climb-nocreds/out: set AWS_ACCESS_KEY_ID" in err
+    assert len(err.strip().splitlines()) <= 3, err
+
+
+def test_giant_document_keeps_the_token_accounting(tmp_path):
+    """One 10 MB document: split, and the exported shards hold the tokens the manifest grants."""
+    from climb_assets.lib import tokens
+    from climb_assets.lib.planted import build_planted_corpus
+    from climb_assets.runner import run_all
+    from climb_assets_tests.defs.test_search import planted_profile
+
+    corpus = build_planted_corpus(tmp_path / "data")
+    texts = [
+        json.loads(line)["text"]
+        for line in (corpus.corpus / "shard-1.jsonl").read_text().splitlines()
+    ]
+    giant, i = [], 0
+    while sum(map(len, giant)) < 10_000_000:
+        giant.append(texts[i % len(texts)])
+        i += 1
+    (corpus.corpus / "shard-giant.jsonl").write_text(
+        json.dumps({"doc_id": "giant", "text": "\n\n".join(giant), "domain": "1"}) + "\n"
+    )
+    profile = planted_profile(
+        tmp_path, corpus, tmp_path / "out", search={"rounds": [4], "candidates": 2000,
+        "top_k_min": 8, "final": "argmax"},
+        manifest={"total_tokens": 3_000_000, "max_epochs": 2, "parquet_shards": 2},
+    )  # fmt: skip
+    climb = ClimbResource(profile=str(profile))
+    with dg.instance_for_test() as instance:
+        run_all(climb, instance, log=lambda _: None)
+    store = climb.store()
+    docs = store.read_parquet("corpus_documents/shard-giant.jsonl.parquet")
+    assert docs.num_rows == 101 and max(docs.column("n_chars").to_pylist()) <= 100_000
+    manifest = store.read_json("manifest/climbmix.json")
+    granted = manifest["total_tokens"]["granted"]
+    tok = tokens.load_tokenizer(str(store.local_copy("tokenizer/tokenizer.json")))
+    exported = 0
+    for rel in store.list("manifest/shards"):
+        part = store.read_parquet(rel, ["text"]).column("text").to_pylist()
+        exported += sum(len(e.ids) + 1 for e in tok.encode_batch(part))  # + EOS per document
+    assert abs(exported - granted) <= 0.01 * granted, (exported, granted)
+    assert manifest["total_tokens"]["accounting"]["within_tolerance"]
+    assert manifest["total_tokens"]["exported"] == exported
+
+
+def test_sensor_reingests_replaced_and_unregisters_deleted_shards(tmp_path):
+    from climb_assets.defs.common import write_marker
+    from climb_assets.defs.sensors import corpus_shards_sensor
+
+    corpus = tmp_path / "corpus"
+    write_jsonl(corpus / "s1.jsonl", [{"doc_id": "1", "text": "a"}])
+    write_jsonl(corpus / "s2.jsonl", [{"doc_id": "2", "text": "b"}])
+    climb = ClimbResource(profile=str(write_profile(tmp_path, corpus={"path": str(corpus)})))
+    store = climb.store()
+    write_marker(store, climb.settings(), "corpus_documents", "s1.jsonl", "size=1;mtime_ns=1")
+    (store.local_path("corpus_documents")).mkdir(parents=True)
+    (store.local_path("corpus_documents") / "s2.jsonl.parquet").write_bytes(b"stale")
+    (corpus / "s2.jsonl").unlink()
+    with dg.instance_for_test() as inst:
+        inst.add_dynamic_partitions("corpus_shards", ["s1.jsonl", "s2.jsonl"])
+        with dg.build_sensor_context(instance=inst, resources={"climb": climb}) as ctx:
+            result = corpus_shards_sensor(ctx)
+        jobs = sorted((r.job_name, r.partition_key) for r in result.run_requests)
+        assert jobs == [("ingest_shards", "s1.jsonl"), ("refresh_catalog", None)]
+        assert inst.get_dynamic_partitions("corpus_shards") == ["s1.jsonl"]
+        assert not store.exists("corpus_documents/s2.jsonl.parquet")
+
+
+def test_step_waiting_for_a_pool_slot_names_the_holder():
+    import threading
+
+    from climb_assets.runner import Materializer
+
+    @dg.asset(pool="gpu")
+    def gpu_step() -> None:
+        return None
+
+    pools = {"concurrency": {"pools": {"granularity": "op", "default_limit": 1}}}
+    with dg.instance_for_test(overrides=pools) as instance:
+        holder = dg.materialize([gpu_step], instance=instance).run_id
+        storage = instance.event_log_storage
+        storage.set_concurrency_slots("gpu", 1)
+        storage.claim_concurrency_slot("gpu", holder, "gpu_step")  # as a killed run leaves it
+        lines: list[str] = []
+
+        def free_when_told() -> None:  # the run stays in the main thread, as in `climb run`
+            deadline = time.monotonic() + 60
+            while not any("waiting for a slot of pool 'gpu'" in ln for ln in lines):
+                if time.monotonic() > deadline:
+                    break
+                time.sleep(0.2)
+            storage.free_concurrency_slots_for_run(holder)
+
+        freer = threading.Thread(target=free_when_told, daemon=True)
+        freer.start()
+        Materializer(instance, {}, lines.append, "WARNING")([gpu_step], "gpu")
+        freer.join(timeout=10)
+    assert any("waiting for a slot" in ln for ln in lines), lines
+    told = next(ln for ln in lines if "waiting for a slot" in ln)
+    assert f"held by run {holder[:8]}" in told and "(success)" in told.lower()
+
+
+SLEEPER = """
+import time
+import dagster as dg
+
+@dg.asset(pool="gpu")
+def sleeper() -> None:
+    time.sleep(120)
+
+dg.materialize([sleeper], instance=dg.DagsterInstance.get())
+"""
+
+
+def test_killed_run_of_another_launcher_is_cleaned_up(tmp_path, monkeypatch):
+    """A run that is not climb's own (the UI's, a script's) reports its worker pid; reaped too."""
+    from climb_assets.run_health import reap_dead_runs
+
+    home = tmp_path / "home"
+    home.mkdir()
+    shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    proc = subprocess.Popen([sys.executable, "-c", SLEEPER], start_new_session=True)
+    deadline = time.monotonic() + 120
+    with dg.DagsterInstance.get() as instance:
+        try:
+            while not instance.event_log_storage.get_concurrency_info("gpu").claimed_slots:
+                assert proc.poll() is None and time.monotonic() < deadline
+                time.sleep(0.2)
+            assert reap_dead_runs(instance) is None, "a live run was reaped"
+        finally:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+        note = reap_dead_runs(instance)
+        (run,) = instance.get_runs()
+        assert note and "marked failed 1 run(s)" in note and run.run_id[:8] in note
+        assert not instance.event_log_storage.get_concurrency_info("gpu").claimed_slots
+        assert instance.get_run_by_id(run.run_id).status == dg.DagsterRunStatus.FAILURE
