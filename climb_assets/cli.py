@@ -1,12 +1,17 @@
 """`climb`: run the pipeline from a shell (demo, run, register-shards, profile, plan, catalog)."""
 
 import argparse
+import contextlib
+import io
 import json
 import os
+import re
 import signal
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from typing import TextIO
 
 import dagster as dg
 import yaml
@@ -117,6 +122,69 @@ def _print_manifest(climb: ClimbResource) -> None:
     print(f"manifest: {store.uri('manifest/climbmix.json')}")
 
 
+DAGSTER_RECORD = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d [+-]\d{4} - ")
+
+
+class ErrorRecordFilter(io.TextIOBase):
+    """A stderr that leaves out Dagster's ERROR records and the stack traces under them.
+
+    Every error that stops `climb` is printed once as `climb: error: ...` (or one line for an
+    interrupt); the console logger's copy with the framework's stack trace (dozens of lines)
+    would bury it. `climb --verbose` keeps them.
+    """
+
+    def __init__(self, target: TextIO) -> None:
+        self.target, self.skipping, self.pending = target, False, ""
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        self.pending += text
+        while "\n" in self.pending:
+            line, self.pending = self.pending.split("\n", 1)
+            if DAGSTER_RECORD.match(line):
+                self.skipping = " - ERROR - " in line
+            if not self.skipping:
+                self.target.write(line + "\n")
+        return len(text)
+
+    def flush(self) -> None:
+        self.target.flush()
+
+
+@contextlib.contextmanager
+def _interrupts_routed() -> Iterator[None]:
+    """Ctrl-C and SIGTERM end a run with one line, and no helper process prints a traceback.
+
+    SIGTERM (a scheduler stopping the job, `kill`) is handled as Ctrl-C: Dagster marks the run
+    interrupted and frees its slots. Ctrl-C reaches every process of the terminal's foreground
+    group, and the log-mirroring helpers Dagster starts for each step would die printing a
+    traceback each. Children inherit the signal mask, so SIGINT is blocked in the main thread
+    (where Dagster starts them) and taken by an idle thread instead; CPython still raises
+    KeyboardInterrupt in the main thread. Both are restored on the way out.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous_term = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    stop = threading.Event()
+
+    def take_signals() -> None:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+        stop.wait()
+
+    taker = threading.Thread(target=take_signals, name="climb-signals", daemon=True)
+    taker.start()
+    previous_mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous_mask)
+        stop.set()
+        signal.signal(signal.SIGTERM, previous_term)
+
+
 def _run(args: argparse.Namespace) -> int:
     from climb_assets.runner import exclusive_instance, run_all, run_data_side
 
@@ -139,7 +207,10 @@ def _run(args: argparse.Namespace) -> int:
     from climb_assets.preflight import check_profile
 
     check_profile(climb, search=bool(profile.targets) and not args.data_only)
-    with exclusive_instance(climb, wait=args.wait) as instance:
+    quiet = contextlib.redirect_stderr(ErrorRecordFilter(sys.stderr))
+    if args.verbose:
+        quiet = contextlib.nullcontext()
+    with exclusive_instance(climb, wait=args.wait) as instance, quiet:
         if args.data_only or not profile.targets:
             timings = run_data_side(climb, instance, force=args.force)
         else:
@@ -217,6 +288,11 @@ def main(argv: list[str] | None = None) -> int:
         default=default_profile_ref(),
         help="shipped profile name or YAML path (default: CLIMB_CONFIG, CLIMB_PROFILE or demo)",
     )
+    parser.add_argument(
+        "--verbose",
+        action="store_true",
+        help="also print Dagster's error records with their stack traces",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="build the demo corpus, then run every asset on it")
     demo.add_argument("--docs-per-source", type=int, default=1000)
@@ -241,10 +317,12 @@ def main(argv: list[str] | None = None) -> int:
     cat.add_argument("sql", nargs="?", help="a query; without one, the views are listed")
     cat.add_argument("--max-rows", type=int, default=40)
     args = parser.parse_args(argv)
-    # SIGTERM (a scheduler stopping the job, `kill`) ends the run as Ctrl-C does: Dagster marks
-    # the run interrupted and frees its slots, and the user sees one line.
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, signal.default_int_handler)
+    with _interrupts_routed():
+        return _dispatch(args)
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    """Runs one command; every expected failure becomes one line on stderr and an exit code."""
     try:
         if args.command == "plan":
             return _plan(args)

@@ -20,7 +20,7 @@ from climb_assets.defs.checks import (
     every_document_assigned_once,
     no_empty_kept_cluster,
 )
-from climb_assets.defs.common import is_done, write_marker
+from climb_assets.defs.common import adopt_unsourced_markers, is_done, write_marker
 from climb_assets.defs.data_side import (
     cluster_assignments,
     cluster_quality,
@@ -46,26 +46,35 @@ class CheckFailed(RuntimeError):
     """An asset check that guards an invariant did not pass."""
 
 
-MINIMAL_INSTANCE_YAML = "telemetry:\n  enabled: false\n"
+INSTANCE_YAML = """\
+concurrency:
+  runs:
+    max_concurrent_runs: 4
+  pools:
+    granularity: op
+    default_limit: 1
+run_monitoring:
+  enabled: true
+  start_timeout_seconds: 180
+  cancel_timeout_seconds: 180
+  poll_interval_seconds: 30
+  free_slots_after_run_end_seconds: 30
+telemetry:
+  enabled: false
+"""
+"""The instance settings `climb` writes into a DAGSTER_HOME that has none: the repository's
+`dagster.yaml` (GPU steps one at a time across runs, run monitoring, no telemetry)."""
 
 
 def instance_home() -> Path:
-    """DAGSTER_HOME, set to `./.dagster` (created, with a minimal dagster.yaml) when unset."""
+    """DAGSTER_HOME (created), `./.dagster` when it is not set."""
     if not os.environ.get("DAGSTER_HOME"):
-        home = Path(os.environ.get("CLIMB_HOME", os.getcwd())) / ".dagster"
-        home.mkdir(parents=True, exist_ok=True)
-        if not (home / "dagster.yaml").exists():
-            (home / "dagster.yaml").write_text(MINIMAL_INSTANCE_YAML)
-        os.environ["DAGSTER_HOME"] = str(home)
+        os.environ["DAGSTER_HOME"] = str(
+            Path(os.environ.get("CLIMB_HOME", os.getcwd())) / ".dagster"
+        )
     home = Path(os.environ["DAGSTER_HOME"])
     home.mkdir(parents=True, exist_ok=True)
     return home
-
-
-def local_instance() -> dg.DagsterInstance:
-    """The instance under DAGSTER_HOME, or `./.dagster` (created) when it is not set."""
-    instance_home()
-    return dg.DagsterInstance.get()
 
 
 @contextmanager
@@ -86,6 +95,8 @@ def exclusive_instance(
     with ExitStack() as stack:
         for lock in locks:
             stack.enter_context(lock)
+        if not (home / "dagster.yaml").exists():
+            (home / "dagster.yaml").write_text(INSTANCE_YAML)
         instance = dg.DagsterInstance.get()
         note = reap_dead_runs(instance)
         if note:
@@ -130,7 +141,10 @@ class Materializer:
         failed = [e for e in result.get_asset_check_evaluations() if not e.passed]
         if failed:
             names = ", ".join(e.check_name for e in failed)
-            raise CheckFailed(f"asset check(s) failed after {name}: {names}; see the run's logs")
+            raise CheckFailed(
+                f"asset check(s) failed after {name}: {names}; see the run in the UI, or run "
+                "again with `climb --verbose`"
+            )
 
 
 def register_shards(
@@ -171,6 +185,8 @@ def run_data_side(
     timings = materialize.timings
     if changes.removed:  # the global steps and the search must forget those documents
         timings["unregister_shards"] = time.perf_counter() - start
+    for shard in shards:
+        adopt_unsourced_markers(store, corpus, shard)
     sources = {shard: corpus.identity(shard) for shard in shards}
 
     def todo(asset: str, partition: str | None) -> bool:

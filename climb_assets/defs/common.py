@@ -76,6 +76,30 @@ def write_marker(
     store.write_json(marker_path(asset, partition), record)
 
 
+def adopt_unsourced_markers(store: Store, corpus: Store, shard: str) -> bool:
+    """Gives markers written before shard identities were recorded the shard's current one.
+
+    Only when the shard file is older than the marker of its documents (it cannot have been
+    replaced since it was read); otherwise the markers stay without one and the shard is read
+    again. Saves re-embedding a whole corpus after an upgrade. Returns whether it adopted.
+    """
+    rel = marker_path("corpus_documents", shard)
+    if not store.exists(rel) or not corpus.exists(shard):
+        return False
+    record = store.read_json(rel)
+    if "source" in record:
+        return False
+    modified = corpus.fs.modified(corpus.path(shard)).timestamp()
+    if modified >= float(record.get("finished_at", 0)):
+        return False
+    source = corpus.identity(shard)
+    for asset in PER_SHARD_ASSETS:
+        marker = marker_path(asset, shard)
+        if store.exists(marker):
+            store.write_json(marker, {**store.read_json(marker), "source": source})
+    return True
+
+
 def marker_source(store: Store, asset: str, partition: str) -> str | None:
     """The shard identity recorded in `asset`'s marker for `partition` (None when absent)."""
     rel = marker_path(asset, partition)

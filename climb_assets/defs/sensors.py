@@ -9,7 +9,10 @@ Every sensor and the schedule start STOPPED; an operator turns them on in the UI
    not in the job, so nothing re-fits: the shard is assigned to the centroids already fitted and
    its drift (share of documents farther from every centroid than the fit sample's 95th
    percentile) is recorded. Before any centroids exist the run leaves cluster_assignments out;
-   run the `recluster` job once (or `climb run`) to fit them.
+   run the `recluster` job once (or `climb run`) to fit them. A shard replaced in place (its
+   size and mtime, or ETag, differ from those its documents were read from) gets a new ingest
+   run; a shard whose file is gone is unregistered, its outputs removed, and a
+   `refresh_catalog` run recomputes the summaries without it.
 2. `refresh_catalog_sensor` (a run-status sensor on successful `ingest_shards`, `assign_shards`
    and `refresh_catalog` runs) requests a `refresh_catalog` run: pruned_clusters, super_clusters,
    cluster_catalog and their checks. Those read every registered shard, so it waits while any

@@ -182,8 +182,8 @@ def test_interrupt_ends_with_one_line(tmp_path, corpus, sig):
     os.killpg(proc.pid, sig)
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 130, out
-    assert "interrupted; finished work is kept; run again to resume" in out
-    assert "Traceback" not in out, out
+    assert out.strip().endswith("climb: interrupted; finished work is kept; run again to resume")
+    assert "Traceback" not in out and "Stack Trace" not in out and " - ERROR - " not in out, out
 
 
 def test_preflight_lists_every_wrong_path_before_any_work(tmp_path, corpus, capsys, monkeypatch):
@@ -365,3 +365,46 @@ def test_killed_run_of_another_launcher_is_cleaned_up(tmp_path, monkeypatch):
         assert note and "marked failed 1 run(s)" in note and run.run_id[:8] in note
         assert not instance.event_log_storage.get_concurrency_info("gpu").claimed_slots
         assert instance.get_run_by_id(run.run_id).status == dg.DagsterRunStatus.FAILURE
+
+
+def test_instance_settings_climb_writes_match_the_repository_template():
+    import yaml
+
+    from climb_assets.runner import INSTANCE_YAML
+
+    assert yaml.safe_load(INSTANCE_YAML) == yaml.safe_load((REPO / "dagster.yaml").read_text())
+
+
+def test_cli_error_is_one_line_without_the_framework_stack(tmp_path, capsys, monkeypatch):
+    from climb_assets.cli import main
+
+    corpus = tmp_path / "corpus"
+    write_jsonl(corpus / "b.jsonl", [{"doc_id": "1", "text": "fine text"}])
+    (corpus / "a-empty.parquet").write_bytes(b"")  # 0 bytes
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "home"))
+    profile = write_profile(tmp_path, corpus={"path": str(corpus)}, targets=[])
+    assert main(["--profile", str(profile), "run", "--data-only"]) == 2
+    err = capsys.readouterr().err
+    assert "climb: error: shard " in err and "a-empty.parquet cannot be read as Parquet" in err
+    assert "Stack Trace" not in err and " - ERROR - " not in err, err
+
+
+def test_markers_from_before_shard_identities_are_adopted_unless_the_shard_changed(tmp_path):
+    from climb_assets.config import load_profile
+    from climb_assets.defs.common import adopt_unsourced_markers, is_done, write_marker
+    from climb_assets.lib.storage import Store
+
+    store, corpus = Store(str(tmp_path / "out")), Store(str(tmp_path / "corpus"))
+    profile = load_profile("demo")
+    for name in ("old.jsonl", "touched.jsonl"):
+        write_jsonl(tmp_path / "corpus" / name, [{"doc_id": "1", "text": "x"}])
+        os.utime(tmp_path / "corpus" / name, (time.time() - 3600, time.time() - 3600))
+        for asset in ("corpus_documents", "embeddings"):
+            write_marker(store, profile, asset, name)  # as older versions wrote them
+    os.utime(tmp_path / "corpus" / "touched.jsonl")  # replaced after it was read
+    assert adopt_unsourced_markers(store, corpus, "old.jsonl")
+    assert is_done(store, profile, "embeddings", "old.jsonl", corpus.identity("old.jsonl"))
+    assert not adopt_unsourced_markers(store, corpus, "touched.jsonl")
+    assert not is_done(
+        store, profile, "corpus_documents", "touched.jsonl", corpus.identity("touched.jsonl")
+    )
