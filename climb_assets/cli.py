@@ -120,6 +120,11 @@ def _print_manifest(climb: ClimbResource) -> None:
         best = f"best observed {r['best_observed']:.4f}"
         print(f"  {r['round']}: {r['points']} proxies, {best}; {kinds}")
     print(f"manifest: {store.uri('manifest/climbmix.json')}")
+    if store.exists("exports/exports.json"):
+        for name, e in store.read_json("exports/exports.json")["exports"].items():
+            kept = ", kept from an earlier run" if e.get("skipped") else ""
+            print(f"export {name}: {e['files']} files, {e['bytes'] / 1e6:.2f} MB at "
+                  f"{e['folder']}{kept}")  # fmt: skip
 
 
 DAGSTER_RECORD = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d [+-]\d{4} - ")

@@ -256,6 +256,12 @@ class ManifestSettings:
     max_epochs: float = 4.0
     seed: int = 42
     parquet_shards: int = 4
+    exports: tuple[str, ...] = ("megatron", "hf", "climblab")
+    """Written by `climbmix_exports`: megatron (.bin/.idx + blend), hf (Parquet folders + dataset
+    card), climblab (the kept corpus by super-cluster). Empty: none."""
+    tokenizer: str | None = None
+    """The training tokenizer of the megatron export: a tokenizer.json, a model folder or a hub
+    id. Unset: the proxy tokenizer (fine for a try; a production run names its own)."""
 
 
 @dataclass(frozen=True)
@@ -416,6 +422,9 @@ def _check_ranges(p: Profile) -> None:
     )
     need(p.manifest.total_tokens > 0, "manifest.total_tokens", "must be > 0 (tokens to train on)")
     need(p.manifest.max_epochs > 0, "manifest.max_epochs", "must be > 0")
+    known_exports = ("megatron", "hf", "climblab")
+    for name in p.manifest.exports:
+        need(name in known_exports, "manifest.exports", f"has '{name}'; allowed: {known_exports}")
     need(p.deployment.gpu.count >= 1, "deployment.gpu.count", "must be >= 1")
     need(p.deployment.max_concurrent >= 1, "deployment.max_concurrent", "must be >= 1")
     target_names = [t.name for t in p.targets]

@@ -3,7 +3,16 @@
 import dagster as dg
 
 from climb_assets.config import Profile, deployment_kind, load_profile
-from climb_assets.defs import catalog, checks, data_side, manifest, search, search_round, sensors
+from climb_assets.defs import (
+    catalog,
+    checks,
+    data_side,
+    exports,
+    manifest,
+    search,
+    search_round,
+    sensors,
+)
 from climb_assets.defs.io import JsonIOManager
 from climb_assets.defs.resources import climb_resource, default_profile_ref
 from climb_assets.lib.routing import GPU_TAG
@@ -51,6 +60,7 @@ def build_definitions(profile_ref: str) -> dg.Definitions:
             search.target_alignment,
             search_round.build_search_round(n_rounds),
             manifest.climbmix_manifest,
+            exports.climbmix_exports,
         ],
         asset_checks=dg.load_asset_checks_from_modules([checks]),
         jobs=[

@@ -87,6 +87,9 @@ def check_profile(
             attempt(key, lambda k=key, p=scorer.path, w=want: _local_kind(p, w, k))
     if search and profile.targets and profile.tokenizer.kind == "pretrained":
         attempt("tokenizer.path", lambda: _check_tokenizer(climb, str(profile.tokenizer.path)))
+    training = profile.manifest.tokenizer
+    if search and profile.targets and "megatron" in profile.manifest.exports and training:
+        attempt("manifest.tokenizer", lambda: _check_training_tokenizer(climb, training))
     if problems:
         lines = "\n".join(f"  - {p}" for p in problems)
         raise PreflightError(
@@ -117,6 +120,17 @@ def _check_encoder(profile: Profile) -> str | None:
         local_files_only=local or os.environ.get("HF_HUB_OFFLINE") == "1",
         trust_remote_code=profile.encoder.trust_remote_code,
     )
+    return None
+
+
+def _check_training_tokenizer(climb: ClimbResource, configured: str) -> str | None:
+    from climb_assets.defs.exports import training_tokenizer_location
+    from climb_assets.lib.exports.megatron import index_dtype
+    from climb_assets.lib.tokens import eos_id, load_tokenizer
+
+    tok = load_tokenizer(training_tokenizer_location(climb, configured))
+    eos_id(tok)
+    index_dtype(tok.get_vocab_size())
     return None
 
 

@@ -236,6 +236,7 @@ def run_search(
     in order; a round whose predictor exists with the same settings is skipped, and
     inside a round every proxy whose checkpoint is complete is reused rather than retrained.
     """
+    from climb_assets.defs.exports import climbmix_exports
     from climb_assets.defs.io import JsonIOManager
     from climb_assets.defs.manifest import climbmix_manifest
     from climb_assets.defs.search import (
@@ -270,6 +271,7 @@ def run_search(
         write_marker(store, profile, "search_round", key)
         upstream_changed = True
     materialize([climbmix_manifest], "climbmix_manifest")
+    materialize([climbmix_exports], "climbmix_exports")  # each skipped when already complete
     materialize([cluster_catalog], "cluster_catalog")
     return timings
 

@@ -122,3 +122,11 @@ def test_duplicate_key_names_the_key_and_line(tmp_path):
 def test_max_chars_has_a_floor():
     with pytest.raises(ProfileError, match="corpus.max_chars must be >= 1000 or null"):
         profile_from_dict({"name": "x", "corpus": {"max_chars": 10}})
+
+
+def test_manifest_exports_are_checked_against_the_exporters():
+    from climb_assets.lib.exports import EXPORTERS
+
+    assert set(profile_from_dict({"name": "x"}).manifest.exports) == set(EXPORTERS)
+    with pytest.raises(ProfileError, match="manifest.exports has 'nemo'; allowed"):
+        profile_from_dict({"name": "x", "manifest": {"exports": ["megatron", "nemo"]}})

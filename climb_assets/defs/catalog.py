@@ -75,6 +75,7 @@ def catalog_views(store: Store, scorer_names: list[str]) -> dict[str, str]:
         "target_alignment": "targets/alignment.parquet",
         "manifest_weights": "manifest/weights.parquet",
         "manifest_documents": "manifest/shards/*.parquet",
+        "exports": "exports/files.parquet",
     }
     for name, pattern in search_views.items():
         source = _glob_source(store, pattern)
@@ -117,7 +118,7 @@ def _glob_source(store: Store, pattern: str, filename: bool = False) -> str | No
 
 @dg.asset(
     group_name="catalog",
-    deps=[pruned_clusters, super_clusters, "climbmix_manifest"],
+    deps=[pruned_clusters, super_clusters, "climbmix_manifest", "climbmix_exports"],
     kinds={"duckdb"},
 )
 def cluster_catalog(

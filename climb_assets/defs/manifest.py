@@ -153,11 +153,14 @@ def climbmix_manifest(
         if store.exists("embeddings/_encoder.json")
         else {}
     )
-    prefixes = [f"climbmix/sc_{i:03d}" for i in range(len(weights))]
+    # The prefixes of the megatron export (`climbmix_exports`), relative to the storage root.
+    prefixes = [f"exports/megatron/sc_{i:03d}" for i in range(len(weights))]
     blend = manifest.megatron_blend(weights, prefixes)
+    digest = manifest.selection_digest(chosen, weights, m.seed)
     doc = {
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "profile": {"name": profile.name, "digest": profile.digest},
+        "manifest_digest": digest,
         "seeds": {
             "kmeans": profile.kmeans.seed, "tokenizer": profile.tokenizer.seed,
             "search": s.seed, "proxy": profile.proxy.seed, "manifest": m.seed,
@@ -236,6 +239,7 @@ def climbmix_manifest(
             "shortfall": budget.shortfall,
             "capped_super_clusters": budget.capped,
             "seed": m.seed,
+            "manifest_digest": digest,
             "weights_vs_natural": dg.MetadataValue.md(plots.markdown_image(weights_png, "weights")),
             "objective_by_round": dg.MetadataValue.md(plots.markdown_image(rounds_png, "rounds")),
             "manifest": dg.MetadataValue.path(store.uri("manifest/climbmix.json")),

@@ -166,6 +166,22 @@ def check_token_accounting(
     return {"within_tolerance": ok, "relative_error": rel, "off_super_clusters": off, "note": note}
 
 
+def selection_digest(chosen: pl.DataFrame, weights: np.ndarray, seed: int) -> str:
+    """Identity of a manifest: its weights, seed and selected (document, pass) rows.
+
+    Exports built from a manifest with the same digest are complete and are not rebuilt.
+    """
+    digest = hashlib.sha256()
+    digest.update(np.round(np.asarray(weights, np.float64), 12).tobytes())
+    digest.update(str(seed).encode())
+    rows = chosen.select("doc_id", "super_cluster_id", "pass").sort(
+        "super_cluster_id", "doc_id", "pass"
+    )
+    for column in rows.iter_columns():
+        digest.update(column.cast(pl.String).str.join("\x1f").item().encode())
+    return digest.hexdigest()[:16]
+
+
 def megatron_blend(weights: np.ndarray, prefixes: Sequence[str]) -> list[float | str]:
     """Megatron-LM `--data-path` blend: weight, prefix, weight, prefix...; zero weights left out."""
     blend: list[float | str] = []

@@ -25,6 +25,7 @@ SEARCH_ASSETS = {
     "proxy_evaluations",
     "predictor_models",
     "climbmix_manifest",
+    "climbmix_exports",
 }
 PER_ROUND = {"mixture_batches", "proxy_checkpoints", "proxy_evaluations", "predictor_models"}
 

@@ -91,6 +91,12 @@ def test_every_output_is_on_s3_and_the_manifest_reads_back(s3_run, s3_server):
         folder = marker[: -len("DONE")]
         assert {f"{folder}model.safetensors", f"{folder}config.json"} <= keys
     assert not any(k.endswith((".pkl", ".pickle")) for k in keys)
+    record = json.loads(
+        client.get_object(Bucket=BUCKET, Key="run/exports/megatron/_export.json")["Body"].read()
+    )
+    assert record["manifest_digest"] == manifest["manifest_digest"]
+    assert {f"run/exports/megatron/{f['path']}" for f in record["files"]} <= keys
+    assert any(k.endswith(".idx") for k in keys) and "run/exports/hf/README.md" in keys
 
 
 def test_catalog_on_s3_opens_in_plain_duckdb_with_an_fsspec_filesystem(s3_run, s3_server):

@@ -80,7 +80,7 @@ def test_dagster_dev_serves_the_assets_on_loopback(tmp_path):
             n["assetKey"]["path"][-1]: n["isPartitioned"] for n in nodes["data"]["assetNodes"]
         }
         assert assets["embeddings"] is True and assets["super_clusters"] is False
-        assert len(assets) == 17
+        assert len(assets) == 18
         assert assets["predictor_models"] is True
     finally:
         stop_process_group(proc, grace=30)

@@ -1,0 +1,104 @@
+"""The `climbmix_exports` asset: the manifest in the formats training stacks load.
+
+Its own asset, downstream of `climbmix_manifest`, so a failed or re-run export never redoes the
+selection. Each export (`climb_assets.lib.exports`) is built in a staging folder, published whole,
+and skipped when it is already complete for the same manifest digest.
+"""
+
+from pathlib import Path
+
+import dagster as dg
+import numpy as np
+import pyarrow as pa
+
+from climb_assets.config import resolve_location
+from climb_assets.defs.common import md_table, registered_shards
+from climb_assets.defs.manifest import climbmix_manifest
+from climb_assets.defs.resources import ClimbResource
+from climb_assets.defs.search import GROUP
+from climb_assets.lib import tokens
+from climb_assets.lib.exports import EXPORTERS, ExportContext, run_export
+
+MANIFEST_FILE = "manifest/climbmix.json"
+FILES_TABLE = "exports/files.parquet"
+"""One row per exported file (export, path, bytes, sha256): the catalog's `exports` view."""
+
+
+def training_tokenizer(climb: ClimbResource, log: dg.DagsterLogManager) -> tuple[str, str]:
+    """Local path (or hub id) of the training tokenizer and a note on where it comes from."""
+    configured = climb.settings().manifest.tokenizer
+    if configured:
+        return training_tokenizer_location(climb, configured), configured
+    proxy = str(climb.store().local_copy("tokenizer/tokenizer.json"))
+    vocab = tokens.load_tokenizer(proxy).get_vocab_size()
+    log.warning(
+        f"manifest.tokenizer is not set: the megatron export is tokenized with the proxy "
+        f"tokenizer ({vocab} ids); a production run names its own training tokenizer"
+    )
+    return proxy, f"proxy tokenizer (tokenizer/tokenizer.json, {vocab} ids)"
+
+
+def training_tokenizer_location(climb: ClimbResource, configured: str) -> str:
+    """A URL fetched into the cache, an existing local path made absolute, else a hub id."""
+    if "://" in configured:
+        return climb.fetch(configured)
+    local = resolve_location(configured)
+    return local if Path(local).exists() else configured
+
+
+@dg.asset(group_name=GROUP, deps=[climbmix_manifest], kinds={"parquet", "pytorch"})
+def climbmix_exports(
+    context: dg.AssetExecutionContext, climb: ClimbResource
+) -> dg.MaterializeResult:
+    """The manifest as Megatron indexed datasets + blend, HF Parquet folders + card, ClimbLab."""
+    profile, store = climb.settings(), climb.store()
+    names = list(profile.manifest.exports)
+    if not names:
+        return dg.MaterializeResult(metadata={"exports": "none (manifest.exports is empty)"})
+    if not store.exists(MANIFEST_FILE):
+        raise FileNotFoundError("no manifest yet; materialize climbmix_manifest first")
+    doc = store.read_json(MANIFEST_FILE)
+    granted = [int(r["tokens"]) for r in doc["super_clusters"]]
+    tokenizer, note = (None, "")
+    if "megatron" in names:
+        tokenizer, note = training_tokenizer(climb, context.log)
+    ctx = ExportContext(
+        store=store,
+        manifest_digest=doc["manifest_digest"],
+        weights=np.asarray([r["weight"] for r in doc["super_clusters"]], dtype=np.float64),
+        parts=store.list("manifest/shards", (".parquet",)),
+        granted_tokens=granted,
+        shards=registered_shards(context),
+        scorers=[s.name for s in profile.quality.scorers],
+        tokenizer=tokenizer,
+        tokenizer_note=note,
+        seed=profile.manifest.seed,
+    )
+    records = {name: run_export(EXPORTERS[name](), ctx, context.log.info) for name in names}
+    rows = [
+        {"export": name, **f, "manifest_digest": r["manifest_digest"]}
+        for name, r in records.items()
+        for f in r["files"]
+    ]
+    store.write_parquet(FILES_TABLE, pa.Table.from_pylist(rows))
+    summary = {
+        name: {k: v for k, v in r.items() if k != "files"} | {"files": len(r["files"])}
+        for name, r in records.items()
+    }
+    store.write_json("exports/exports.json", {"manifest_digest": ctx.manifest_digest,
+                                              "exports": summary})  # fmt: skip
+    table = [
+        {"export": n, "files": s["files"], "MB": round(s["bytes"] / 1e6, 2),
+         "skipped": s["skipped"], "folder": s["folder"]}
+        for n, s in summary.items()
+    ]  # fmt: skip
+    metadata: dict[str, dg.RawMetadataValue] = {
+        "manifest_digest": ctx.manifest_digest,
+        "exports": md_table(table),
+    }
+    if "megatron" in records:
+        megatron = records["megatron"]
+        metadata["megatron_blend"] = dg.MetadataValue.json({"data_path": megatron["data_path"]})
+        metadata["megatron_tokens"] = megatron["tokens"]
+        metadata["training_tokenizer"] = megatron["tokenizer"]
+    return dg.MaterializeResult(metadata=metadata)

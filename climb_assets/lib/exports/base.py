@@ -1,0 +1,172 @@
+"""What every export shares: its inputs, its record, and an atomic, skip-if-complete write.
+
+An export is a folder under `exports/<name>/` of the storage root. It is built in a staging
+folder and published whole (a rename on local disk; on an object store, every file uploaded with
+the completion record `_export.json` last), so a reader never sees half an export. The record
+holds the manifest digest the export was built from: an export whose record carries the current
+digest is complete and is not built again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+import uuid
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import pyarrow as pa
+
+from climb_assets.lib.storage import Store
+
+RECORD = "_export.json"
+
+
+class ExportError(ValueError):
+    """An export that cannot be built as configured."""
+
+
+@dataclass(frozen=True)
+class ExportContext:
+    """Everything an exporter may read.
+
+    Attributes:
+        store: The storage root.
+        manifest_digest: Identity of the manifest (weights, selection, seed) being exported.
+        weights: ClimbMix weight per super-cluster.
+        parts: Relative paths of the manifest's selected documents (Parquet parts with
+            `doc_id, cluster_id, n_tokens, super_cluster_id, pass, text`).
+        granted_tokens: Tokens the manifest grants each super-cluster.
+        shards: The registered corpus shards (for exports of the whole kept corpus).
+        scorers: Names of the quality scorers (columns of `cluster_quality`).
+        tokenizer: Local path of the training tokenizer (`tokenizer.json` or a model folder).
+        tokenizer_note: Where that tokenizer comes from, for the records.
+        seed: The manifest's seed.
+    """
+
+    store: Store
+    manifest_digest: str
+    weights: np.ndarray
+    parts: list[str]
+    granted_tokens: list[int]
+    shards: list[str] = field(default_factory=list)
+    scorers: list[str] = field(default_factory=list)
+    tokenizer: str | None = None
+    tokenizer_note: str = ""
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if sum(self.granted_tokens) <= 0:
+            raise ExportError(
+                "the manifest grants no tokens, so there is nothing to export; raise "
+                "manifest.total_tokens"
+            )
+
+    def read_parts(self, columns: list[str] | None = None) -> Iterator[pa.Table]:
+        """The selected documents, one manifest part at a time (memory: one part)."""
+        for rel in self.parts:
+            yield self.store.read_parquet(rel, columns)
+
+
+class Exporter(ABC):
+    """One export format: writes its files into a local folder and describes them."""
+
+    name: ClassVar[str]
+    """The folder under `exports/` and the value of `manifest.exports` that selects it."""
+
+    @abstractmethod
+    def write(self, ctx: ExportContext, out: Path, log: Callable[[str], None]) -> dict[str, Any]:
+        """Writes the export into the empty folder `out`; returns a JSON-able summary."""
+
+
+def file_entries(folder: Path) -> list[dict[str, Any]]:
+    """Path (relative), size and SHA-256 of every file under `folder`, sorted."""
+    entries = []
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        digest = hashlib.sha256()
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 22), b""):
+                digest.update(block)
+        entries.append(
+            {
+                "path": path.relative_to(folder).as_posix(),
+                "bytes": path.stat().st_size,
+                "sha256": digest.hexdigest(),
+            }
+        )
+    return entries
+
+
+@contextmanager
+def staged_folder(store: Store, rel: str) -> Iterator[Path]:
+    """A local folder to build `rel` in; published whole when the block ends without error.
+
+    Locally the folder is a hidden sibling of `rel`, renamed over it; on an object store it is a
+    temporary folder whose files are uploaded with `RECORD` last.
+    """
+    local = store.local_path(rel)
+    if local is not None:
+        local.parent.mkdir(parents=True, exist_ok=True)
+        tmp = local.with_name(f".{local.name}.{uuid.uuid4().hex}.tmp")
+        tmp.mkdir()
+        try:
+            yield tmp
+            old = local.with_name(f".{local.name}.{uuid.uuid4().hex}.old")
+            if local.exists():
+                os.replace(local, old)
+            os.replace(tmp, local)
+            shutil.rmtree(old, ignore_errors=True)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return
+    base = store.cache / "_spool" if store.cache is not None else None
+    if base is not None:
+        base.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=base) as tmp_dir:
+        yield Path(tmp_dir)
+        store.remove(rel)
+        store.put_folder(tmp_dir, rel, last=RECORD)
+
+
+def completed(store: Store, name: str, manifest_digest: str) -> dict[str, Any] | None:
+    """The record of export `name` when it is complete for this manifest, else None."""
+    rel = f"exports/{name}/{RECORD}"
+    if not store.exists(rel):
+        return None
+    record = store.read_json(rel)
+    return record if record.get("manifest_digest") == manifest_digest else None
+
+
+def run_export(
+    exporter: Exporter, ctx: ExportContext, log: Callable[[str], None]
+) -> dict[str, Any]:
+    """Builds one export unless it is complete for this manifest; returns its record."""
+    done = completed(ctx.store, exporter.name, ctx.manifest_digest)
+    if done is not None:
+        log(f"export {exporter.name}: complete for this manifest, kept")
+        return {**done, "skipped": True}
+    start = time.perf_counter()
+    with staged_folder(ctx.store, f"exports/{exporter.name}") as out:
+        summary = exporter.write(ctx, out, log)
+        files = file_entries(out)
+        record = {
+            "name": exporter.name,
+            "manifest_digest": ctx.manifest_digest,
+            "folder": ctx.store.uri(f"exports/{exporter.name}"),
+            "files": files,
+            "bytes": sum(f["bytes"] for f in files),
+            "seconds": round(time.perf_counter() - start, 2),
+            "written_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            **summary,
+        }
+        (out / RECORD).write_text(json.dumps(record, indent=2, sort_keys=True))
+    return {**record, "skipped": False}
