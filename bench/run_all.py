@@ -15,7 +15,14 @@ from collections.abc import Sequence
 from bench.common import HIGH_LOAD, QUICK_DIR, render_table, update_readme, wait_for_quiet
 from bench.common import load_results as _load_results
 
-BENCHMARKS: tuple[str, ...] = ("embedding", "kmeans", "proxy_overhead", "search_quality")
+BENCHMARKS: tuple[str, ...] = (
+    "embedding",
+    "kmeans",
+    "proxy_overhead",
+    "ingestion",
+    "megatron_export",
+    "search_quality",
+)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -15,7 +15,6 @@ import dagster as dg
 import numpy as np
 import polars as pl
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from climb_assets.config import Profile
 from climb_assets.defs.common import (
@@ -29,7 +28,7 @@ from climb_assets.defs.common import (
 from climb_assets.defs.partitions import GPU_OP_TAGS, GPU_POOL, shard_partitions
 from climb_assets.defs.resources import ClimbResource
 from climb_assets.lib import plots
-from climb_assets.lib.corpus import CorpusError, ShardUnreadable, quarantined_shard, read_shard
+from climb_assets.lib.corpus import CorpusError, ingest_shard
 from climb_assets.lib.embed import TextEncoder
 from climb_assets.lib.kmeans import (
     assign,
@@ -74,15 +73,13 @@ def corpus_documents(
         )
     # The identity is taken before reading: a file replaced during the read is read again.
     source = corpus.identity(key)
-    try:
-        shard = read_shard(corpus, key, options)
-    except ShardUnreadable as exc:
-        if profile.corpus.on_bad_shard != "skip":
-            raise
-        context.log.warning(f"quarantined (corpus.on_bad_shard: skip): {exc}")
-        shard = quarantined_shard(exc.reason, options.extra_columns)
-    path = store.write_parquet(shard_file("corpus_documents", key), shard.documents)
-    store.write_parquet(shard_file("corpus_rejects", key), shard.rejects)
+    shard = ingest_shard(
+        corpus, key, options, store, shard_file("corpus_documents", key),
+        shard_file("corpus_rejects", key), profile.corpus.on_bad_shard,
+    )  # fmt: skip
+    if shard.quarantined is not None:
+        context.log.warning(f"quarantined (corpus.on_bad_shard: skip): {shard.quarantined}")
+    path = store.uri(shard_file("corpus_documents", key))
     write_marker(store, profile, "corpus_documents", key, source)
     reasons = collections.Counter(shard.rejects.column("reason").to_pylist())
     if shard.rejects.num_rows:
@@ -96,13 +93,13 @@ def corpus_documents(
         )
     return dg.MaterializeResult(
         metadata={
-            "dagster/row_count": shard.documents.num_rows,
+            "dagster/row_count": shard.documents,
             "path": dg.MetadataValue.path(path),
             "source": source,
             "rejected_rows": shard.rejects.num_rows,
             "reject_reasons": dict(reasons),
             "rejects": md_table(shard.rejects.select(["row", "reason", "preview"]).to_pylist()),
-            "total_chars": int(pc.sum(shard.documents.column("n_chars")).as_py() or 0),
+            "total_chars": shard.total_chars,
             **long_docs,
         },
         data_version=dg.DataVersion(source),

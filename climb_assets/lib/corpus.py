@@ -14,16 +14,28 @@ document would otherwise dominate a super-cluster's tokens and overshoot any tok
 from __future__ import annotations
 
 import hashlib
-import json
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
+import zstandard
 
+from climb_assets.lib.shard_reader import (
+    JSON_SUFFIXES,
+    PARQUET_SUFFIXES,
+    RawBatch,
+    compression_of,
+    open_shard,
+    raw_batches,
+    reject,
+    schema_names,
+)
 from climb_assets.lib.storage import Store
 
-SUFFIXES = {"parquet": (".parquet",), "jsonl": (".jsonl", ".json")}
+SUFFIXES = {"parquet": PARQUET_SUFFIXES, "jsonl": JSON_SUFFIXES}
 DOCUMENT_COLUMNS = ("doc_id", "text", "n_chars", "n_bytes", "text_hash")
 REJECT_SCHEMA = pa.schema(
     [
@@ -135,193 +147,226 @@ def list_shards(corpus: Store, formats: tuple[str, ...] = ("parquet", "jsonl")) 
     return shards
 
 
-def _preview(value: Any) -> str:
-    text = value.decode("utf-8", "backslashreplace") if isinstance(value, bytes) else str(value)
-    return text[:80]
+def document_schema(extra_columns: tuple[str, ...] = ()) -> pa.Schema:
+    """Columns of a clean document table (`corpus_documents`)."""
+    return pa.schema(
+        [
+            ("doc_id", pa.string()),
+            ("text", pa.string()),
+            ("n_chars", pa.int32()),
+            ("n_bytes", pa.int32()),
+            ("text_hash", pa.string()),
+            *[(e, pa.string()) for e in extra_columns],
+        ]
+    )
 
 
-def _read_jsonl(raw: bytes, wanted: list[str], rejects: list[dict[str, Any]]) -> list[dict]:
-    rows: list[dict] = []
-    for line_no, line in enumerate(raw.split(b"\n")):
-        if not line.strip():
-            continue
+@dataclass
+class DocumentBatch:
+    """Clean documents and rejected rows of one batch of a shard."""
+
+    documents: pa.Table
+    rejects: pa.Table
+
+
+class ShardStream:
+    """Iterates over one shard's clean documents batch by batch; `stats` once exhausted.
+
+    Memory holds one batch (plus the set of ids seen, to find duplicates).
+
+    Raises (while iterating):
+        ShardUnreadable: the file cannot be read (truncated, empty, not its format or codec).
+        CorpusError: a configured column is missing, or ids repeat and the profile says error.
+    """
+
+    def __init__(self, corpus: Store, rel: str, options: CorpusOptions) -> None:
+        self.corpus, self.rel, self.options = corpus, rel, options
+        self.wanted = [options.text_column, *options.extra_columns]
+        if options.id_column:
+            self.wanted.insert(0, options.id_column)
+        self.schema = document_schema(options.extra_columns)
+        self.stats = dict.fromkeys(
+            ("rows_read", "documents", "rejected", "duplicates", "split_documents",
+             "split_parts", "truncated_documents", "truncated_chars"), 0,
+        )  # fmt: skip
+        self._seen: dict[str, int] = {}
+
+    def __iter__(self) -> Iterator[DocumentBatch]:
+        checked = False
         try:
-            decoded = line.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            rejects.append(_reject(line_no, None, f"not UTF-8 at byte {exc.start}", line))
-            continue
-        try:
-            obj = json.loads(decoded)
-        except json.JSONDecodeError as exc:
-            rejects.append(_reject(line_no, None, f"invalid JSON: {exc.msg}", line))
-            continue
-        if not isinstance(obj, dict):
-            rejects.append(_reject(line_no, None, "JSON line is not an object", line))
-            continue
-        rows.append({"_row": line_no, **{k: obj.get(k) for k in wanted if k in obj}})
-    return rows
+            with open_shard(self.corpus.fs, self.corpus.path(self.rel), self.rel) as fh:
+                if self.rel.endswith(PARQUET_SUFFIXES):
+                    _check_columns(self.rel, schema_names(fh), self.options)
+                    fh.seek(0)
+                    checked = True
+                for raw in raw_batches(fh, self.rel, self.wanted):
+                    if not checked and raw.size:
+                        _check_columns(self.rel, [c for c in raw.rows if c != "_row"], self.options)
+                        checked = True
+                    yield self._clean(raw)
+        except (pa.ArrowException, OSError, EOFError, zstandard.ZstdError) as exc:
+            kind = "Parquet" if self.rel.endswith(PARQUET_SUFFIXES) else "JSON lines"
+            codec = compression_of(self.rel)
+            raise _unreadable(
+                self.corpus, self.rel, f"{codec} {kind}" if codec else kind, exc
+            ) from None
 
-
-def _read_parquet(raw_table: pa.Table, wanted: list[str]) -> list[dict]:
-    columns = {}
-    for name in wanted:
-        col = raw_table.column(name)
-        if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
+    def _clean(self, raw: RawBatch) -> DocumentBatch:
+        o = self.options
+        rejects = list(raw.rejects)
+        self.stats["rows_read"] += raw.size + len(raw.rejects)
+        docs: dict[str, list[Any]] = {c: [] for c in self.schema.names}
+        texts = raw.rows.get(o.text_column, [None] * raw.size)
+        ids = raw.rows.get(o.id_column, [None] * raw.size) if o.id_column else [None] * raw.size
+        extras = {e: raw.rows.get(e, [None] * raw.size) for e in o.extra_columns}
+        for i, (row, text, raw_id) in enumerate(zip(raw.rows["_row"], texts, ids, strict=True)):
+            if isinstance(text, bytes):
+                try:
+                    text = text.decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    rejects.append(reject(row, raw_id, f"not UTF-8 at byte {exc.start}", text))
+                    continue
+            if not isinstance(text, str):
+                reason = "missing text" if text is None else f"text is {type(text).__name__}"
+                rejects.append(reject(row, raw_id, reason, text))
+                continue
             try:
-                col.validate(full=True)
-            except pa.ArrowInvalid:
-                col = col.cast(pa.binary() if pa.types.is_string(col.type) else pa.large_binary())
-        columns[name] = col.to_pylist()
-    return [
-        {"_row": i, **{name: columns[name][i] for name in wanted}}
-        for i in range(raw_table.num_rows)
-    ]
+                text.encode("utf-8")
+            except UnicodeEncodeError as exc:  # a JSON escape of a lone surrogate, e.g. \udcff
+                why = f"not valid Unicode (lone surrogate at character {exc.start})"
+                rejects.append(reject(row, raw_id, why, text.encode("utf-8", "replace")))
+                continue
+            if len(text.strip()) < max(1, o.min_chars):
+                reason = "empty or whitespace-only text" if not text.strip() else "text too short"
+                rejects.append(reject(row, raw_id, reason, text))
+                continue
+            if o.id_column:
+                if raw_id is None or (isinstance(raw_id, str) and not raw_id.strip()):
+                    rejects.append(reject(row, None, "missing id", text))
+                    continue
+                doc_id = (
+                    raw_id.decode("utf-8", "replace") if isinstance(raw_id, bytes) else str(raw_id)
+                )
+            else:
+                doc_id = content_id(text)
+            if doc_id in self._seen:
+                if o.id_column and o.on_duplicate_id == "error":
+                    raise CorpusError(
+                        f"shard {self.rel}: id '{doc_id}' appears on rows {self._seen[doc_id]} "
+                        f"and {row}; make '{o.id_column}' unique, set "
+                        "corpus.on_duplicate_id: keep_first, or set corpus.id_column: null to "
+                        "use content hashes"
+                    )
+                reason = "duplicate id" if o.id_column else "exact duplicate text"
+                rejects.append(reject(row, doc_id, reason, text))
+                self.stats["duplicates"] += 1
+                continue
+            self._seen[doc_id] = row
+            for piece_id, piece in self._pieces(doc_id, text):
+                docs["doc_id"].append(piece_id)
+                docs["text"].append(piece)
+                docs["n_chars"].append(len(piece))
+                docs["n_bytes"].append(len(piece.encode("utf-8")))
+                docs["text_hash"].append(content_id(piece))
+                for extra, values in extras.items():
+                    docs[extra].append(None if values[i] is None else str(values[i]))
+        documents = pa.table(docs, schema=self.schema)
+        reject_table = pa.Table.from_pylist(rejects, schema=REJECT_SCHEMA)
+        self.stats["documents"] += documents.num_rows
+        self.stats["rejected"] += reject_table.num_rows
+        return DocumentBatch(documents, reject_table)
 
-
-def _reject(row: int, doc_id: Any, reason: str, value: Any) -> dict[str, Any]:
-    return {
-        "row": row,
-        "doc_id": None if doc_id is None else str(doc_id),
-        "reason": reason,
-        "preview": _preview(value),
-    }
+    def _pieces(self, doc_id: str, text: str) -> list[tuple[str, str]]:
+        """The document, or its parts when it is longer than `max_chars`."""
+        o = self.options
+        if not o.max_chars or len(text) <= o.max_chars:
+            return [(doc_id, text)]
+        if o.long_documents == "truncate":
+            self.stats["truncated_documents"] += 1
+            self.stats["truncated_chars"] += len(text) - o.max_chars
+            return [(doc_id, text[: o.max_chars])]
+        parts = split_text(text, o.max_chars)
+        self.stats["split_documents"] += 1
+        self.stats["split_parts"] += len(parts)
+        return [(f"{doc_id}#{i}", p) for i, p in enumerate(parts, start=1)]
 
 
 def read_shard(corpus: Store, rel: str, options: CorpusOptions) -> ShardDocuments:
-    """Reads one shard into `doc_id, text, n_chars, n_bytes, text_hash, <extras>` plus rejects.
+    """Reads one whole shard into `doc_id, text, n_chars, n_bytes, text_hash, <extras>` + rejects.
 
-    `text_hash` is `content_id(text)`; targets are checked against it for overlap.
+    `text_hash` is `content_id(text)`; targets are checked against it for overlap. For shards of
+    any size prefer `ShardStream`, which holds one batch at a time.
 
     Raises:
+        ShardUnreadable: the file cannot be read.
         CorpusError: a configured column is missing, or ids repeat and the profile says error.
     """
-    wanted = [options.text_column, *options.extra_columns]
-    if options.id_column:
-        wanted.insert(0, options.id_column)
-    rejects: list[dict[str, Any]] = []
-    if rel.endswith(".parquet"):
-        try:
-            with corpus.fs.open(corpus.path(rel), "rb") as fh:
-                schema = pq.read_schema(fh)
-                _check_columns(rel, schema.names, options)
-                fh.seek(0)
-                raw_table = pq.read_table(fh, columns=wanted)
-        except (pa.ArrowException, OSError, EOFError) as exc:
-            raise _unreadable(corpus, rel, "Parquet", exc) from None
-        raw_rows = _read_parquet(raw_table, wanted)
-    else:
-        try:
-            raw = corpus.read_bytes(rel)
-        except OSError as exc:
-            raise _unreadable(corpus, rel, "JSONL", exc) from None
-        raw_rows = _read_jsonl(raw, wanted, rejects)
-        seen_columns = set().union(*(r.keys() for r in raw_rows)) if raw_rows else set()
-        if raw_rows:
-            _check_columns(rel, sorted(seen_columns - {"_row"}), options)
+    stream = ShardStream(corpus, rel, options)
+    batches = list(stream)
+    documents = pa.concat_tables([b.documents for b in batches] or [stream.schema.empty_table()])
+    rejects = pa.concat_tables([b.rejects for b in batches] or [REJECT_SCHEMA.empty_table()])
+    return ShardDocuments(documents=documents, rejects=rejects, stats=dict(stream.stats))
 
-    unparsed_lines = len(rejects)
-    docs: dict[str, list[Any]] = {c: [] for c in (*DOCUMENT_COLUMNS, *options.extra_columns)}
-    seen_ids: dict[str, int] = {}
-    duplicates = split_documents = split_parts = truncated = truncated_chars = 0
-    for row in raw_rows:
-        text = row.get(options.text_column)
-        raw_id = row.get(options.id_column) if options.id_column else None
-        if isinstance(text, bytes):
-            try:
-                text = text.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                rejects.append(_reject(row["_row"], raw_id, f"not UTF-8 at byte {exc.start}", text))
-                continue
-        if not isinstance(text, str):
-            reason = "missing text" if text is None else f"text is {type(text).__name__}"
-            rejects.append(_reject(row["_row"], raw_id, reason, text))
-            continue
-        if len(text.strip()) < max(1, options.min_chars):
-            reason = "empty or whitespace-only text" if not text.strip() else "text too short"
-            rejects.append(_reject(row["_row"], raw_id, reason, text))
-            continue
-        if options.id_column:
-            if raw_id is None or (isinstance(raw_id, str) and not raw_id.strip()):
-                rejects.append(_reject(row["_row"], None, "missing id", text))
-                continue
-            doc_id = raw_id.decode("utf-8", "replace") if isinstance(raw_id, bytes) else str(raw_id)
-        else:
-            doc_id = content_id(text)
-        if doc_id in seen_ids:
-            if options.id_column and options.on_duplicate_id == "error":
-                raise CorpusError(
-                    f"shard {rel}: id '{doc_id}' appears on rows {seen_ids[doc_id]} and "
-                    f"{row['_row']}; make '{options.id_column}' unique, set "
-                    "corpus.on_duplicate_id: keep_first, or set corpus.id_column: null to use "
-                    "content hashes"
-                )
-            reason = "duplicate id" if options.id_column else "exact duplicate text"
-            rejects.append(_reject(row["_row"], doc_id, reason, text))
-            duplicates += 1
-            continue
-        seen_ids[doc_id] = row["_row"]
-        pieces = [text]
-        if options.max_chars and len(text) > options.max_chars:
-            if options.long_documents == "truncate":
-                truncated += 1
-                truncated_chars += len(text) - options.max_chars
-                pieces = [text[: options.max_chars]]
-            else:
-                pieces = split_text(text, options.max_chars)
-                split_documents += 1
-                split_parts += len(pieces)
-        for i, piece in enumerate(pieces, start=1):
-            piece_id = f"{doc_id}#{i}" if len(pieces) > 1 else doc_id
-            docs["doc_id"].append(piece_id)
-            docs["text"].append(piece)
-            docs["n_chars"].append(len(piece))
-            docs["n_bytes"].append(len(piece.encode("utf-8")))
-            docs["text_hash"].append(content_id(piece))
-            for extra in options.extra_columns:
-                value = row.get(extra)
-                docs[extra].append(None if value is None else str(value))
 
-    documents = pa.table(
-        {
-            "doc_id": pa.array(docs["doc_id"], pa.string()),
-            "text": pa.array(docs["text"], pa.string()),
-            "n_chars": pa.array(docs["n_chars"], pa.int32()),
-            "n_bytes": pa.array(docs["n_bytes"], pa.int32()),
-            "text_hash": pa.array(docs["text_hash"], pa.string()),
-            **{e: pa.array(docs[e], pa.string()) for e in options.extra_columns},
-        }
-    )
-    reject_table = pa.Table.from_pylist(rejects, schema=REJECT_SCHEMA)
-    stats = {
-        "rows_read": len(raw_rows) + unparsed_lines,
-        "documents": documents.num_rows,
-        "rejected": reject_table.num_rows,
-        "duplicates": duplicates,
-        "split_documents": split_documents,
-        "split_parts": split_parts,
-        "truncated_documents": truncated,
-        "truncated_chars": truncated_chars,
-    }
-    return ShardDocuments(documents=documents, rejects=reject_table, stats=stats)
+@dataclass
+class IngestResult:
+    """What `ingest_shard` wrote: counts, the rejected rows, and why a shard was quarantined."""
+
+    documents: int
+    total_chars: int
+    rejects: pa.Table
+    stats: dict[str, int]
+    quarantined: ShardUnreadable | None = None
+
+
+def ingest_shard(
+    corpus: Store,
+    rel: str,
+    options: CorpusOptions,
+    store: Store,
+    documents_rel: str,
+    rejects_rel: str,
+    on_bad_shard: str = "error",
+) -> IngestResult:
+    """Streams one shard's clean documents into a Parquet file batch by batch; then its rejects.
+
+    The documents file appears only when the whole shard was read (atomic write). An unreadable
+    shard raises, or with `on_bad_shard="skip"` becomes an empty table and one reject row.
+    """
+    stream = ShardStream(corpus, rel, options)
+    batches: list[pa.Table] = []
+    documents = chars = 0
+    quarantined = None
+    try:
+        with (
+            store.open_write(documents_rel) as fh,
+            pq.ParquetWriter(fh, stream.schema, compression="zstd") as writer,
+        ):
+            for batch in stream:
+                writer.write_table(batch.documents)
+                documents += batch.documents.num_rows
+                chars += int(pc.sum(batch.documents.column("n_chars")).as_py() or 0)
+                batches.append(batch.rejects)
+        stats = dict(stream.stats)
+    except ShardUnreadable as exc:
+        if on_bad_shard != "skip":
+            raise
+        shard = quarantined_shard(exc.reason, options.extra_columns)
+        store.write_parquet(documents_rel, shard.documents)
+        batches, stats, documents, chars, quarantined = [shard.rejects], shard.stats, 0, 0, exc
+    rejects = pa.concat_tables(batches) if batches else REJECT_SCHEMA.empty_table()
+    store.write_parquet(rejects_rel, rejects)
+    return IngestResult(documents, chars, rejects, stats, quarantined)
 
 
 def quarantined_shard(reason: str, extra_columns: tuple[str, ...] = ()) -> ShardDocuments:
     """An empty document table and one reject row (row -1) saying why the shard was skipped."""
-    documents = pa.table(
-        {
-            "doc_id": pa.array([], pa.string()),
-            "text": pa.array([], pa.string()),
-            "n_chars": pa.array([], pa.int32()),
-            "n_bytes": pa.array([], pa.int32()),
-            "text_hash": pa.array([], pa.string()),
-            **{e: pa.array([], pa.string()) for e in extra_columns},
-        }
-    )
     rejects = pa.Table.from_pylist(
         [{"row": -1, "doc_id": None, "reason": f"unreadable shard: {reason}", "preview": ""}],
         schema=REJECT_SCHEMA,
     )
-    return ShardDocuments(documents, rejects, {"rows_read": 0, "documents": 0, "rejected": 1})
+    empty = document_schema(extra_columns).empty_table()
+    return ShardDocuments(empty, rejects, {"rows_read": 0, "documents": 0, "rejected": 1})
 
 
 def _unreadable(corpus: Store, rel: str, kind: str, exc: BaseException) -> ShardUnreadable:

@@ -86,9 +86,10 @@ def parquet_batches(
 
 
 def json_batches(
-    fh: IO[bytes], wanted: list[str], block_bytes: int = BLOCK_BYTES
+    fh: IO[bytes], wanted: list[str], block_bytes: int | None = None
 ) -> Iterator[RawBatch]:
     """Batches of a JSON-lines stream: blocks of whole lines, each parsed by `pyarrow.json`."""
+    block_bytes = block_bytes or BLOCK_BYTES
     first_line, carry = 0, b""
     while True:
         chunk = fh.read(block_bytes)
@@ -174,7 +175,7 @@ def open_shard(fs: Any, path: str, rel: str) -> IO[bytes]:
 
 
 def raw_batches(
-    fh: IO[bytes], rel: str, wanted: list[str], block_bytes: int = BLOCK_BYTES
+    fh: IO[bytes], rel: str, wanted: list[str], block_bytes: int | None = None
 ) -> Iterator[RawBatch]:
     """Batches of any supported shard, by its suffix."""
     if rel.endswith(PARQUET_SUFFIXES):

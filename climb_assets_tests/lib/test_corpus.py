@@ -1,3 +1,5 @@
+import json
+
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -5,6 +7,7 @@ import pytest
 from climb_assets.lib.corpus import (
     CorpusError,
     CorpusOptions,
+    ShardStream,
     ShardUnreadable,
     content_id,
     list_shards,
@@ -146,3 +149,65 @@ def test_unknown_files_are_listed(tmp_path):
     (tmp_path / "notes.csv").write_text("a,b\n")
     (tmp_path / ".hidden").write_text("")
     assert unknown_files(Store(str(tmp_path))) == ["notes.csv"]
+
+
+def _compress(data: bytes, codec: str) -> bytes:
+    import gzip
+
+    import zstandard
+
+    return gzip.compress(data) if codec == "gz" else zstandard.ZstdCompressor().compress(data)
+
+
+@pytest.mark.parametrize("name", ["s.jsonl.gz", "s.jsonl.zst", "s.json.gz", "s.json.zst"])
+def test_compressed_json_lines_are_read_with_line_numbers(tmp_path, name):
+    lines = [b'{"doc_id": 1, "text": "first"}', b"{broken", b'{"doc_id": 3, "text": "third"}']
+    (tmp_path / name).write_bytes(_compress(b"\n".join(lines) + b"\n", name.rsplit(".", 1)[1]))
+    assert list_shards(Store(str(tmp_path))) == [name]
+    result = read_shard(Store(str(tmp_path)), name, CorpusOptions())
+    assert result.documents.column("doc_id").to_pylist() == ["1", "3"]  # int ids become strings
+    assert result.rejects.to_pylist()[0]["row"] == 1
+    assert "invalid JSON" in result.rejects.to_pylist()[0]["reason"]
+
+
+def test_blocks_keep_line_numbers_and_a_cut_last_line_is_named(tmp_path, monkeypatch):
+    import climb_assets.lib.shard_reader as reader
+
+    rows = [json.dumps({"doc_id": str(i), "text": f"document number {i}"}) for i in range(200)]
+    rows[150] = '{"doc_id": "150", "text": "caf\\udcff"}'  # escapes a lone surrogate
+    rows[160] = '{"doc_id": "160", "text": "caf\xff"}'  # a byte that is not UTF-8
+    body = "\n".join(rows) + '\n\n{"doc_id": "x", "text": "cut sho'
+    (tmp_path / "s.jsonl").write_bytes(body.encode("latin-1"))
+    monkeypatch.setattr(reader, "BLOCK_BYTES", 512)  # many blocks
+    stream = ShardStream(Store(str(tmp_path)), "s.jsonl", CorpusOptions())
+    batches = list(stream)
+    assert len(batches) > 10
+    docs = pa.concat_tables([b.documents for b in batches])
+    rejects = pa.concat_tables([b.rejects for b in batches]).to_pylist()
+    assert docs.num_rows == 198 and docs.column("doc_id")[-1].as_py() == "199"
+    by_row = {r["row"]: r["reason"] for r in rejects}
+    assert by_row[201].startswith("truncated last line")
+    assert by_row[150].startswith("not valid Unicode (lone surrogate")
+    assert by_row[160].startswith("not UTF-8 at byte")
+    assert stream.stats["rows_read"] == 201
+
+
+@pytest.mark.parametrize(
+    ("name", "data", "kind"),
+    [("bad.jsonl.zst", b"not zstd at all", "zstd"), ("cut.jsonl.gz", None, "gzip")],
+)
+def test_broken_compression_names_the_file(tmp_path, name, data, kind):
+    if data is None:
+        full = _compress(b'{"doc_id": "1", "text": "x"}\n' * 1000, "gz")
+        data = full[: len(full) // 2]
+    (tmp_path / name).write_bytes(data)
+    with pytest.raises(ShardUnreadable, match=rf"{name} cannot be read as {kind} JSON lines"):
+        read_shard(Store(str(tmp_path)), name, CorpusOptions())
+
+
+def test_parquet_streams_in_batches(tmp_path):
+    n = 20_000
+    table = pa.table({"doc_id": [str(i) for i in range(n)], "text": [f"t {i}" for i in range(n)]})
+    pq.write_table(table, tmp_path / "s.parquet", row_group_size=3000, compression="gzip")
+    batches = list(ShardStream(Store(str(tmp_path)), "s.parquet", CorpusOptions()))
+    assert len(batches) >= 3 and sum(b.documents.num_rows for b in batches) == n
