@@ -87,6 +87,15 @@ def climbmix_exports(
     }
     store.write_json("exports/exports.json", {"manifest_digest": ctx.manifest_digest,
                                               "exports": summary})  # fmt: skip
+    # The manifest is the one document a training team reads: it lists the exports built from
+    # it (with their file lists), as long as its digest is still the one they were built from.
+    latest = store.read_json(MANIFEST_FILE)
+    if latest.get("manifest_digest") == ctx.manifest_digest:
+        latest["exports"] = {
+            name: {k: r[k] for k in ("folder", "bytes", "files", "manifest_digest", "written_at")}
+            for name, r in records.items()
+        }
+        store.write_json(MANIFEST_FILE, latest)
     table = [
         {"export": n, "files": s["files"], "MB": round(s["bytes"] / 1e6, 2),
          "skipped": s["skipped"], "folder": s["folder"]}

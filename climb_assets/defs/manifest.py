@@ -155,7 +155,8 @@ def climbmix_manifest(
     )
     # The prefixes of the megatron export (`climbmix_exports`), relative to the storage root.
     prefixes = [f"exports/megatron/sc_{i:03d}" for i in range(len(weights))]
-    blend = manifest.megatron_blend(weights, prefixes)
+    # A super-cluster whose budget selected no document has no dataset to point at.
+    blend = manifest.megatron_blend(np.where(exported_tokens > 0, weights, 0.0), prefixes)
     digest = manifest.selection_digest(chosen, weights, m.seed)
     doc = {
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -27,6 +28,7 @@ from climb_assets.lib.shard_reader import (
     JSON_SUFFIXES,
     PARQUET_SUFFIXES,
     RawBatch,
+    SeenIds,
     compression_of,
     open_shard,
     raw_batches,
@@ -172,7 +174,7 @@ class DocumentBatch:
 class ShardStream:
     """Iterates over one shard's clean documents batch by batch; `stats` once exhausted.
 
-    Memory holds one batch (plus the set of ids seen, to find duplicates).
+    Memory holds one batch, plus 16 bytes per id seen (to find duplicates, `SeenIds`).
 
     Raises (while iterating):
         ShardUnreadable: the file cannot be read (truncated, empty, not its format or codec).
@@ -189,7 +191,7 @@ class ShardStream:
             ("rows_read", "documents", "rejected", "duplicates", "split_documents",
              "split_parts", "truncated_documents", "truncated_chars"), 0,
         )  # fmt: skip
-        self._seen: dict[str, int] = {}
+        self._seen = SeenIds()
 
     def __iter__(self) -> Iterator[DocumentBatch]:
         checked = False
@@ -219,6 +221,7 @@ class ShardStream:
         texts = raw.rows.get(o.text_column, [None] * raw.size)
         ids = raw.rows.get(o.id_column, [None] * raw.size) if o.id_column else [None] * raw.size
         extras = {e: raw.rows.get(e, [None] * raw.size) for e in o.extra_columns}
+        valid: list[tuple[int, int, str, str]] = []  # (index in batch, row, id, text)
         for i, (row, text, raw_id) in enumerate(zip(raw.rows["_row"], texts, ids, strict=True)):
             if isinstance(text, bytes):
                 try:
@@ -249,19 +252,8 @@ class ShardStream:
                 )
             else:
                 doc_id = content_id(text)
-            if doc_id in self._seen:
-                if o.id_column and o.on_duplicate_id == "error":
-                    raise CorpusError(
-                        f"shard {self.rel}: id '{doc_id}' appears on rows {self._seen[doc_id]} "
-                        f"and {row}; make '{o.id_column}' unique, set "
-                        "corpus.on_duplicate_id: keep_first, or set corpus.id_column: null to "
-                        "use content hashes"
-                    )
-                reason = "duplicate id" if o.id_column else "exact duplicate text"
-                rejects.append(reject(row, doc_id, reason, text))
-                self.stats["duplicates"] += 1
-                continue
-            self._seen[doc_id] = row
+            valid.append((i, row, doc_id, text))
+        for i, _, doc_id, text in self._first_occurrences(valid, rejects):
             for piece_id, piece in self._pieces(doc_id, text):
                 docs["doc_id"].append(piece_id)
                 docs["text"].append(piece)
@@ -275,6 +267,37 @@ class ShardStream:
         self.stats["documents"] += documents.num_rows
         self.stats["rejected"] += reject_table.num_rows
         return DocumentBatch(documents, reject_table)
+
+    def _first_occurrences(
+        self, valid: list[tuple[int, int, str, str]], rejects: list[dict[str, Any]]
+    ) -> list[tuple[int, int, str, str]]:
+        """The rows whose id was not seen before (in the shard or earlier in the batch)."""
+        if not valid:
+            return []
+        o = self.options
+        hashes = SeenIds.hashes([v[2] for v in valid])
+        earlier = self._seen.first_rows(hashes)
+        _, first, inverse = np.unique(hashes, return_index=True, return_inverse=True)
+        rows = np.array([v[1] for v in valid], dtype=np.int64)
+        in_batch = rows[first[inverse]]
+        kept, keep_mask = [], np.zeros(len(valid), dtype=bool)
+        for k, (_, row, doc_id, text) in enumerate(valid):
+            seen_at = int(earlier[k]) if earlier[k] >= 0 else int(in_batch[k])
+            if seen_at == row:
+                kept.append(valid[k])
+                keep_mask[k] = True
+                continue
+            if o.id_column and o.on_duplicate_id == "error":
+                raise CorpusError(
+                    f"shard {self.rel}: id '{doc_id}' appears on rows {seen_at} and {row}; make "
+                    f"'{o.id_column}' unique, set corpus.on_duplicate_id: keep_first, or set "
+                    "corpus.id_column: null to use content hashes"
+                )
+            reason = "duplicate id" if o.id_column else "exact duplicate text"
+            rejects.append(reject(row, doc_id, reason, text))
+            self.stats["duplicates"] += 1
+        self._seen.add(hashes[keep_mask], rows[keep_mask])
+        return kept
 
     def _pieces(self, doc_id: str, text: str) -> list[tuple[str, str]]:
         """The document, or its parts when it is longer than `max_chars`."""

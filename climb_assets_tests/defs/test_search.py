@@ -292,3 +292,22 @@ def test_every_readme_query_runs_on_a_search_catalog(planted):
     con = duckdb.connect(climb.store().uri("catalog.duckdb"), read_only=True)
     ran, skipped = run_readme_queries(con)
     assert ran >= 6 and skipped == 0
+
+
+def test_manifest_lists_its_exports_and_its_blend_points_at_their_files(planted):
+    from climb_assets.defs.exports import climbmix_exports
+
+    _, _, climb, instance = planted
+    store = climb.store()
+    # other tests rewrite the shared manifest; export the one that is there now
+    dg.materialize([climbmix_exports], instance=instance, resources={"climb": climb})
+    doc = store.read_json("manifest/climbmix.json")
+    blend = store.read_bytes("manifest/megatron_blend.txt").decode().split()
+    assert blend and all(
+        store.exists(f"{prefix}.bin") and store.exists(f"{prefix}.idx") for prefix in blend[1::2]
+    )
+    assert set(doc["exports"]) == {"megatron", "hf", "climblab"}
+    assert {e["manifest_digest"] for e in doc["exports"].values()} == {doc["manifest_digest"]}
+    megatron = store.read_json("exports/megatron/_export.json")
+    exported = sum(s["tokens"] for s in megatron["super_clusters"].values())
+    assert exported == doc["total_tokens"]["exported"]  # same tokenizer: the same tokens

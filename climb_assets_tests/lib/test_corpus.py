@@ -1,5 +1,6 @@
 import json
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -211,3 +212,40 @@ def test_parquet_streams_in_batches(tmp_path):
     pq.write_table(table, tmp_path / "s.parquet", row_group_size=3000, compression="gzip")
     batches = list(ShardStream(Store(str(tmp_path)), "s.parquet", CorpusOptions()))
     assert len(batches) >= 3 and sum(b.documents.num_rows for b in batches) == n
+
+
+def test_parquet_folder_mixing_schemas_names_the_odd_file(tmp_path):
+    folder = tmp_path / "data"
+    folder.mkdir()
+    pq.write_table(pa.table({"doc_id": ["1"], "text": ["fine"]}), folder / "train-0.parquet")
+    pq.write_table(pa.table({"doc_id": ["2"], "content": ["x"]}), folder / "train-1.parquet")
+    store = Store(str(tmp_path))
+    assert list_shards(store) == ["data/train-0.parquet", "data/train-1.parquet"]
+    assert read_shard(store, "data/train-0.parquet", CorpusOptions()).documents.num_rows == 1
+    with pytest.raises(CorpusError, match=r"data/train-1.parquet has no text column 'text' \(col"):
+        read_shard(store, "data/train-1.parquet", CorpusOptions())
+
+
+def test_duplicates_are_found_across_blocks(tmp_path, monkeypatch):
+    import climb_assets.lib.shard_reader as reader
+
+    rows = [{"doc_id": str(i % 150), "text": f"document {i}"} for i in range(300)]
+    write_jsonl(tmp_path / "s.jsonl", rows)
+    monkeypatch.setattr(reader, "BLOCK_BYTES", 400)
+    with pytest.raises(CorpusError, match=r"id '0' appears on rows 0 and 150"):
+        read_shard(Store(str(tmp_path)), "s.jsonl", CorpusOptions())
+    kept = read_shard(Store(str(tmp_path)), "s.jsonl", CorpusOptions(on_duplicate_id="keep_first"))
+    assert kept.documents.column("text").to_pylist() == [f"document {i}" for i in range(150)]
+    assert kept.stats["duplicates"] == 150
+
+
+def test_seen_ids_levels_find_every_earlier_id():
+    from climb_assets.lib.shard_reader import SeenIds
+
+    seen = SeenIds()
+    for start in range(0, 1000, 37):
+        ids = [f"id-{i}" for i in range(start, min(start + 37, 1000))]
+        seen.add(SeenIds.hashes(ids), np.arange(start, start + len(ids)))
+    assert len(seen.levels) <= 6
+    probe = SeenIds.hashes(["id-0", "id-999", "id-500", "nope"])
+    assert seen.first_rows(probe).tolist() == [0, 999, 500, -1]

@@ -83,7 +83,7 @@ class MegatronExport(Exporter):
                     rows = np.flatnonzero(groups == sc)
                     for encoding in tok.encode_batch([texts[i] for i in rows]):
                         ids = [*encoding.ids, eod]
-                        builders[sc].add_document(np.asarray(ids, dtype=dtype), [len(ids)])
+                        builders[sc].add_document(ids, [len(ids)])
                         counts[sc] = counts.get(sc, 0) + len(ids)
                         documents[sc] = documents.get(sc, 0) + 1
                         total += len(ids)
