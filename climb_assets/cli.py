@@ -61,7 +61,7 @@ def _summary(climb: ClimbResource) -> None:
         print(f'query it: climb catalog "{EXAMPLE_QUERY}"')
         return
     print("query it (read-only, safe while a run goes on):")
-    print(f'  .venv/bin/python -c "import duckdb; duckdb.connect(\'{catalog}\', read_only=True)'
+    print(f'  {sys.executable} -c "import duckdb; duckdb.connect(\'{catalog}\', read_only=True)'
           f'.sql(\\"{EXAMPLE_QUERY}\\").show()"')  # fmt: skip
     print(f'  or: duckdb -readonly {catalog} "{EXAMPLE_QUERY}"')
 

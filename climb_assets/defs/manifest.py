@@ -210,7 +210,7 @@ def climbmix_manifest(
             {
                 "super_cluster_id": pa.array(np.arange(len(weights)), pa.int32()),
                 "weight": weights,
-                "natural": prior,
+                "natural_share": prior,  # `natural` is a SQL keyword
                 "available_tokens": available,
                 "tokens": budget.granted,
                 "epochs": budget.epochs,

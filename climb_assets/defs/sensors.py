@@ -156,6 +156,12 @@ def runs_in_flight(instance: dg.DagsterInstance, job_names: list[str]) -> int:
     jobs=[ingest_shards_job, refresh_catalog_job],
     minimum_interval_seconds=60,
     default_status=dg.DefaultSensorStatus.STOPPED,
+    description=(
+        "Every minute: registers new shard files under corpus.path and starts one ingest_shards "
+        "run each (embed, score, assign to the existing centroids); re-ingests shards replaced "
+        "in place; unregisters deleted ones and refreshes the catalog. Turn on "
+        "refresh_catalog_sensor too, so the cluster summaries and the catalog follow."
+    ),
 )
 def corpus_shards_sensor(context: dg.SensorEvaluationContext, climb: ClimbResource):
     """Registers new shard files, re-ingests replaced ones and unregisters deleted ones.
@@ -207,6 +213,11 @@ def corpus_shards_sensor(context: dg.SensorEvaluationContext, climb: ClimbResour
     monitored_jobs=[ingest_shards_job, assign_shards_job, refresh_catalog_job],
     request_job=refresh_catalog_job,
     default_status=dg.DefaultSensorStatus.STOPPED,
+    description=(
+        "After the last ingest_shards / assign_shards run succeeds: one refresh_catalog run "
+        "(pruned clusters, super-clusters, catalog). Needed with corpus_shards_sensor and "
+        "reassign_after_recluster_sensor."
+    ),
 )
 def refresh_catalog_sensor(context: dg.RunStatusSensorContext):
     """Refreshes the cluster summaries and the catalog once the last shard run has finished."""
@@ -238,6 +249,10 @@ def refresh_catalog_sensor(context: dg.RunStatusSensorContext):
     monitored_jobs=[recluster_job],
     request_job=assign_shards_job,
     default_status=dg.DefaultSensorStatus.STOPPED,
+    description=(
+        "After a successful recluster run: one assign_shards run per registered shard against "
+        "the new centroids. Turn on refresh_catalog_sensor too, so the catalog follows."
+    ),
 )
 def reassign_after_recluster_sensor(context: dg.RunStatusSensorContext):
     """Requests an assign_shards run for every registered shard after a successful re-fit."""
@@ -257,6 +272,11 @@ def reassign_after_recluster_sensor(context: dg.RunStatusSensorContext):
     cron_schedule="0 3 * * 0",
     job=recluster_job,
     default_status=dg.DefaultScheduleStatus.STOPPED,
+    description=(
+        "Sundays 03:00: re-fits the k-means centroids on every registered shard. Needs "
+        "reassign_after_recluster_sensor and refresh_catalog_sensor on to carry the new "
+        "centroids through the assignments to the catalog."
+    ),
 )
 def recluster_schedule(context: dg.ScheduleEvaluationContext):
     """Weekly (Sunday 03:00) re-clustering from scratch: re-fits kmeans_centroids on every shard.

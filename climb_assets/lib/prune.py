@@ -68,6 +68,15 @@ class ClusterStats:
             return self.distance_sum / self.size
 
 
+def below(value: float, threshold: float) -> str:
+    """`value < threshold` with enough decimals that the two printed numbers differ."""
+    for digits in range(2, 8):
+        v, t = f"{value:.{digits}f}", f"{threshold:.{digits}f}"
+        if v != t:
+            return f"{v} < {t}"
+    return f"{value!r} < {threshold!r}"
+
+
 def prune_clusters(
     size: np.ndarray,
     means: Mapping[str, np.ndarray],
@@ -91,7 +100,7 @@ def prune_clusters(
             for name, threshold in thresholds.items():
                 mean = float(means[name][c])
                 if not mean >= threshold:
-                    failed.append(f"{name} mean {mean:.2f} < {threshold:.2f}")
+                    failed.append(f"{name} mean {below(mean, threshold)}")
         kept[c] = not failed
         reasons.append("; ".join(failed) if failed else "kept")
     return kept, reasons

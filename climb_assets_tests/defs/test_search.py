@@ -311,3 +311,16 @@ def test_manifest_lists_its_exports_and_its_blend_points_at_their_files(planted)
     megatron = store.read_json("exports/megatron/_export.json")
     exported = sum(s["tokens"] for s in megatron["super_clusters"].values())
     assert exported == doc["total_tokens"]["exported"]  # same tokenizer: the same tokens
+
+
+def test_catalog_answers_pandas_and_polars_without_quoting_keywords(planted):
+    _, _, climb, _ = planted
+    con = duckdb.connect(climb.store().uri("catalog.duckdb"), read_only=True)
+    try:
+        frame = con.sql(
+            "SELECT super_cluster_id, round(natural_share, 4) AS n, weight FROM manifest_weights"
+        ).df()
+        assert list(frame.columns) == ["super_cluster_id", "n", "weight"] and len(frame) == 4
+        assert con.sql("SELECT * FROM exports").pl().height > 0
+    finally:
+        con.close()

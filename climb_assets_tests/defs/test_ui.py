@@ -82,5 +82,17 @@ def test_dagster_dev_serves_the_assets_on_loopback(tmp_path):
         assert assets["embeddings"] is True and assets["super_clusters"] is False
         assert len(assets) == 18
         assert assets["predictor_models"] is True
+        described = _graphql(
+            port,
+            "{ repositoriesOrError { ... on RepositoryConnection { nodes { "
+            "sensors { name description } schedules { name description } "
+            "jobs { name description } } } } }",
+        )["data"]["repositoriesOrError"]["nodes"][0]
+        for kind in ("sensors", "schedules", "jobs"):
+            for item in described[kind]:
+                if item["name"].startswith("__"):  # Dagster's implicit asset job
+                    continue
+                assert len(item["description"] or "") > 40, (kind, item)
+        assert len(described["sensors"]) == 3 and len(described["schedules"]) == 1
     finally:
         stop_process_group(proc, grace=30)

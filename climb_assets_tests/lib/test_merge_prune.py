@@ -54,3 +54,10 @@ def test_top_terms_distinguish_clusters_and_nearest_documents():
     near.add(["d"], ["x"], np.array([1]), np.array([0.05]))
     best = near.result()
     assert best[0][0][1] == "c" and best[1][0][1] == "d"
+
+
+def test_pruning_reason_shows_enough_digits_to_be_true():
+    from climb_assets.lib.prune import below
+
+    assert below(2.0, 3.0) == "2.00 < 3.00"
+    assert below(4.3999, 4.4) == "4.3999 < 4.4000"
