@@ -58,6 +58,11 @@ def climbmix_exports(
     if not store.exists(MANIFEST_FILE):
         raise FileNotFoundError("no manifest yet; materialize climbmix_manifest first")
     doc = store.read_json(MANIFEST_FILE)
+    if "manifest_digest" not in doc:
+        raise ValueError(
+            "the manifest was written by an older climb without a digest; materialize "
+            "climbmix_manifest again (or `climb run`), then the exports"
+        )
     granted = [int(r["tokens"]) for r in doc["super_clusters"]]
     tokenizer, note = (None, "")
     if "megatron" in names:
