@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 import threading
 import time
 import uuid
@@ -26,14 +27,16 @@ RUNNER_TAG = "climb/runner"
 PID_TAG = "climb/pid"
 HOST_TAG = "climb/host"
 ATTEMPT_TAG = "climb/attempt"
+COMMAND_TAG = "climb/command"
 IN_FLIGHT = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED]
 FINISHED = [dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED]
 
 
 def cli_run_tags() -> dict[str, str]:
-    """Tags of one `climb run` step: who runs it (pid, host) and a unique attempt id."""
+    """Tags of one `climb run` step: the command, who runs it (pid, host), a unique attempt id."""
     return {
         RUNNER_TAG: "cli",
+        COMMAND_TAG: " ".join(["climb", *sys.argv[1:]])[:200],
         PID_TAG: str(os.getpid()),
         HOST_TAG: socket.gethostname(),
         ATTEMPT_TAG: uuid.uuid4().hex,

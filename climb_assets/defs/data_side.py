@@ -394,7 +394,9 @@ def shard_drift(key: str, dist: np.ndarray, baseline: dict | None, digest: str) 
     }
 
 
-@dg.asset(partitions_def=shard_partitions, group_name=GROUP, deps=[corpus_documents])
+@dg.asset(
+    partitions_def=shard_partitions, group_name=GROUP, deps=[corpus_documents], kinds={"parquet"}
+)
 def cluster_quality(
     context: dg.AssetExecutionContext, climb: ClimbResource
 ) -> dg.MaterializeResult:
@@ -418,7 +420,11 @@ def cluster_quality(
     return dg.MaterializeResult(metadata=metadata)
 
 
-@dg.asset(group_name=GROUP, deps=[cluster_assignments, cluster_quality, kmeans_centroids])
+@dg.asset(
+    group_name=GROUP,
+    deps=[cluster_assignments, cluster_quality, kmeans_centroids],
+    kinds={"parquet"},
+)
 def pruned_clusters(
     context: dg.AssetExecutionContext, climb: ClimbResource
 ) -> dg.MaterializeResult:
@@ -517,7 +523,11 @@ def _check_unique_ids(store, shards: list[str], hashes: np.ndarray) -> None:
     )
 
 
-@dg.asset(group_name=GROUP, deps=[pruned_clusters, kmeans_centroids, cluster_assignments])
+@dg.asset(
+    group_name=GROUP,
+    deps=[pruned_clusters, kmeans_centroids, cluster_assignments],
+    kinds={"scipy", "parquet"},
+)
 def super_clusters(context: dg.AssetExecutionContext, climb: ClimbResource) -> dg.MaterializeResult:
     """Kept clusters merged by centroid distance, with each super-cluster's documents and tokens."""
     profile, store = climb.settings(), climb.store()

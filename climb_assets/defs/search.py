@@ -172,7 +172,7 @@ def cluster_tokens(context: dg.AssetExecutionContext, climb: ClimbResource) -> d
     )
 
 
-@dg.asset(group_name=GROUP, deps=["corpus_documents"])
+@dg.asset(group_name=GROUP, deps=["corpus_documents"], kinds={"json"})
 def search_targets(context: dg.AssetExecutionContext, climb: ClimbResource) -> dg.MaterializeResult:
     """The profile's evaluation targets, loaded, validated and checked for corpus overlap."""
     profile, store = climb.settings(), climb.store()

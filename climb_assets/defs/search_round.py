@@ -455,16 +455,38 @@ def build_search_round(n_rounds: int) -> dg.AssetsDefinition:
         group_name=GROUP,
         partitions_def=partitions,
         outs={
-            "mixture_batches": dg.AssetOut(io_manager_key=IO, description="The round's mixtures."),
+            "mixture_batches": dg.AssetOut(
+                io_manager_key=IO,
+                kinds={"parquet"},
+                description=(
+                    "This round's candidate mixtures. Round 1 samples around the token prior; "
+                    "later rounds rank fresh candidates with the PREVIOUS round's predictor (why "
+                    "predictor_models is drawn upstream) and pick by search.design."
+                ),
+            ),
             "proxy_checkpoints": dg.AssetOut(
-                io_manager_key=IO, description="Proxy LM checkpoints."
+                io_manager_key=IO,
+                kinds={"pytorch", "safetensors"},
+                description=(
+                    "One small causal LM per mixture of this round (same init, budget and data "
+                    "order), saved as safetensors; a finished checkpoint is reused, not retrained."
+                ),
             ),
             "proxy_evaluations": dg.AssetOut(
-                io_manager_key=IO, description="Target scores and learning curves."
+                io_manager_key=IO,
+                kinds={"parquet"},
+                description=(
+                    "Each proxy scored on the targets (bits per byte or accuracy) at every "
+                    "proxy.eval_fractions share of its budget: the objective and learning curves."
+                ),
             ),
             "predictor_models": dg.AssetOut(
                 io_manager_key=IO,
-                description="The predictor fitted on every proxy so far (kinds cross-validated).",
+                kinds={"lightgbm", "json"},
+                description=(
+                    "The predictor fitted on every proxy so far, each kind cross-validated; the "
+                    "NEXT round's mixture_batches reads it, and the manifest reads the last one."
+                ),
             ),
         },
         ins={

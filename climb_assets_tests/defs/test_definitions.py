@@ -86,3 +86,14 @@ def test_executor_limits_gpu_steps():
     assert defs.executor.name == "climb_local"
     limits = LOCAL_EXECUTOR_CONFIG["tag_concurrency_limits"]
     assert {"key": "climb/gpu", "value": "true", "limit": 1} in limits
+
+
+def test_every_asset_has_kinds_and_a_description_and_rounds_say_what_they_read():
+    graph = defs.resolve_asset_graph()
+    for key in graph.get_all_asset_keys():
+        node = graph.get(key)
+        assert node.kinds, f"{key.to_user_string()} has no kinds"
+        assert len((node.description or "").strip()) >= 60, key.to_user_string()
+    batches = graph.get(dg.AssetKey("mixture_batches")).description
+    assert "PREVIOUS round's predictor" in batches
+    assert "NEXT round" in graph.get(dg.AssetKey("predictor_models")).description

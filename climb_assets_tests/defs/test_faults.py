@@ -153,6 +153,7 @@ def test_sigkilled_run_never_blocks_the_next(tmp_path, corpus):
             assert not instance.event_log_storage.get_concurrency_info("gpu").claimed_slots
             failed = instance.get_runs(dg.RunsFilter(statuses=[dg.DagsterRunStatus.FAILURE]))
             assert len(failed) == 1 and failed[0].tags["climb/pid"] == str(first.pid)
+            assert failed[0].tags["climb/command"].startswith("climb --profile")
     finally:
         del os.environ["DAGSTER_HOME"]
 
