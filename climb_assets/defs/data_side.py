@@ -57,6 +57,10 @@ def shard_file(folder: str, key: str, suffix: str = ".parquet") -> str:
     return f"{folder}/{safe_name(key)}{suffix}"
 
 
+LONG_DOCUMENT_STATS = ("split_documents", "split_parts", "truncated_documents", "truncated_chars")
+"""Counts of documents longer than corpus.max_chars, in corpus_documents' metadata."""
+
+
 @dg.asset(partitions_def=shard_partitions, group_name=GROUP, kinds={"parquet"})
 def corpus_documents(
     context: dg.AssetExecutionContext, climb: ClimbResource
@@ -104,9 +108,6 @@ def corpus_documents(
         },
         data_version=dg.DataVersion(source),
     )
-
-
-LONG_DOCUMENT_STATS = ("split_documents", "split_parts", "truncated_documents", "truncated_chars")
 
 
 def shard_source(store: Store, key: str) -> str | None:

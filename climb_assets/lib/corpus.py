@@ -38,7 +38,6 @@ from climb_assets.lib.shard_reader import (
 from climb_assets.lib.storage import Store
 
 SUFFIXES = {"parquet": PARQUET_SUFFIXES, "jsonl": JSON_SUFFIXES}
-DOCUMENT_COLUMNS = ("doc_id", "text", "n_chars", "n_bytes", "text_hash")
 REJECT_SCHEMA = pa.schema(
     [
         ("row", pa.int64()),

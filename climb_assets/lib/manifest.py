@@ -108,7 +108,7 @@ def partial_pass(sizes: np.ndarray, budget: int, max_skips: int = 10_000) -> np.
     """
     cumulative = np.cumsum(sizes)
     k = int(np.searchsorted(cumulative, budget, side="right"))
-    taken = list(range(k))
+    extra: list[int] = []  # positions after the prefix
     left = budget - (int(cumulative[k - 1]) if k else 0)
     position = k
     for _ in range(max_skips):
@@ -118,16 +118,17 @@ def partial_pass(sizes: np.ndarray, budget: int, max_skips: int = 10_000) -> np.
         if not len(fits):
             break
         position += int(fits[0])
-        taken.append(position)
+        extra.append(position)
         left -= int(sizes[position])
         position += 1
-    if left > 0 and len(taken) < len(sizes):
+    if left > 0 and k + len(extra) < len(sizes):
         rest = np.ones(len(sizes), bool)
-        rest[taken] = False
+        rest[:k] = False
+        rest[extra] = False
         smallest = int(np.flatnonzero(rest)[np.argmin(sizes[rest])])
         if int(sizes[smallest]) - left < left:  # overshooting by less than we fall short
-            taken.append(smallest)
-    return np.array(sorted(taken), dtype=np.int64)
+            extra.append(smallest)
+    return np.sort(np.concatenate([np.arange(k, dtype=np.int64), np.asarray(extra, np.int64)]))
 
 
 def dominated_by_few(n_tokens: np.ndarray, top: int = 5, share: float = 0.5) -> float | None:
