@@ -187,7 +187,7 @@ def run_data_side(
         timings["unregister_shards"] = time.perf_counter() - start
     for shard in shards:
         adopt_unsourced_markers(store, corpus, shard)
-    sources = {shard: corpus.identity(shard) for shard in shards}
+    sources = changes.identities
 
     def todo(asset: str, partition: str | None) -> bool:
         source = sources.get(partition) if partition else None

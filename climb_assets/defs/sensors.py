@@ -37,7 +37,7 @@ from climb_assets.defs.common import marker_source, remove_shard_outputs
 from climb_assets.defs.data_side import CENTROIDS_FILE
 from climb_assets.defs.partitions import shard_partitions
 from climb_assets.defs.resources import ClimbResource
-from climb_assets.lib.corpus import list_shards, unknown_files
+from climb_assets.lib.corpus import list_corpus
 
 REFRESH_TAG = "climb/refresh"
 """Tag on every run these jobs start: ingest, assign, catalog or recluster."""
@@ -98,6 +98,8 @@ class ShardChanges:
     """Registered shards whose file changed since its documents were read: key -> identity."""
     unknown: list[str]
     """Files of a type no configured format reads."""
+    identities: dict[str, str]
+    """Identity (`Store.identity`) of every shard file found, taken once per comparison."""
 
     def describe(self) -> str:
         parts = [f"{len(self.added)} new", f"{len(self.removed)} gone", f"{len(self.replaced)} "
@@ -110,18 +112,19 @@ def shard_changes(instance: dg.DagsterInstance, climb: ClimbResource) -> ShardCh
     corpus, store = climb.corpus_store(), climb.store()
     formats = climb.settings().corpus.formats
     known = set(instance.get_dynamic_partitions(shard_partitions.name))
-    shards = list_shards(corpus, formats)
+    shards, unknown = list_corpus(corpus, formats)
+    identities = {key: corpus.identity(key) for key in shards}
     replaced = {}
     for key in sorted(known.intersection(shards)):
         read_from = marker_source(store, "corpus_documents", key)
-        now = corpus.identity(key)
-        if read_from is not None and read_from != now:
-            replaced[key] = now
+        if read_from is not None and read_from != identities[key]:
+            replaced[key] = identities[key]
     return ShardChanges(
         added=[s for s in shards if s not in known],
         removed=sorted(known - set(shards)),
         replaced=replaced,
-        unknown=unknown_files(corpus, formats),
+        unknown=unknown,
+        identities=identities,
     )
 
 

@@ -91,12 +91,6 @@ def content_id(text: str) -> str:
     return hashlib.sha1(text.encode("utf-8")).hexdigest()[:16]
 
 
-def unknown_files(corpus: Store, formats: tuple[str, ...] = ("parquet", "jsonl")) -> list[str]:
-    """Files under the corpus root that no configured format reads (hidden files left out)."""
-    suffixes = tuple(s for f in formats for s in SUFFIXES[f])
-    return [rel for rel in corpus.list("") if not rel.endswith(suffixes)]
-
-
 def split_text(text: str, max_chars: int) -> list[str]:
     """`text` cut into pieces of at most `max_chars`, at paragraph breaks where there are some.
 
@@ -127,8 +121,10 @@ def split_text(text: str, max_chars: int) -> list[str]:
     return [p for p in pieces if p.strip()]
 
 
-def list_shards(corpus: Store, formats: tuple[str, ...] = ("parquet", "jsonl")) -> list[str]:
-    """Relative paths of the shard files under the corpus root, sorted.
+def list_corpus(
+    corpus: Store, formats: tuple[str, ...] = ("parquet", "jsonl")
+) -> tuple[list[str], list[str]]:
+    """The shard files under the corpus root and the files no format reads, from one listing.
 
     Raises:
         CorpusError: the corpus path does not exist or holds no shard of the given formats.
@@ -139,13 +135,19 @@ def list_shards(corpus: Store, formats: tuple[str, ...] = ("parquet", "jsonl")) 
             "(for the demo, run `make demo`, which builds it)"
         )
     suffixes = tuple(s for f in formats for s in SUFFIXES[f])
-    shards = corpus.list("", suffixes)
+    files = corpus.list("")
+    shards = [f for f in files if f.endswith(suffixes)]
     if not shards:
         raise CorpusError(
             f"no shards under {corpus.uri()}: expected files ending in {', '.join(suffixes)} "
             "(check corpus.path and corpus.formats)"
         )
-    return shards
+    return shards, [f for f in files if not f.endswith(suffixes)]
+
+
+def list_shards(corpus: Store, formats: tuple[str, ...] = ("parquet", "jsonl")) -> list[str]:
+    """Relative paths of the shard files under the corpus root, sorted (see `list_corpus`)."""
+    return list_corpus(corpus, formats)[0]
 
 
 def document_schema(extra_columns: tuple[str, ...] = ()) -> pa.Schema:

@@ -11,10 +11,10 @@ from climb_assets.lib.corpus import (
     ShardStream,
     ShardUnreadable,
     content_id,
+    list_corpus,
     list_shards,
     read_shard,
     split_text,
-    unknown_files,
 )
 from climb_assets.lib.storage import Store
 from climb_assets_tests.conftest import write_jsonl
@@ -149,7 +149,7 @@ def test_unknown_files_are_listed(tmp_path):
     write_jsonl(tmp_path / "a.jsonl", [{"doc_id": "1", "text": "x"}])
     (tmp_path / "notes.csv").write_text("a,b\n")
     (tmp_path / ".hidden").write_text("")
-    assert unknown_files(Store(str(tmp_path))) == ["notes.csv"]
+    assert list_corpus(Store(str(tmp_path))) == (["a.jsonl"], ["notes.csv"])
 
 
 def _compress(data: bytes, codec: str) -> bytes:
