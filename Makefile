@@ -33,8 +33,14 @@ lint: install
 test: lint
 	$(BIN)/pytest -q
 
+# Started from inside DAGSTER_HOME: Dagster warns about a dagster.yaml in the current folder that
+# is not DAGSTER_HOME's (ours is the template copied there). Local paths resolve against
+# CLIMB_HOME, not the current folder. `dg dev` (dagster-dg-cli) would replace `dagster dev`; we
+# keep the command that ships with dagster and silence only its notice about that.
+DEV_WARNINGS := ignore:Function `dev_command` is superseded
 dev: install $(DAGSTER_HOME)/dagster.yaml
-	$(BIN)/dagster dev -h 127.0.0.1 -p 3000 -w workspace.yaml
+	cd $(DAGSTER_HOME) && PYTHONWARNINGS='$(DEV_WARNINGS)' $(abspath $(BIN))/dagster dev \
+		-h 127.0.0.1 -p 3000 -w $(CURDIR)/workspace.yaml
 
 bench: install
 	$(BIN)/python -m bench.run_all

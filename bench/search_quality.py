@@ -16,7 +16,8 @@ Strategies, for each search seed, all with the same proxy configuration:
   `fit_search_predictor("auto", rule="best")` on every proxy so far (`MetricData`: BPB at the full
   budget, learning-curve points at 0.25 and 0.5 of the budget, the target alignment), every
   kind's cross-validated Spearman/RMSE recorded; later rounds `pick_next_round` over a fresh
-  `candidate_pool` (top `max(n^2, 128)`, acquisition `mean`, farthest-point picks); final =
+  `candidate_pool` (top `max(n^2, 128)`, acquisition `mean`, the best-scored candidate then
+  farthest-point picks: `search.exploit_picks` 1); final =
   `final_mixture(argmax)` of the predictor fitted after the last round over a fresh pool;
 - `regmix` (ranked): 12 random proxies (`sample_mixtures(design="random")`) in one round, one
   `lightgbm` fit, final = `final_mixture(topk_mean, k=128)`;
@@ -24,8 +25,9 @@ Strategies, for each search seed, all with the same proxy configuration:
 - `natural`, `uniform` (ranked): no proxies;
 - references: `oracle` (the target-dominated super-clusters; known for planted, a guess
   elsewhere), `climb_best_observed` and `climb_topk_mean` (CLIMB's own proxies, other final
-  rules), `climb_ensemble_ucb` (auto, rule ensemble, acquisition ucb), `climb_target_prior`
-  (target prior weight 0.5), `climb_paper` (kind lightgbm, design random: the paper's),
+  rules), `climb_ensemble_ucb` (auto, rule ensemble, acquisition ucb), `climb_spread`
+  (no exploit pick: every later pick farthest-point, the default before exploit_picks),
+  `climb_paper` (kind lightgbm, design random, no exploit pick: the paper's),
   `climb_28` (rounds 16/8/4) and `regmix_112` (112 random proxies) for the efficiency goal
   (on the first three seeds by default, `--efficiency-seeds`: the most expensive part).
 
@@ -79,7 +81,7 @@ from bench.search_report import (
 )
 
 NAME = "search_quality"
-CLIMB_RUNS = ("climb", "climb_ensemble_ucb", "climb_target_prior", "climb_paper", "climb_28")
+CLIMB_RUNS = ("climb", "climb_ensemble_ucb", "climb_spread", "climb_paper", "climb_28")
 LABELS = {
     "climb": "CLIMB (auto predictor, cover design, argmax)",
     "regmix": "RegMix (one shot, lightgbm, top-128 mean)",
@@ -90,7 +92,7 @@ LABELS = {
     "climb_best_observed": "CLIMB's best observed proxy (reference)",
     "climb_topk_mean": "CLIMB's proxies, top-128 mean final (reference)",
     "climb_ensemble_ucb": "CLIMB, auto ensemble + ucb (reference)",
-    "climb_target_prior": "CLIMB, target prior weight 0.5 (reference)",
+    "climb_spread": "CLIMB, no exploit pick: every later pick spread (reference)",
     "climb_paper": "CLIMB, lightgbm + random picks, the paper's (reference)",
     "climb_28": "CLIMB with 28 proxies (reference)",
     "regmix_112": "RegMix with 112 proxies (reference)",
@@ -112,6 +114,7 @@ class Variant:
     target_prior_weight: float = 0.0
     kappa: float = 1.0
     rounds: tuple[int, ...] | None = None
+    exploit: int = 1
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -122,14 +125,15 @@ class Variant:
             "target_prior_weight": self.target_prior_weight,
             "kappa": self.kappa,
             "rounds": None if self.rounds is None else list(self.rounds),
+            "exploit_picks": self.exploit,
         }
 
 
 VARIANTS: dict[str, Variant] = {
     "climb": Variant(),
     "climb_ensemble_ucb": Variant(rule="ensemble", acquisition="ucb"),
-    "climb_target_prior": Variant(target_prior_weight=0.5),
-    "climb_paper": Variant(kind="lightgbm", design="random"),
+    "climb_spread": Variant(exploit=0),
+    "climb_paper": Variant(kind="lightgbm", design="random", exploit=0),
 }
 
 
@@ -317,7 +321,7 @@ def run_climb(setup: SearchSetup, score: Score, variant: Variant) -> dict[str, A
             top = max(n * n, setup.top_k_min)
             picks = pick_next_round(
                 pool, fit.predictor, n, seed + 5, trained, np.array(x), -min(bpb), top,
-                variant.design, variant.acquisition, variant.kappa,
+                variant.design, variant.acquisition, variant.kappa, variant.exploit,
             )  # fmt: skip
             weights = pool[picks.rows]
             info.update(

@@ -15,7 +15,7 @@ REFERENCE = (
     "climb_best_observed",
     "climb_topk_mean",
     "climb_ensemble_ucb",
-    "climb_target_prior",
+    "climb_spread",
     "climb_paper",
     "climb_28",
     "regmix_112",

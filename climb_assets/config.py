@@ -210,6 +210,12 @@ class SearchSettings:
     ei need a predictor with an uncertainty (gp, aligned, or auto with rule ensemble)."""
     kappa: float = 1.0
     """Weight of the predictive standard deviation in the ucb acquisition."""
+    exploit_picks: int = 1
+    """How many of each later round's proxies train the best-scored candidates themselves
+    (the predictor's own choice), before the design spreads the rest over the top set. 0 is
+    the paper's (all picks by the design); with 1, every round measures the mixture the
+    predictor would ship, so later rounds improve on round 1 whenever the predictor is right
+    (bench/README.md, search quality)."""
     target_prior_weight: float = 0.0
     """How far round 1's sampler centre (and every candidate pool's) leans from the token
     prior toward the target documents' distribution over super-clusters, in [0, 1)."""
@@ -380,6 +386,7 @@ def _check_ranges(p: Profile) -> None:
         "must be in [0, 1) (0: the token prior; toward 1: the target's distribution)",
     )
     need(p.search.kappa >= 0, "search.kappa", "must be >= 0")
+    need(p.search.exploit_picks >= 0, "search.exploit_picks", "must be >= 0")
     fr = p.proxy.eval_fractions
     need(bool(fr), "proxy.eval_fractions", "must list at least [1.0]")
     need(

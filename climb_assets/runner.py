@@ -104,6 +104,20 @@ def exclusive_instance(
         yield instance
 
 
+CLI_JOB_DESCRIPTION = (
+    "A step of `climb run` (or `climb demo`), run in the CLI's own process; the run's "
+    "climb/command tag says which command started it."
+)
+
+
+def cli_job_name(step: str) -> str:
+    """The job name a `climb run` step's Dagster run carries (`cli_ingest_shard`, ...).
+
+    A shard's ingestion runs several assets at once (named ``a+b+c``); it is one job.
+    """
+    return "cli_" + ("ingest_shard" if "+" in step else step)
+
+
 class Materializer:
     """Runs assets as Dagster runs in one instance, timing each step and enforcing checks."""
 
@@ -128,12 +142,16 @@ class Materializer:
         start = time.perf_counter()
         self.log(f"  materializing {name}{f' [{partition}]' if partition else ''}")
         tags = cli_run_tags()
+        job = cli_job_name(name)
+        defs = dg.Definitions(
+            assets=[*assets, *checks],
+            resources=self.resources,
+            jobs=[dg.define_asset_job(job, description=CLI_JOB_DESCRIPTION)],
+        )
         with watch_pool_waits(self.instance, tags[ATTEMPT_TAG], (GPU_POOL,), self.log):
-            result = dg.materialize(
-                [*assets, *checks],
+            result = defs.resolve_job_def(job).execute_in_process(
                 partition_key=partition,
                 instance=self.instance,
-                resources=self.resources,
                 tags=tags,
                 run_config={"loggers": {"console": {"config": {"log_level": self.log_level}}}},
             )

@@ -165,3 +165,52 @@ def s3_server(tmp_path_factory):
     finally:
         stop_process_group(proc, grace=10)
         log.close()
+
+
+QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+
+
+def ingest_new_shards(defs, climb, instance) -> dict:
+    """Evaluates corpus_shards_sensor and runs what it requests, as the daemon would.
+
+    Returns the `ingest_shards` run per new shard partition.
+    """
+    import dagster as dg
+
+    from climb_assets.defs.sensors import corpus_shards_sensor
+
+    with dg.build_sensor_context(instance=instance, resources={"climb": climb}) as context:
+        result = corpus_shards_sensor(context)
+    for request in result.dynamic_partitions_requests:
+        instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
+    job = defs.resolve_job_def("ingest_shards")
+    return {
+        r.partition_key: job.execute_in_process(
+            instance=instance,
+            partition_key=r.partition_key,
+            asset_selection=r.asset_selection,
+            tags=r.tags,
+            run_config=QUIET,
+        )
+        for r in result.run_requests
+    }
+
+
+def after_run(sensor, run, instance):
+    """Evaluates a run-status sensor on the success of `run` (an ExecuteInProcessResult)."""
+    import dagster as dg
+
+    context = dg.build_run_status_sensor_context(
+        sensor_name=sensor.name,
+        dagster_event=run.get_run_success_event(),
+        dagster_instance=instance,
+        dagster_run=run.dagster_run,
+    )
+    return sensor(context)
+
+
+def run_requested(defs, job: str, request, instance):
+    """Runs `job` for a sensor's RunRequest in process."""
+    return defs.resolve_job_def(job).execute_in_process(
+        instance=instance, partition_key=request.partition_key, tags=request.tags, run_config=QUIET
+    )

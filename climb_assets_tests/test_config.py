@@ -67,6 +67,7 @@ def test_environment_selects_profile(monkeypatch, tmp_path):
         ),
         ({"search": {"target_prior_weight": 1.0}}, "search.target_prior_weight must be in [0, 1)"),
         ({"search": {"acquisition": "pi"}}, "'pi' is not allowed"),
+        ({"search": {"exploit_picks": -1}}, "search.exploit_picks must be >= 0"),
     ],
 )
 def test_bad_profiles_name_the_key(data, message):

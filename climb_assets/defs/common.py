@@ -9,6 +9,7 @@ import dagster as dg
 
 from climb_assets.config import Profile
 from climb_assets.defs.partitions import shard_partitions
+from climb_assets.lib import plots
 from climb_assets.lib.storage import Store, safe_name
 
 # Which profile sections each asset's output depends on (directly or through its inputs).
@@ -171,15 +172,48 @@ def require_files(store: Store, rels: dict[str, str], asset: str) -> None:
         )
 
 
-def md_table(rows: list[dict[str, Any]], limit: int = 20) -> dg.MetadataValue:
-    """A small markdown table for metadata."""
+def chart(store: Store, rel: str, png: bytes, title: str) -> dict[str, dg.MetadataValue]:
+    """A chart's two metadata entries, after writing its PNG to ``rel`` beside the outputs.
+
+    ``chart_<name>`` holds the picture (Dagster shows markdown behind one "Show Markdown"
+    click; the key says a chart is behind it) and ``chart_<name>_png`` the file's location,
+    for a browser, a notebook or a report.
+    """
+    store.write_bytes(rel, png)
+    name = rel.rsplit("/", 1)[-1].removesuffix(".png")
+    return {
+        f"chart_{name}": dg.MetadataValue.md(f"**{title}**\n\n{plots.markdown_image(png, title)}"),
+        f"chart_{name}_png": dg.MetadataValue.path(store.uri(rel)),
+    }
+
+
+def _cell(value: Any) -> str | int | float | bool | None:
+    """A table cell: scalars as they are, numpy scalars unwrapped, anything else as text."""
+    if hasattr(value, "item") and not isinstance(value, str | bytes):
+        value = value.item()
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    if isinstance(value, list | tuple):
+        return " ".join(map(str, value))
+    return str(value)
+
+
+def metadata_table(
+    rows: list[dict[str, Any]], description: dict[str, str] | None = None, limit: int = 50
+) -> dg.MetadataValue:
+    """Rows as Dagster's native table metadata (typed columns, shown as a table in the UI)."""
+    rows = [{k: _cell(v) for k, v in row.items()} for row in rows[:limit]]
     if not rows:
         return dg.MetadataValue.md("_none_")
-    cols = list(rows[0])
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    for row in rows[:limit]:
-        cells = [str(row[c]).replace("|", "\\|").replace("\n", " ")[:80] for c in cols]
-        lines.append("| " + " | ".join(cells) + " |")
-    if len(rows) > limit:
-        lines.append(f"\n_{len(rows) - limit} more rows_")
-    return dg.MetadataValue.md("\n".join(lines))
+    types = {bool: "bool", int: "int", float: "float"}
+    columns = [
+        dg.TableColumn(
+            name,
+            types.get(type(value), "string"),
+            description=(description or {}).get(name),
+        )
+        for name, value in rows[0].items()
+    ]
+    return dg.MetadataValue.table(
+        records=[dg.TableRecord(row) for row in rows], schema=dg.TableSchema(columns=columns)
+    )

@@ -18,9 +18,10 @@ import pyarrow as pa
 
 from climb_assets.config import Profile
 from climb_assets.defs.common import (
+    chart,
     marker_path,
     marker_source,
-    md_table,
+    metadata_table,
     registered_shards,
     require_files,
     write_marker,
@@ -42,7 +43,13 @@ from climb_assets.lib.kmeans import (
     share_beyond,
 )
 from climb_assets.lib.merge import merge_centroids
-from climb_assets.lib.prune import ClusterStats, NearestDocuments, TermCounter, prune_clusters
+from climb_assets.lib.prune import (
+    ClusterStats,
+    FamilyCounter,
+    NearestDocuments,
+    TermCounter,
+    prune_clusters,
+)
 from climb_assets.lib.quality import build_scorer
 from climb_assets.lib.storage import Store, safe_name
 
@@ -102,7 +109,9 @@ def corpus_documents(
             "source": source,
             "rejected_rows": shard.rejects.num_rows,
             "reject_reasons": dict(reasons),
-            "rejects": md_table(shard.rejects.select(["row", "reason", "preview"]).to_pylist()),
+            "rejects": metadata_table(
+                shard.rejects.select(["row", "reason", "preview"]).to_pylist()
+            ),
             "total_chars": shard.total_chars,
             **long_docs,
         },
@@ -185,6 +194,14 @@ def embeddings(context: dg.AssetExecutionContext, climb: ClimbResource) -> dg.Ma
     op_tags=GPU_OP_TAGS,
     pool=GPU_POOL,
     kinds={"faiss", "numpy"},
+    description=(
+        "K-means centroids (FAISS) fitted on a seeded sample of every shard's embeddings. "
+        "Materializing this asset RE-FITS them for everyone: every cluster id changes, so all "
+        "shards are re-assigned (the recluster job and the reassign sensor do it; `climb run` "
+        "too) and pruning, super-clusters, the search and the manifest must be rebuilt. After a "
+        "corpus refresh it shows new upstream data on purpose: new shards are assigned to the "
+        "existing centroids, and no re-fit is needed until drift says so (shard_drift)."
+    ),
 )
 def kmeans_centroids(
     context: dg.AssetExecutionContext, climb: ClimbResource
@@ -442,11 +459,12 @@ def pruned_clusters(
     stats = ClusterStats.empty(k, names)
     terms = TermCounter(k)
     nearest = NearestDocuments(k, q.sample_documents)
+    families = FamilyCounter(k)
     id_hashes = []
     for shard in shards:
         assigned = store.read_parquet(shard_file("cluster_assignments", shard))
         quality = store.read_parquet(shard_file("cluster_quality", shard))
-        docs = store.read_parquet(shard_file("corpus_documents", shard), columns=["doc_id", "text"])
+        docs = store.read_parquet(shard_file("corpus_documents", shard))
         if not (assigned.column("doc_id").equals(quality.column("doc_id"))):
             raise ValueError(
                 f"shard {shard}: cluster_assignments and cluster_quality list different documents; "
@@ -459,6 +477,9 @@ def pruned_clusters(
         texts = docs.column("text").to_pylist()
         doc_ids = docs.column("doc_id").to_pylist()
         terms.add(texts, cids)
+        for column in profile.corpus.extra_columns:
+            if column in docs.column_names:
+                families.add(column, docs.column(column).to_pylist(), cids)
         nearest.add(doc_ids, texts, cids, dist)
         id_hashes.append(pl.Series(doc_ids, dtype=pl.String).hash(seed=0).to_numpy())
     _check_unique_ids(store, shards, np.concatenate(id_hashes) if id_hashes else np.zeros(0))
@@ -483,14 +504,20 @@ def pruned_clusters(
         }
     )
     path = store.write_parquet("clusters/clusters.parquet", table)
-    png = plots.cluster_sizes_png(stats.size, kept)
-    store.write_bytes("clusters/cluster_sizes.png", png)
+    sizes_chart = chart(
+        store, "clusters/cluster_sizes.png", plots.cluster_sizes_png(stats.size, kept),
+        "documents per cluster, kept (blue) and pruned (grey)",
+    )  # fmt: skip
     write_marker(store, profile, "pruned_clusters", None)
     dropped = [
         {"cluster": c, "size": int(stats.size[c]), "reason": reasons[c], "terms": " ".join(top[c])}
         for c in range(k)
         if not kept[c]
     ]
+    losses = families.losses(kept)
+    for loss in losses:
+        context.log.warning(loss.message())
+    total_docs, total_tokens = max(int(stats.size.sum()), 1), max(int(stats.tokens.sum()), 1)
     return dg.MaterializeResult(
         metadata={
             "clusters": k,
@@ -498,9 +525,29 @@ def pruned_clusters(
             "dropped": int((~kept).sum()),
             "kept_documents": int(stats.size[kept].sum()),
             "kept_tokens": int(stats.tokens[kept].sum()),
+            "dropped_documents_share": round(1 - float(stats.size[kept].sum()) / total_docs, 4),
+            "dropped_tokens_share": round(1 - float(stats.tokens[kept].sum()) / total_tokens, 4),
+            "families_dropped_nearly_whole": metadata_table(
+                [
+                    {
+                        "column": f.column,
+                        "value": f.value,
+                        "documents": f.documents,
+                        "dropped": f.dropped,
+                        "share": round(f.share, 4),
+                    }
+                    for f in losses
+                ]
+            )
+            if losses
+            else (
+                "none"
+                if profile.corpus.extra_columns
+                else "not checked: list a label column (e.g. language) in corpus.extra_columns"
+            ),
             "thresholds": {s.name: s.threshold for s in q.scorers},
-            "dropped_clusters": md_table(dropped),
-            "cluster_sizes": dg.MetadataValue.md(plots.markdown_image(png, "cluster sizes")),
+            "dropped_clusters": metadata_table(dropped),
+            **sizes_chart,
             "path": dg.MetadataValue.path(path),
         }
     )
@@ -593,10 +640,13 @@ def super_clusters(context: dg.AssetExecutionContext, climb: ClimbResource) -> d
         }
     )
     path = store.write_parquet("super_clusters/super_clusters.parquet", summary)
-    png = plots.centroid_projection_png(
-        centroids[kept_ids], labels, clusters.column("size").to_numpy()[kept_ids]
-    )
-    store.write_bytes("super_clusters/centroid_projection.png", png)
+    projection_chart = chart(
+        store, "super_clusters/centroid_projection.png",
+        plots.centroid_projection_png(
+            centroids[kept_ids], labels, clusters.column("size").to_numpy()[kept_ids]
+        ),
+        "kept clusters' centroids (2-D PCA), coloured by super-cluster",
+    )  # fmt: skip
     write_marker(store, profile, "super_clusters", None)
     return dg.MaterializeResult(
         metadata={
@@ -607,7 +657,7 @@ def super_clusters(context: dg.AssetExecutionContext, climb: ClimbResource) -> d
             "target_count": m.target_count,
             "documents": int(docs_per.sum()),
             "tokens": int(tokens_per.sum()),
-            "summary": md_table(
+            "summary": metadata_table(
                 [
                     {
                         "super_cluster": r["super_cluster_id"],
@@ -619,9 +669,7 @@ def super_clusters(context: dg.AssetExecutionContext, climb: ClimbResource) -> d
                     for r in summary.to_pylist()
                 ]
             ),
-            "projection": dg.MetadataValue.md(
-                plots.markdown_image(png, "centroids by super-cluster")
-            ),
+            **projection_chart,
             "path": dg.MetadataValue.path(path),
         }
     )

@@ -12,7 +12,7 @@ import numpy as np
 import pyarrow as pa
 
 from climb_assets.config import resolve_location
-from climb_assets.defs.common import md_table, registered_shards
+from climb_assets.defs.common import metadata_table, registered_shards
 from climb_assets.defs.manifest import climbmix_manifest
 from climb_assets.defs.resources import ClimbResource
 from climb_assets.defs.search import GROUP
@@ -101,14 +101,14 @@ def climbmix_exports(
             for name, r in records.items()
         }
         store.write_json(MANIFEST_FILE, latest)
-    table = [
+    rows_by_export = [
         {"export": n, "files": s["files"], "MB": round(s["bytes"] / 1e6, 2),
          "skipped": s["skipped"], "folder": s["folder"]}
         for n, s in summary.items()
     ]  # fmt: skip
     metadata: dict[str, dg.RawMetadataValue] = {
         "manifest_digest": ctx.manifest_digest,
-        "exports": md_table(table),
+        "exports": metadata_table(rows_by_export),
     }
     if "megatron" in records:
         megatron = records["megatron"]

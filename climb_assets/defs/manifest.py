@@ -8,7 +8,7 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
-from climb_assets.defs.common import registered_shards
+from climb_assets.defs.common import chart, metadata_table, registered_shards
 from climb_assets.defs.data_side import shard_file
 from climb_assets.defs.resources import ClimbResource
 from climb_assets.defs.search import (
@@ -25,13 +25,52 @@ from climb_assets.defs.search_round import (
 )
 from climb_assets.lib import manifest, mixture, plots, proposals
 from climb_assets.lib.predictors.base import PredictorError, build_models
+from climb_assets.lib.storage import Store
 
 
-@dg.asset(group_name=GROUP, deps=["predictor_models", cluster_tokens], kinds={"json", "parquet"})
+def _measured(evaluated: pl.DataFrame, weights: np.ndarray) -> tuple[str | None, float | None]:
+    """The trained proxy whose mixture is the chosen one (same `mixture_key`), if any."""
+    key = mixture.mixture_key(weights)
+    for row in evaluated.iter_rows(named=True):
+        if mixture.mixture_key(np.asarray(row["weights"], dtype=np.float64)) == key:
+            return row["mixture_id"], float(row["objective"])
+    return None, None
+
+
+def super_cluster_terms(store: Store, n: int) -> list[list[str]]:
+    """Each super-cluster's top c-TF-IDF terms (empty lists when the summary has none)."""
+    rel = "super_clusters/super_clusters.parquet"
+    if not store.exists(rel):
+        return [[] for _ in range(n)]
+    rows = store.read_parquet(rel, ["super_cluster_id", "top_terms"]).to_pylist()
+    terms = {r["super_cluster_id"]: list(r["top_terms"] or []) for r in rows}
+    return [terms.get(i, []) for i in range(n)]
+
+
+@dg.asset(
+    group_name=GROUP,
+    deps=[
+        # The last round's predictor was fitted on every round's evaluations; a single-partition
+        # mapping lets Dagster compare data versions (all-partition deps on time windows are
+        # left out of its staleness), so a new last round marks the manifest stale.
+        dg.AssetDep("predictor_models", partition_mapping=dg.LastPartitionMapping()),
+        "proxy_evaluations",
+        cluster_tokens,
+        # Read directly (membership, texts): a corpus refresh re-materializes these, and the
+        # manifest must then show that it was built from the older corpus.
+        "super_clusters",
+        "corpus_documents",
+    ],
+    kinds={"json", "parquet"},
+    description=(
+        "The ClimbMix manifest: the final mixture (rule search.final), its predicted and measured "
+        "objective, token budgets under the repetition cap, the selected documents as shuffled "
+        "Parquet parts and the Megatron blend. Stale after any corpus refresh or new round."
+    ),
+)
 def climbmix_manifest(
     context: dg.AssetExecutionContext, climb: ClimbResource
 ) -> dg.MaterializeResult:
-    """The ClimbMix manifest: final weights, token budgets, selected documents and exports."""
     profile, store = climb.settings(), climb.store()
     keys = round_keys(profile)
     missing = [k for k in keys if not store.exists(f"search/{k}/predictor.json")]
@@ -48,12 +87,12 @@ def climbmix_manifest(
     model = load_round_predictor(store, last)
     last_round = store.read_json(f"search/{last}/round.json")
     chosen_by: dict[str, Any] = {}
+    evaluated = pl.concat(
+        [pl.from_arrow(store.read_parquet(f"search/{k}/evaluations.parquet",
+                                          ["mixture_id", "weights", "objective"]))
+         for k in keys]
+    ).sort("mixture_id")  # fmt: skip
     if s.final == "best_observed":
-        evaluated = pl.concat(
-            [pl.from_arrow(store.read_parquet(f"search/{k}/evaluations.parquet",
-                                              ["mixture_id", "weights", "objective"]))
-             for k in keys]
-        ).sort("mixture_id")  # fmt: skip
         x = np.array(evaluated.get_column("weights").to_list(), dtype=np.float64)
         feasible = proposals.within_caps(x, space.caps)
         if not feasible.any():
@@ -82,6 +121,7 @@ def climbmix_manifest(
             )
         weights = mixture.final_mixture(pool, scores, s.final, s.final_top_k)
         chosen_by = {"tied_at_best": ties.tied, "candidates": len(pool)}
+    chosen_id, measured = _measured(evaluated, weights)
     predicted = float(model.predict(weights[None, :])[0])
     std = model.predict_std(weights[None, :])
     # The band is the larger of the model's own std and its out-of-sample error: at a trained
@@ -147,6 +187,7 @@ def climbmix_manifest(
     )  # fmt: skip
 
     rounds = [store.read_json(f"search/{k}/round.json") for k in keys]
+    terms = super_cluster_terms(store, len(weights))
     tok_info = store.read_json("tokenizer/info.json")
     encoder = (
         store.read_json("embeddings/_encoder.json")
@@ -176,6 +217,7 @@ def climbmix_manifest(
             "predicted_objective_at_total_tokens": at_total,
             "at_total_tokens_note": at_total_note or (
                 f"bimix law extrapolated {ratio:.3g}x beyond the proxy budget; a rough guide"),
+            "mixture_id": chosen_id, "measured_objective": measured,
             **chosen_by,
         },
         "rounds": [
@@ -185,7 +227,8 @@ def climbmix_manifest(
             for r in rounds
         ],
         "super_clusters": [
-            {"super_cluster_id": i, "weight": float(weights[i]), "natural": float(prior[i]),
+            {"super_cluster_id": i, "top_terms": terms[i], "weight": float(weights[i]),
+             "natural": float(prior[i]),
              "available_tokens": int(available[i]), "requested_tokens": int(budget.requested[i]),
              "tokens": int(budget.granted[i]), "exported_tokens": int(exported_tokens[i]),
              "epochs": float(budget.epochs[i])}
@@ -217,20 +260,42 @@ def climbmix_manifest(
             }
         ),
     )
-    weights_png = plots.weights_png(weights, prior)
-    rounds_png = plots.rounds_png(
-        [r["round"] for r in rounds],
-        [r["best_observed"] for r in rounds],
-        [r["best_predicted"] for r in rounds],
-    )
-    store.write_bytes("manifest/weights.png", weights_png)
-    store.write_bytes("manifest/rounds.png", rounds_png)
+    best = evaluated.row(int(evaluated.get_column("objective").arg_max()), named=True)
+    how = {
+        "argmax": f"predictor argmax of {chosen_by.get('candidates')} fresh candidates",
+        "topk_mean": f"mean of the predictor's top {s.final_top_k} fresh candidates",
+        "best_observed": "the trained proxy with the best measured objective",
+    }[s.final]
     return dg.MaterializeResult(
         metadata={
-            "weights": [round(float(w), 4) for w in weights],
-            "natural": [round(float(p), 4) for p in prior],
+            # What was chosen and why leads: the UI lists metadata in this order.
+            "chosen_mixture": chosen_id or how,
+            "rule": f"search.final: {s.final} ({how}); predictor {last_round['used']}",
             "predicted_objective": round(predicted, 5),
             "predicted_objective_band": "n/a" if band is None else round(band, 5),
+            "measured_objective": (
+                round(measured, 5)
+                if measured is not None
+                else "not measured: no proxy was trained on this exact mixture"
+            ),
+            "best_proxy": f"{best['mixture_id']}: objective {best['objective']:.5f}",
+            "super_clusters": metadata_table(
+                [
+                    {
+                        "super_cluster_id": i,
+                        "top_terms": " ".join(terms[i][:6]),
+                        "natural_share": round(float(prior[i]), 4),
+                        "climbmix_weight": round(float(weights[i]), 4),
+                        "tokens": int(budget.granted[i]),
+                    }
+                    for i in range(len(weights))
+                ],
+                {
+                    "natural_share": "share of the kept corpus's tokens",
+                    "climbmix_weight": "the final mixture's weight",
+                    "tokens": "tokens granted in the manifest's budget",
+                },
+            ),
             "predictor_used": last_round["used"],
             "documents": chosen.height,
             "tokens": int(budget.granted.sum()),
@@ -241,8 +306,22 @@ def climbmix_manifest(
             "capped_super_clusters": budget.capped,
             "seed": m.seed,
             "manifest_digest": digest,
-            "weights_vs_natural": dg.MetadataValue.md(plots.markdown_image(weights_png, "weights")),
-            "objective_by_round": dg.MetadataValue.md(plots.markdown_image(rounds_png, "rounds")),
+            **chart(
+                store,
+                "manifest/weights.png",
+                plots.weights_png(weights, prior),
+                "ClimbMix weight against natural share per super-cluster",
+            ),
+            **chart(
+                store,
+                "manifest/rounds.png",
+                plots.rounds_png(
+                    [r["round"] for r in rounds],
+                    [r["best_observed"] for r in rounds],
+                    [r["best_predicted"] for r in rounds],
+                ),
+                "best measured and best predicted objective after each round",
+            ),
             "manifest": dg.MetadataValue.path(store.uri("manifest/climbmix.json")),
             "blend": dg.MetadataValue.json({"data_path": blend}),
         }

@@ -27,7 +27,7 @@ import polars as pl
 import pyarrow as pa
 
 from climb_assets.config import Profile
-from climb_assets.defs.common import require_files
+from climb_assets.defs.common import chart, require_files
 from climb_assets.defs.proxies import evaluate_proxy, gather_checkpoints, train_proxy
 from climb_assets.defs.resources import ClimbResource
 from climb_assets.defs.search import (
@@ -178,6 +178,7 @@ def propose_mixtures(
         picks = proposals.pick_next_round(
             pool, model, n, seed + 5, trained, trained_weights,
             float(previous_predictor["best_observed"]), top, s.design, s.acquisition, s.kappa,
+            s.exploit_picks,
         )  # fmt: skip
         for note in picks.notes:
             context.log.warning(note)
@@ -185,7 +186,11 @@ def propose_mixtures(
         predicted = [float(picks.mean[r]) for r in picks.rows]
         if picks.std is not None:
             spread = [float(picks.std[r]) for r in picks.rows]
-        method = f"{picks.acquisition} of predictor top-{top} of {len(pool)}, {s.design} picks"
+        exploit = min(s.exploit_picks, n)
+        method = (
+            f"{picks.acquisition} of predictor top-{top} of {len(pool)}: best {exploit}, "
+            f"{s.design} picks for the rest"
+        )
         extra = {"top_set_ties": picks.ties.tied, "top_set_distinct": picks.ties.distinct,
                  "tie_break": picks.tie_break, "acquisition": picks.acquisition}  # fmt: skip
     mixtures = [
@@ -258,17 +263,19 @@ def gather_evaluations(
             [p["scores"][name][metric] for _, p in points], pa.float64()
         )
     store.write_parquet(f"search/{key}/curves.parquet", pa.table(curves))
-    png = plots.curves_png(
-        [m for m, _ in points], [p["tokens"] for _, p in points],
-        [p["objective"] for _, p in points], f"{key}: objective during training",
+    curves_chart = chart(
+        store, f"search/{key}/curves.png",
+        plots.curves_png(
+            [m for m, _ in points], [p["tokens"] for _, p in points],
+            [p["objective"] for _, p in points], f"{key}: objective during training",
+        ),
+        f"round {key}: each proxy's objective on the targets during its training",
     )  # fmt: skip
-    store.write_bytes(f"search/{key}/curves.png", png)
     best = max(evaluations, key=lambda e: e["objective"])
     context.add_output_metadata(
         {"proxies": len(evaluations), "best_objective": round(best["objective"], 5),
          "best_mixture": best["mixture_id"], "curve_points": len(points),
-         "learning_curves": dg.MetadataValue.md(plots.markdown_image(png, "learning curves")),
-         "learning_curves_png": dg.MetadataValue.path(store.uri(f"search/{key}/curves.png"))}
+         **curves_chart}
     )  # fmt: skip
     return {"round": key, "best_objective": best["objective"], "best_mixture": best["mixture_id"]}
 
@@ -421,8 +428,11 @@ def fit_round_predictor(
             }
         ),
     )
-    scatter = report.predicted_vs_actual_png(y, oof, f"{key}: out-of-fold ({fit.used})")
-    store.write_bytes(f"search/{key}/predicted_vs_actual.png", scatter)
+    scatter = chart(
+        store, f"search/{key}/predicted_vs_actual.png",
+        report.predicted_vs_actual_png(y, oof, f"{key}: out-of-fold ({fit.used})"),
+        f"predictor after round {key}: out-of-fold prediction against each proxy's objective",
+    )  # fmt: skip
     context.add_output_metadata(
         {
             "points": len(y),
@@ -434,9 +444,7 @@ def fit_round_predictor(
             "alignment_spearman": "n/a" if aligned_rho is None else round(aligned_rho, 4),
             "best_observed_objective": round(float(y.max()), 5),
             "best_predicted_objective": round(float(pool_mean[best]), 5),
-            "predicted_vs_actual": dg.MetadataValue.md(
-                plots.markdown_image(scatter, "pred vs actual")
-            ),
+            **scatter,
             "path": dg.MetadataValue.path(store.uri(f"search/{key}/predictor.json")),
         }
     )

@@ -1,7 +1,10 @@
 """Corpus refresh: new shards are ingested against the existing centroids and the catalog follows;
 a schedule (off by default) re-clusters from scratch.
 
-Every sensor and the schedule start STOPPED; an operator turns them on in the UI.
+Turning the refresh on is one action: start `corpus_shards_sensor` (or the schedule, for
+re-clustering) in the UI. Both start STOPPED. The two run-status sensors that carry their runs
+through to the catalog start RUNNING: they only ever follow runs of the refresh jobs, so they
+act exactly when an operator turned the refresh on or launched one of those jobs by hand.
 
 1. `corpus_shards_sensor` registers every new shard file under `corpus.path` as a partition of
    `corpus_shards` and requests one `ingest_shards` run per new shard: corpus_documents,
@@ -162,8 +165,8 @@ def runs_in_flight(instance: dg.DagsterInstance, job_names: list[str]) -> int:
     description=(
         "Every minute: registers new shard files under corpus.path and starts one ingest_shards "
         "run each (embed, score, assign to the existing centroids); re-ingests shards replaced "
-        "in place; unregisters deleted ones and refreshes the catalog. Turn on "
-        "refresh_catalog_sensor too, so the cluster summaries and the catalog follow."
+        "in place; unregisters deleted ones. Turning this on is all the refresh needs: "
+        "refresh_catalog_sensor (running by default) then refreshes the summaries and catalog."
     ),
 )
 def corpus_shards_sensor(context: dg.SensorEvaluationContext, climb: ClimbResource):
@@ -215,11 +218,11 @@ def corpus_shards_sensor(context: dg.SensorEvaluationContext, climb: ClimbResour
     run_status=dg.DagsterRunStatus.SUCCESS,
     monitored_jobs=[ingest_shards_job, assign_shards_job, refresh_catalog_job],
     request_job=refresh_catalog_job,
-    default_status=dg.DefaultSensorStatus.STOPPED,
+    default_status=dg.DefaultSensorStatus.RUNNING,
     description=(
         "After the last ingest_shards / assign_shards run succeeds: one refresh_catalog run "
-        "(pruned clusters, super-clusters, catalog). Needed with corpus_shards_sensor and "
-        "reassign_after_recluster_sensor."
+        "(pruned clusters, super-clusters, catalog). Running by default: it only follows those "
+        "jobs, which run when corpus_shards_sensor or the recluster schedule is on."
     ),
 )
 def refresh_catalog_sensor(context: dg.RunStatusSensorContext):
@@ -251,10 +254,11 @@ def refresh_catalog_sensor(context: dg.RunStatusSensorContext):
     run_status=dg.DagsterRunStatus.SUCCESS,
     monitored_jobs=[recluster_job],
     request_job=assign_shards_job,
-    default_status=dg.DefaultSensorStatus.STOPPED,
+    default_status=dg.DefaultSensorStatus.RUNNING,
     description=(
         "After a successful recluster run: one assign_shards run per registered shard against "
-        "the new centroids. Turn on refresh_catalog_sensor too, so the catalog follows."
+        "the new centroids; refresh_catalog_sensor then refreshes the catalog. Running by "
+        "default: it only follows recluster runs."
     ),
 )
 def reassign_after_recluster_sensor(context: dg.RunStatusSensorContext):
@@ -276,9 +280,9 @@ def reassign_after_recluster_sensor(context: dg.RunStatusSensorContext):
     job=recluster_job,
     default_status=dg.DefaultScheduleStatus.STOPPED,
     description=(
-        "Sundays 03:00: re-fits the k-means centroids on every registered shard. Needs "
-        "reassign_after_recluster_sensor and refresh_catalog_sensor on to carry the new "
-        "centroids through the assignments to the catalog."
+        "Sundays 03:00: re-fits the k-means centroids on every registered shard; the two "
+        "run-status sensors (running by default) carry the new centroids through the "
+        "assignments to the catalog. Turning this on is all re-clustering needs."
     ),
 )
 def recluster_schedule(context: dg.ScheduleEvaluationContext):

@@ -356,6 +356,7 @@ def select_next(
     higher_is_better: bool = True,
     design: str = "random",
     trained: np.ndarray | None = None,
+    exploit: int = 0,
 ) -> np.ndarray:
     """Rows of the candidates to train next round: n picked from the predicted top set.
 
@@ -376,6 +377,11 @@ def select_next(
         higher_is_better: False when the prediction is a loss.
         design: ``"random"`` or ``"maximin"``.
         trained: (t, K) mixtures already trained (anchors of ``"maximin"``).
+        exploit: How many of the n are the best-ranked candidates themselves, taken before the
+            ``design`` picks the rest (which then also keep away from them). One exploit pick
+            puts the predictor's own choice to the test every round, so a round can beat the
+            best proxy so far whenever the predictor is right, and a wrong predictor is
+            corrected by a measured point where it was most confident.
 
     Returns:
         Sorted int64 row indices into ``candidates``.
@@ -404,15 +410,20 @@ def select_next(
             f"only {len(chosen)} untrained distinct candidates for {n} wanted; enlarge the "
             "candidate pool or lower the round budget"
         )
+    if not 0 <= exploit <= n:
+        raise MixtureError(f"exploit = {exploit} picks of {n}; use 0..{n}")
     rng = np.random.default_rng(seed)
-    rows = np.asarray(chosen, dtype=np.int64)
+    best, rows = chosen[:exploit], np.asarray(chosen[exploit:], dtype=np.int64)
+    rest = n - exploit
     if design == "maximin":
-        pick = spread_rows(cand[rows], n, rng, anchors=trained)
+        known = np.empty((0, cand.shape[1])) if trained is None else np.asarray(trained)
+        anchors = np.vstack([known.reshape(-1, cand.shape[1]), cand[best]])
+        pick = spread_rows(cand[rows], rest, rng, anchors=anchors if len(anchors) else None)
     elif design == "random":
-        pick = rng.choice(len(chosen), size=n, replace=False)
+        pick = rng.choice(len(rows), size=rest, replace=False)
     else:
         raise MixtureError(f"unknown design {design!r}; use 'random' or 'maximin'")
-    return np.sort(rows[pick])
+    return np.sort(np.concatenate([np.asarray(best, dtype=np.int64), rows[pick]]))
 
 
 def final_mixture(

@@ -179,6 +179,7 @@ def pick_next_round(
     design: str = "maximin",
     rule: str = "mean",
     kappa: float = 1.0,
+    exploit: int = 0,
 ) -> RoundPicks:
     """Ranks the pool by the acquisition rule, reports ties, and picks n from the top set.
 
@@ -196,6 +197,8 @@ def pick_next_round(
             (farthest-point picks from the top set).
         rule: ``mean``, ``ucb`` or ``ei``.
         kappa: ``ucb``'s weight of the standard deviation.
+        exploit: How many picks are the best-scored candidates themselves (see
+            ``select_next``); the rest follow ``design``.
     """
     from climb_assets.lib.mixture import select_next
 
@@ -219,5 +222,6 @@ def pick_next_round(
     rows = select_next(
         pool, scores, n, seed, exclude_keys=trained_keys, top=top,
         design="random" if design == "random" else "maximin", trained=trained_weights,
+        exploit=min(exploit, n),
     )  # fmt: skip
     return RoundPicks(rows, mean, std, rule, ties, tie_break, tuple(notes))

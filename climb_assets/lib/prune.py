@@ -170,3 +170,67 @@ class NearestDocuments:
 
     def result(self) -> list[list[tuple[float, str, str]]]:
         return self.best
+
+
+@dataclass(frozen=True)
+class FamilyLoss:
+    """One value of a document column (a language, a source) that pruning removes nearly whole."""
+
+    column: str
+    value: str
+    documents: int
+    dropped: int
+
+    @property
+    def share(self) -> float:
+        return self.dropped / self.documents
+
+    def message(self) -> str:
+        return (
+            f"pruning drops {self.dropped} of {self.documents} documents with "
+            f"{self.column} = {self.value!r} ({self.share:.0%}); if that {self.column} should "
+            "stay, lower the quality thresholds or score it with its own rules"
+        )
+
+
+class FamilyCounter:
+    """Documents per (column value, cluster), to see which families pruning removes whole.
+
+    Quality rules tuned on one language or source can drop another almost entirely while every
+    per-cluster reason looks reasonable; counting the corpus's own label columns (for example a
+    ``language`` column in ``corpus.extra_columns``) per cluster shows it. A column with more than
+    ``max_values`` distinct values (ids, URLs) is not a family and is skipped.
+    """
+
+    def __init__(self, k: int, max_values: int = 1000) -> None:
+        self.k, self.max_values = k, max_values
+        self.counts: dict[str, dict[str, np.ndarray]] = {}
+        self.skipped: set[str] = set()
+
+    def add(self, column: str, values: Sequence[object], cluster_ids: np.ndarray) -> None:
+        """Counts one shard's documents of ``column`` (values aligned with ``cluster_ids``)."""
+        if column in self.skipped:
+            return
+        per_value = self.counts.setdefault(column, {})
+        labels = np.asarray(["" if v is None else str(v) for v in values], dtype=object)
+        for value in np.unique(labels):
+            if value not in per_value:
+                if len(per_value) >= self.max_values:
+                    self.skipped.add(column)
+                    del self.counts[column]
+                    return
+                per_value[value] = np.zeros(self.k, np.int64)
+            per_value[value] += np.bincount(cluster_ids[labels == value], minlength=self.k)
+
+    def losses(
+        self, kept: np.ndarray, min_documents: int = 20, min_share: float = 0.9
+    ) -> list[FamilyLoss]:
+        """Values with at least ``min_documents`` of which ``min_share`` or more are dropped."""
+        out = []
+        for column, per_value in sorted(self.counts.items()):
+            for value, counts in sorted(per_value.items()):
+                total = int(counts.sum())
+                dropped = int(counts[~kept].sum())
+                if total >= min_documents and dropped >= min_share * total:
+                    out.append(FamilyLoss(column, value, total, dropped))
+        return out

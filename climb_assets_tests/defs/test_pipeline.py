@@ -60,12 +60,17 @@ def test_every_asset_materialized_with_metadata(pipeline, instance):
     emb_meta = emb.asset_materialization.metadata
     assert emb_meta["encoder"].value == "sentence-transformers/all-MiniLM-L6-v2"
     assert emb_meta["encoder_revision"].value.startswith("sha256:")
-    assert (
-        "data:image/png;base64"
-        in instance.get_latest_materialization_event(dg.AssetKey("super_clusters"))
-        .asset_materialization.metadata["projection"]
-        .value
-    )
+    supers = instance.get_latest_materialization_event(dg.AssetKey("super_clusters"))
+    charts = supers.asset_materialization.metadata
+    assert "data:image/png;base64" in charts["chart_centroid_projection"].value
+    with open(charts["chart_centroid_projection_png"].value, "rb") as png:
+        assert png.read(4) == b"\x89PNG"
+    pruned = instance.get_latest_materialization_event(dg.AssetKey("pruned_clusters"))
+    pruning = pruned.asset_materialization.metadata
+    assert 0.0 <= pruning["dropped_documents_share"].value < 1.0
+    assert pruning["families_dropped_nearly_whole"].value == "none"  # the demo's `source`
+    runs = instance.get_runs()
+    assert runs and all(r.job_name.startswith("cli_") for r in runs), {r.job_name for r in runs}
     partitions = instance.get_materialized_partitions(dg.AssetKey("cluster_assignments"))
     assert len(partitions) == 4
 

@@ -22,11 +22,15 @@ from climb_assets.defs.sensors import (
     refresh_catalog_sensor,
 )
 from climb_assets.runner import run_data_side
-from climb_assets_tests.conftest import write_jsonl, write_profile
+from climb_assets_tests.conftest import (
+    after_run,
+    ingest_new_shards,
+    run_requested,
+    write_jsonl,
+    write_profile,
+)
 
 pytestmark = pytest.mark.slow
-
-QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 
 IN_DIST = "shard-100.jsonl"  # held-out chunks of the demo sources
 OUT_DIST = "shard-101.jsonl"  # random letter strings
@@ -67,39 +71,15 @@ def env(tmp_path_factory, small_demo_corpus, instance) -> Env:
 
 
 def _ingest_new_shards(env: Env, instance) -> dict[str, dg.ExecuteInProcessResult]:
-    """Evaluates corpus_shards_sensor and runs what it requests, as the daemon would."""
-    with dg.build_sensor_context(instance=instance, resources={"climb": env.climb}) as context:
-        result = corpus_shards_sensor(context)
-    for request in result.dynamic_partitions_requests:
-        instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
-    job = env.defs.resolve_job_def("ingest_shards")
-    return {
-        r.partition_key: job.execute_in_process(
-            instance=instance,
-            partition_key=r.partition_key,
-            asset_selection=r.asset_selection,
-            tags=r.tags,
-            run_config=QUIET,
-        )
-        for r in result.run_requests
-    }
+    return ingest_new_shards(env.defs, env.climb, instance)
 
 
 def _after(sensor, run: dg.ExecuteInProcessResult, instance):
-    """Evaluates a run-status sensor on the success of `run`."""
-    context = dg.build_run_status_sensor_context(
-        sensor_name=sensor.name,
-        dagster_event=run.get_run_success_event(),
-        dagster_instance=instance,
-        dagster_run=run.dagster_run,
-    )
-    return sensor(context)
+    return after_run(sensor, run, instance)
 
 
 def _run(env: Env, job: str, request: dg.RunRequest, instance) -> dg.ExecuteInProcessResult:
-    return env.defs.resolve_job_def(job).execute_in_process(
-        instance=instance, partition_key=request.partition_key, tags=request.tags, run_config=QUIET
-    )
+    return run_requested(env.defs, job, request, instance)
 
 
 def _latest(instance, asset: str) -> int:

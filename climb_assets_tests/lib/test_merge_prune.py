@@ -2,7 +2,13 @@ import numpy as np
 import pytest
 
 from climb_assets.lib.merge import MergeError, merge_centroids
-from climb_assets.lib.prune import ClusterStats, NearestDocuments, TermCounter, prune_clusters
+from climb_assets.lib.prune import (
+    ClusterStats,
+    FamilyCounter,
+    NearestDocuments,
+    TermCounter,
+    prune_clusters,
+)
 
 
 def test_ward_threshold_merges_close_centroids_and_orders_by_weight():
@@ -61,3 +67,26 @@ def test_pruning_reason_shows_enough_digits_to_be_true():
 
     assert below(2.0, 3.0) == "2.00 < 3.00"
     assert below(4.3999, 4.4) == "4.3999 < 4.4000"
+
+
+def test_a_language_pruned_nearly_whole_is_reported_with_its_share():
+    # 3 clusters; German documents sit in clusters 1 and 2, which pruning drops; English mostly
+    # in the kept cluster 0. Counted over two shards, as pruned_clusters does.
+    families = FamilyCounter(k=3)
+    families.add("language", ["en"] * 30 + ["de"] * 15, np.array([0] * 28 + [1] * 2 + [1] * 15))
+    families.add("language", ["de"] * 10 + [None] * 3, np.array([2] * 9 + [0] + [0] * 3))
+    kept = np.array([True, False, False])
+    (loss,) = families.losses(kept)
+    assert (loss.column, loss.value, loss.documents, loss.dropped) == ("language", "de", 25, 24)
+    assert loss.share == pytest.approx(0.96)
+    assert "24 of 25 documents with language = 'de' (96%)" in loss.message()
+    # English loses 2 of 30 (7%): below the bar; the 3 unlabelled ones are too few to judge.
+    assert families.losses(kept, min_share=0.05)[1].value == "en"
+    assert families.losses(kept, min_documents=26) == []
+
+
+def test_a_column_with_too_many_values_is_not_a_family():
+    families = FamilyCounter(k=2, max_values=5)
+    families.add("url", [f"https://x/{i}" for i in range(6)], np.zeros(6, np.int64))
+    assert families.losses(np.array([False, True]), min_documents=1) == []
+    assert families.skipped == {"url"}

@@ -116,3 +116,30 @@ def test_a_flat_predictor_is_reported_and_std_breaks_its_ties():
     # the top set is then the 4 candidates with the largest std (first weight)
     assert set(with_std.rows.tolist()) == set(np.argsort(-pool[:, 0])[:4].tolist())
     assert not keys & {mixture_key(pool[r]) for r in with_std.rows}
+
+
+class _FirstWeight:
+    """Predicts the first weight: the best candidate is the one with the most of it."""
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        return np.asarray(x)[:, 0]
+
+    def predict_std(self, x: np.ndarray) -> None:
+        return None
+
+
+def test_an_exploit_pick_trains_the_predictors_own_choice_and_spreads_the_rest():
+    pool = candidate_pool(PRIOR, 2_000, 0)
+    order = np.argsort(-pool[:, 0], kind="stable")
+    best, second = int(order[0]), int(order[1])
+    trained = pool[[best]]  # the very best was trained already: the next best is picked
+    keys = {mixture_key(trained[0])}
+    spread = pick_next_round(pool, _FirstWeight(), 3, 0, keys, trained, 0.0, top=64)
+    exploit = pick_next_round(pool, _FirstWeight(), 3, 0, keys, trained, 0.0, top=64, exploit=1)
+    assert second in exploit.rows.tolist() and second not in spread.rows.tolist()
+    others = [r for r in exploit.rows.tolist() if r != second]
+    # the other picks keep away from the exploit pick as from the trained mixtures
+    gaps = np.linalg.norm(pool[others] - pool[second], axis=1)
+    assert gaps.min() > np.median(np.linalg.norm(pool[order[:64]] - pool[second], axis=1))
+    every = pick_next_round(pool, _FirstWeight(), 3, 0, keys, trained, 0.0, top=64, exploit=5)
+    assert sorted(every.rows.tolist()) == sorted(order[1:4].tolist())  # capped at n
