@@ -189,6 +189,11 @@ class TargetSettings:
     on_overlap: Literal["warn", "error"] = "error"
 
 
+SEARCH_FINALS = ("argmax", "topk_mean", "best_observed")
+"""Final rules that need the search's proxies; the other `search.final` values are the
+training-free reference mixtures of `climb_assets.lib.baselines`."""
+
+
 @dataclass(frozen=True)
 class SearchSettings:
     """The bootstrapping loop: proxies per round, candidates, exploration and the final pick."""
@@ -219,15 +224,26 @@ class SearchSettings:
     target_prior_weight: float = 0.0
     """How far round 1's sampler centre (and every candidate pool's) leans from the token
     prior toward the target documents' distribution over super-clusters, in [0, 1)."""
-    final: Literal["argmax", "topk_mean", "best_observed"] = "argmax"
+    final: Literal[
+        "argmax", "topk_mean", "best_observed", "natural", "uniform", "unimax",
+        "entropy_shannon", "entropy_conditional", "entropy_shannon_softmax",
+        "entropy_conditional_softmax", "target_aligned",
+    ] = "argmax"  # fmt: skip
     """The final mixture: argmax of the last predictor over fresh candidates (the paper; the
     mean of the tied set when a tree predictor ties), topk_mean (RegMix: mean of the top
     final_top_k), or best_observed (the trained proxy with the best objective; stronger when
-    few proxies leave the predictor's best region wide, see bench/README.md)."""
+    few proxies leave the predictor's best region wide, see bench/README.md). Or one of the
+    training-free reference mixtures (`reference_mixtures`: natural, uniform, unimax, the four
+    entropy mixtures, target_aligned): then no search round runs and no proxy is trained."""
     final_top_k: int = 128
     temperature: float = 0.5
     max_ratio: float = 15.0
     min_weight: float = 2e-4
+
+    @property
+    def runs_rounds(self) -> bool:
+        """False when the final mixture is a training-free reference: no proxy is trained."""
+        return self.final in SEARCH_FINALS
 
 
 @dataclass(frozen=True)

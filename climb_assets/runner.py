@@ -257,6 +257,7 @@ def run_search(
     from climb_assets.defs.exports import climbmix_exports
     from climb_assets.defs.io import JsonIOManager
     from climb_assets.defs.manifest import climbmix_manifest
+    from climb_assets.defs.references import reference_mixtures
     from climb_assets.defs.search import (
         IO,
         cluster_tokens,
@@ -281,7 +282,10 @@ def run_search(
             materialize([asset], name)
             write_marker(store, profile, name, None)
             upstream_changed = True
-    for key in round_keys(profile):
+    materialize([reference_mixtures], "reference_mixtures")  # seconds; reads the manifest budget
+    if not profile.search.runs_rounds:
+        log(f"  search.final is the reference mixture {profile.search.final!r}: no proxy trained")
+    for key in round_keys(profile) if profile.search.runs_rounds else ():
         if not upstream_changed and is_done(store, profile, "search_round", key):
             log(f"  round {key} already finished with these settings")
             continue

@@ -131,3 +131,14 @@ def test_manifest_exports_are_checked_against_the_exporters():
     assert set(profile_from_dict({"name": "x"}).manifest.exports) == set(EXPORTERS)
     with pytest.raises(ProfileError, match="manifest.exports has 'nemo'; allowed"):
         profile_from_dict({"name": "x", "manifest": {"exports": ["megatron", "nemo"]}})
+
+
+def test_every_training_free_mixture_can_be_the_final_one():
+    from typing import get_args, get_type_hints
+
+    from climb_assets.config import SEARCH_FINALS, SearchSettings
+    from climb_assets.lib.baselines import BY_NAME
+
+    finals = set(get_args(get_type_hints(SearchSettings)["final"]))
+    assert finals == set(SEARCH_FINALS) | set(BY_NAME)
+    assert not SearchSettings(final="unimax").runs_rounds and SearchSettings().runs_rounds

@@ -73,6 +73,7 @@ def catalog_views(store: Store, scorer_names: list[str]) -> dict[str, str]:
         "proxy_curves": "search/*/curves.parquet",
         "predictor_cv": "search/*/cv.parquet",
         "target_alignment": "targets/alignment.parquet",
+        "reference_mixtures": "references/mixtures.parquet",
         "manifest_weights": "manifest/weights.parquet",
         "manifest_documents": "manifest/shards/*.parquet",
         "exports": "exports/files.parquet",

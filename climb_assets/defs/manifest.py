@@ -1,7 +1,6 @@
 """The `climbmix_manifest` asset: the final mixture and everything a training team needs."""
 
 import time
-from typing import Any
 
 import dagster as dg
 import numpy as np
@@ -10,31 +9,34 @@ import pyarrow as pa
 
 from climb_assets.defs.common import chart, metadata_table, registered_shards
 from climb_assets.defs.data_side import shard_file
+from climb_assets.defs.final_choice import choose_final
+from climb_assets.defs.references import reference_mixtures
 from climb_assets.defs.resources import ClimbResource
 from climb_assets.defs.search import (
     GROUP,
     cluster_summary,
     cluster_tokens,
     proxy_config,
-    round_keys,
 )
-from climb_assets.defs.search_round import (
-    load_round_predictor,
-    metric_datas_so_far,
-    search_space,
-)
-from climb_assets.lib import manifest, mixture, plots, proposals
-from climb_assets.lib.predictors.base import PredictorError, build_models
+from climb_assets.lib import manifest, mixture, plots
 from climb_assets.lib.storage import Store
 
 
-def _measured(evaluated: pl.DataFrame, weights: np.ndarray) -> tuple[str | None, float | None]:
-    """The trained proxy whose mixture is the chosen one (same `mixture_key`), if any."""
-    key = mixture.mixture_key(weights)
-    for row in evaluated.iter_rows(named=True):
-        if mixture.mixture_key(np.asarray(row["weights"], dtype=np.float64)) == key:
-            return row["mixture_id"], float(row["objective"])
-    return None, None
+def _rounded(value: float | None, missing: str | None) -> float | str | None:
+    return missing if value is None else round(value, 5)
+
+
+def _rounds_chart(store: Store, rounds: list[dict]) -> dict:
+    return chart(
+        store,
+        "manifest/rounds.png",
+        plots.rounds_png(
+            [r["round"] for r in rounds],
+            [r["best_observed"] for r in rounds],
+            [r["best_predicted"] for r in rounds],
+        ),
+        "best measured and best predicted objective after each round",
+    )
 
 
 def super_cluster_terms(store: Store, n: int) -> list[list[str]]:
@@ -56,6 +58,7 @@ def super_cluster_terms(store: Store, n: int) -> list[list[str]]:
         dg.AssetDep("predictor_models", partition_mapping=dg.LastPartitionMapping()),
         "proxy_evaluations",
         cluster_tokens,
+        reference_mixtures,
         # Read directly (membership, texts): a corpus refresh re-materializes these, and the
         # manifest must then show that it was built from the older corpus.
         "super_clusters",
@@ -72,73 +75,11 @@ def climbmix_manifest(
     context: dg.AssetExecutionContext, climb: ClimbResource
 ) -> dg.MaterializeResult:
     profile, store = climb.settings(), climb.store()
-    keys = round_keys(profile)
-    missing = [k for k in keys if not store.exists(f"search/{k}/predictor.json")]
-    if missing:
-        raise ValueError(
-            f"search round(s) {missing} have no predictor yet; materialize every round of "
-            "the search (a backfill of all iteration partitions) before the manifest"
-        )
     m, s = profile.manifest, profile.search
-    last = keys[-1]
-    space = search_space(profile, store)
+    choice = choose_final(profile, store, context.log)
+    weights = choice.weights
     available = np.asarray(cluster_summary(store)["tokens"], dtype=np.int64)
-    prior = space.prior
-    model = load_round_predictor(store, last)
-    last_round = store.read_json(f"search/{last}/round.json")
-    chosen_by: dict[str, Any] = {}
-    evaluated = pl.concat(
-        [pl.from_arrow(store.read_parquet(f"search/{k}/evaluations.parquet",
-                                          ["mixture_id", "weights", "objective"]))
-         for k in keys]
-    ).sort("mixture_id")  # fmt: skip
-    if s.final == "best_observed":
-        x = np.array(evaluated.get_column("weights").to_list(), dtype=np.float64)
-        feasible = proposals.within_caps(x, space.caps)
-        if not feasible.any():
-            raise ValueError(
-                "no trained proxy's mixture fits within the repetition caps (manifest.max_epochs "
-                "against manifest.total_tokens); use search.final: argmax, or raise max_epochs"
-            )
-        objective = evaluated.get_column("objective").to_numpy()
-        best_row = int(np.argmax(np.where(feasible, objective, -np.inf)))
-        best = evaluated.row(best_row, named=True)
-        weights = np.asarray(best["weights"], dtype=np.float64)
-        chosen_by = {"mixture_id": best["mixture_id"], "observed_objective": best["objective"],
-                     "infeasible_proxies_skipped": int((~feasible).sum())}  # fmt: skip
-        context.log.info(
-            f"final: {best['mixture_id']}, best observed objective {best['objective']} among "
-            f"{int(feasible.sum())} proxies within the repetition caps"
-        )
-    else:
-        pool = space.pool(profile, m.seed)
-        scores = model.predict(pool)
-        ties = proposals.top_ties(scores, 1 if s.final == "argmax" else s.final_top_k)
-        if s.final == "argmax" and ties.tied > 1:
-            context.log.warning(
-                f"{ties.tied} candidates tie at the best predicted value; the final mixture is "
-                "their mean (the centre of the predicted-best region)"
-            )
-        weights = mixture.final_mixture(pool, scores, s.final, s.final_top_k)
-        chosen_by = {"tied_at_best": ties.tied, "candidates": len(pool)}
-    chosen_id, measured = _measured(evaluated, weights)
-    predicted = float(model.predict(weights[None, :])[0])
-    std = model.predict_std(weights[None, :])
-    # The band is the larger of the model's own std and its out-of-sample error: at a trained
-    # mixture a GP's std shrinks to its noise term, which says nothing about how far off it is.
-    spreads = {"predictive standard deviation": None if std is None else float(std[0]),
-               "cross-validated RMSE of the last predictor": last_round.get("cv_rmse")}  # fmt: skip
-    known = {k: v for k, v in spreads.items() if v is not None}
-    band_source = max(known, key=known.__getitem__) if known else "none available"
-    band = known.get(band_source)
-    ratio = m.total_tokens / proxy_config(profile).train_tokens
-    at_total, at_total_note = None, None
-    try:
-        law = model if model.volume_aware else build_models("bimix", metric_datas_so_far(
-            profile, store), s.seed)  # fmt: skip
-        at_total = float(law.predict(weights[None, :], volume=ratio)[0])
-    except PredictorError as exc:
-        at_total_note = str(exc)
+    prior = mixture.natural_prior(available)
     budget = manifest.token_budget(weights, available, m.total_tokens, m.max_epochs)
     for idx in budget.capped:
         context.log.warning(
@@ -186,7 +127,7 @@ def climbmix_manifest(
         m.seed,
     )  # fmt: skip
 
-    rounds = [store.read_json(f"search/{k}/round.json") for k in keys]
+    rounds = choice.rounds
     terms = super_cluster_terms(store, len(weights))
     tok_info = store.read_json("tokenizer/info.json")
     encoder = (
@@ -211,15 +152,17 @@ def climbmix_manifest(
         "tokenizer": tok_info,
         "proxy": proxy_config(profile).to_dict(),
         "final": {
-            "method": s.final, "top_k": s.final_top_k, "predictor_kind": profile.predictor.kind,
-            "predictor_used": last_round["used"], "predicted_objective": predicted,
-            "predicted_objective_band": band, "band": band_source,
-            "predicted_objective_at_total_tokens": at_total,
-            "at_total_tokens_note": at_total_note or (
-                f"bimix law extrapolated {ratio:.3g}x beyond the proxy budget; a rough guide"),
-            "mixture_id": chosen_id, "measured_objective": measured,
-            **chosen_by,
+            "method": s.final, "how": choice.how, "top_k": s.final_top_k,
+            "predictor_kind": profile.predictor.kind,
+            "predictor_used": choice.predictor_used, "predicted_objective": choice.predicted,
+            "predicted_objective_band": choice.band, "band": choice.band_source,
+            "predicted_objective_at_total_tokens": choice.at_total,
+            "at_total_tokens_note": choice.at_total_note,
+            "mixture_id": choice.mixture_id, "measured_objective": choice.measured,
+            "best_proxy": choice.best_proxy,
+            **choice.chosen_by,
         },
+        "reference_mixtures": choice.references,
         "rounds": [
             {"round": r["round"], "points": r["points"], "used": r["used"],
              "cv_spearman": r["cv_spearman"], "cv_by_kind": r["cv_by_kind"],
@@ -260,25 +203,21 @@ def climbmix_manifest(
             }
         ),
     )
-    best = evaluated.row(int(evaluated.get_column("objective").arg_max()), named=True)
-    how = {
-        "argmax": f"predictor argmax of {chosen_by.get('candidates')} fresh candidates",
-        "topk_mean": f"mean of the predictor's top {s.final_top_k} fresh candidates",
-        "best_observed": "the trained proxy with the best measured objective",
-    }[s.final]
+    best = choice.best_proxy
+    used = f"; predictor {choice.predictor_used}" if choice.predictor_used else "; no proxies"
     return dg.MaterializeResult(
         metadata={
             # What was chosen and why leads: the UI lists metadata in this order.
-            "chosen_mixture": chosen_id or how,
-            "rule": f"search.final: {s.final} ({how}); predictor {last_round['used']}",
-            "predicted_objective": round(predicted, 5),
-            "predicted_objective_band": "n/a" if band is None else round(band, 5),
-            "measured_objective": (
-                round(measured, 5)
-                if measured is not None
-                else "not measured: no proxy was trained on this exact mixture"
+            "chosen_mixture": choice.mixture_id or choice.how,
+            "rule": f"search.final: {s.final} ({choice.how}){used}",
+            "predicted_objective": _rounded(choice.predicted, "no predictor: no proxy trained"),
+            "predicted_objective_band": _rounded(choice.band, "n/a"),
+            "measured_objective": _rounded(
+                choice.measured, "not measured: no proxy was trained on this exact mixture"
             ),
-            "best_proxy": f"{best['mixture_id']}: objective {best['objective']:.5f}",
+            "best_proxy": "none trained"
+            if best is None
+            else f"{best['mixture_id']}: objective {best['objective']:.5f}",
             "super_clusters": metadata_table(
                 [
                     {
@@ -296,7 +235,21 @@ def climbmix_manifest(
                     "tokens": "tokens granted in the manifest's budget",
                 },
             ),
-            "predictor_used": last_round["used"],
+            "reference_mixtures": metadata_table(
+                [
+                    {
+                        "name": r["name"],
+                        "predicted_objective": _rounded(r.get("predicted_objective"), None),
+                        "climbmix_predicted_minus_this": _rounded(
+                            r.get("predicted_gap_to_final"), None
+                        ),
+                        "within_repetition_caps": r["within_repetition_caps"],
+                        "weights": " ".join(f"{w:.3f}" for w in r["weights"][:16]),
+                    }
+                    for r in choice.references
+                ]
+            ),
+            "predictor_used": choice.predictor_used or "none",
             "documents": chosen.height,
             "tokens": int(budget.granted.sum()),
             "exported_tokens": int(exported_tokens.sum()),
@@ -312,16 +265,7 @@ def climbmix_manifest(
                 plots.weights_png(weights, prior),
                 "ClimbMix weight against natural share per super-cluster",
             ),
-            **chart(
-                store,
-                "manifest/rounds.png",
-                plots.rounds_png(
-                    [r["round"] for r in rounds],
-                    [r["best_observed"] for r in rounds],
-                    [r["best_predicted"] for r in rounds],
-                ),
-                "best measured and best predicted objective after each round",
-            ),
+            **(_rounds_chart(store, rounds) if rounds else {}),
             "manifest": dg.MetadataValue.path(store.uri("manifest/climbmix.json")),
             "blend": dg.MetadataValue.json({"data_path": blend}),
         }

@@ -102,7 +102,7 @@ class SearchSpace:
         )  # fmt: skip
 
 
-def _current_alignment(store: Store, k: int) -> np.ndarray | None:
+def current_alignment(store: Store, k: int) -> np.ndarray | None:
     """The targets' shares over the current k super-clusters (None if absent or outdated)."""
     alignment = load_alignment(store)
     # An alignment made for other super-clusters is ignored until target_alignment runs again.
@@ -115,7 +115,7 @@ def search_space(profile: Profile, store: Store) -> SearchSpace:
     prior = mixture.natural_prior(available)
     m = profile.manifest
     caps = proposals.repetition_caps(available, m.total_tokens, m.max_epochs)
-    alignment = _current_alignment(store, prior.size)
+    alignment = current_alignment(store, prior.size)
     center = None
     weight = profile.search.target_prior_weight
     if weight > 0:
@@ -330,7 +330,7 @@ def evaluations_so_far(
         raise ValueError("no proxy has been evaluated yet; materialize the search rounds first")
     curves = _rows_so_far(store, profile, index, "curves")
     k = int(data.get_column("weights").list.len()[0])
-    datas = metric_datas(data, curves, load_targets(store), _current_alignment(store, k))
+    datas = metric_datas(data, curves, load_targets(store), current_alignment(store, k))
     return data, datas
 
 

@@ -20,6 +20,7 @@ SEARCH_ASSETS = {
     "cluster_tokens",
     "search_targets",
     "target_alignment",
+    "reference_mixtures",
     "mixture_batches",
     "proxy_checkpoints",
     "proxy_evaluations",

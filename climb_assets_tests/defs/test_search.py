@@ -16,6 +16,7 @@ import pytest
 from climb_assets.defs.resources import ClimbResource
 from climb_assets.defs.search_round import build_search_round
 from climb_assets.lib import proxy, tokens
+from climb_assets.lib.baselines import BY_NAME
 from climb_assets.lib.planted import build_planted_corpus
 from climb_assets.runner import run_all
 from climb_assets_tests.conftest import run_readme_queries, write_profile
@@ -245,7 +246,7 @@ def test_best_observed_final_takes_the_best_trained_mixture(planted, tmp_path):
         assert doc["final"]["mixture_id"] == best_id
         assert doc["final"]["observed_objective"] == pytest.approx(best_objective)
         np.testing.assert_allclose(got, np.asarray(best_weights) / np.sum(best_weights), atol=1e-9)
-        assert before["final"]["method"] == "argmax" and "mixture_id" not in before["final"]
+        assert before["final"]["method"] == "argmax" and before["final"]["mixture_id"] is None
     finally:  # leave the module's manifest as the other tests expect it
         dg.materialize([climbmix_manifest], instance=instance, resources={"climb": climb})
 
@@ -324,3 +325,68 @@ def test_catalog_answers_pandas_and_polars_without_quoting_keywords(planted):
         assert con.sql("SELECT * FROM exports").pl().height > 0
     finally:
         con.close()
+
+
+def test_reference_mixtures_sit_beside_climbmix_with_predicted_objectives(planted):
+    _, _, climb, _ = planted
+    store = climb.store()
+    doc = store.read_json("manifest/climbmix.json")
+    skipped = store.read_json("references/skipped.json")
+    refs = {r["name"]: r for r in doc["reference_mixtures"]}
+    expected = set(BY_NAME)  # every training-free mixture the product knows
+    assert set(refs) | set(skipped) == expected and set(refs) >= {"natural", "entropy_shannon"}
+    natural = [s["natural"] for s in doc["super_clusters"]]
+    np.testing.assert_allclose(refs["natural"]["weights"], natural, atol=1e-6)
+    for ref in refs.values():
+        assert sum(ref["weights"]) == pytest.approx(1.0, abs=1e-5)
+        gap = doc["final"]["predicted_objective"] - ref["predicted_objective"]
+        assert ref["predicted_gap_to_final"] == pytest.approx(gap)
+    # A reference may ask more of a super-cluster than max_epochs passes give within the budget
+    # (the search's candidates never do); the manifest says which ones.
+    caps = np.array([s["available_tokens"] for s in doc["super_clusters"]]) * 2 / 20_000
+    for ref in refs.values():
+        fits = bool(np.all(np.asarray(ref["weights"]) <= caps + 1e-6))
+        assert ref["within_repetition_caps"] is fits, ref["name"]
+    con = duckdb.connect(store.uri("catalog.duckdb"), read_only=True)
+    assert con.execute("SELECT count(*) FROM reference_mixtures").fetchone()[0] == len(refs)
+
+
+def test_a_reference_final_ships_without_training_a_proxy(planted, tmp_path):
+    _, corpus, _, _ = planted
+    root = tmp_path / "out"
+    search = {"rounds": [6, 4], "candidates": 4000, "top_k_min": 16, "final": "target_aligned"}
+    climb = ClimbResource(profile=str(planted_profile(tmp_path, corpus, root, search=search)))
+    lines: list[str] = []
+    with dg.instance_for_test() as instance:
+        run_all(climb, instance, log=lines.append)
+    store = climb.store()
+    doc = store.read_json("manifest/climbmix.json")
+    assert not (root / "search").exists() and not (root / "proxies").exists()
+    assert any("no proxy trained" in ln for ln in lines)
+    weights = [s["weight"] for s in doc["super_clusters"]]
+    aligned = store.read_json("targets/alignment.json")["combined"]
+    np.testing.assert_allclose(weights, np.asarray(aligned) / np.sum(aligned), atol=1e-9)
+    assert (
+        doc["final"]["method"] == "target_aligned" and doc["final"]["predicted_objective"] is None
+    )
+    assert doc["rounds"] == [] and doc["documents"] > 0
+    assert "predicted_objective" not in doc["reference_mixtures"][0]
+
+
+def test_reference_final_that_cannot_be_computed_says_why(planted, tmp_path):
+    _, corpus, climb, instance = planted
+    from climb_assets.defs.references import reference_mixtures
+
+    store = climb.store()
+    tokens = sum(store.read_json("cluster_tokens/summary.json")["tokens"])
+    profile = planted_profile(
+        tmp_path, corpus, Path(store.uri()),
+        search={"rounds": [6, 4], "candidates": 4000, "top_k_min": 16, "final": "unimax"},
+        manifest={"total_tokens": tokens * 3, "max_epochs": 2, "parquet_shards": 2},
+    )  # fmt: skip
+    other = ClimbResource(profile=str(profile))
+    try:
+        with pytest.raises(Exception, match=r"unimax.*tokens missing at 2 epochs"):
+            dg.materialize([reference_mixtures], instance=instance, resources={"climb": other})
+    finally:  # leave the module's references as the other tests expect them
+        dg.materialize([reference_mixtures], instance=instance, resources={"climb": climb})

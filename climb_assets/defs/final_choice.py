@@ -1,0 +1,162 @@
+"""Which mixture the manifest ships, by `search.final`, and what is known about it.
+
+A search rule (argmax, topk_mean, best_observed) reads the last round's predictor and the
+proxies' evaluations. A training-free reference (unimax, ...) reads `reference_mixtures`; when
+proxies were trained anyway, the last predictor still estimates its objective.
+"""
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from climb_assets.config import Profile
+from climb_assets.defs.references import load_references, reference_weights
+from climb_assets.defs.search import proxy_config, round_keys
+from climb_assets.defs.search_round import (
+    load_round_predictor,
+    metric_datas_so_far,
+    search_space,
+)
+from climb_assets.lib import mixture, proposals
+from climb_assets.lib.predictors.base import PredictorError, build_models
+from climb_assets.lib.storage import Store
+
+
+@dataclass
+class FinalChoice:
+    """The final mixture, the rule that chose it and the predictions and measurements of it."""
+
+    weights: np.ndarray
+    how: str
+    chosen_by: dict[str, Any] = field(default_factory=dict)
+    mixture_id: str | None = None
+    measured: float | None = None
+    predicted: float | None = None
+    band: float | None = None
+    band_source: str = "no predictor"
+    at_total: float | None = None
+    at_total_note: str | None = None
+    predictor_used: str | None = None
+    best_proxy: dict[str, Any] | None = None
+    rounds: list[dict[str, Any]] = field(default_factory=list)
+    references: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _measured(evaluated: pl.DataFrame, weights: np.ndarray) -> tuple[str | None, float | None]:
+    """The trained proxy whose mixture is the chosen one (same `mixture_key`), if any."""
+    key = mixture.mixture_key(weights)
+    for row in evaluated.iter_rows(named=True):
+        if mixture.mixture_key(np.asarray(row["weights"], dtype=np.float64)) == key:
+            return row["mixture_id"], float(row["objective"])
+    return None, None
+
+
+def _search_rule(profile: Profile, store: Store, model: Any, evaluated: pl.DataFrame, log):
+    """Weights, description and details of a search rule (argmax, topk_mean, best_observed)."""
+    s, space = profile.search, search_space(profile, store)
+    if s.final == "best_observed":
+        x = np.array(evaluated.get_column("weights").to_list(), dtype=np.float64)
+        feasible = proposals.within_caps(x, space.caps)
+        if not feasible.any():
+            raise ValueError(
+                "no trained proxy's mixture fits within the repetition caps (manifest.max_epochs "
+                "against manifest.total_tokens); use search.final: argmax, or raise max_epochs"
+            )
+        objective = evaluated.get_column("objective").to_numpy()
+        best = evaluated.row(int(np.argmax(np.where(feasible, objective, -np.inf))), named=True)
+        log.info(
+            f"final: {best['mixture_id']}, best observed objective {best['objective']} among "
+            f"{int(feasible.sum())} proxies within the repetition caps"
+        )
+        details = {"mixture_id": best["mixture_id"], "observed_objective": best["objective"],
+                   "infeasible_proxies_skipped": int((~feasible).sum())}  # fmt: skip
+        how = "the trained proxy with the best measured objective"
+        return np.asarray(best["weights"], dtype=np.float64), how, details
+    pool = space.pool(profile, profile.manifest.seed)
+    scores = model.predict(pool)
+    ties = proposals.top_ties(scores, 1 if s.final == "argmax" else s.final_top_k)
+    if s.final == "argmax" and ties.tied > 1:
+        log.warning(
+            f"{ties.tied} candidates tie at the best predicted value; the final mixture is "
+            "their mean (the centre of the predicted-best region)"
+        )
+    how = (
+        f"predictor argmax of {len(pool)} fresh candidates"
+        if s.final == "argmax"
+        else f"mean of the predictor's top {s.final_top_k} of {len(pool)} fresh candidates"
+    )
+    weights = mixture.final_mixture(pool, scores, s.final, s.final_top_k)
+    return weights, how, {"tied_at_best": ties.tied, "candidates": len(pool)}
+
+
+def choose_final(profile: Profile, store: Store, log) -> FinalChoice:
+    """The final mixture by `search.final`, with everything the manifest reports about it."""
+    s = profile.search
+    keys = round_keys(profile)
+    trained = [k for k in keys if store.exists(f"search/{k}/predictor.json")]
+    if s.runs_rounds and len(trained) < len(keys):
+        missing = sorted(set(keys) - set(trained))
+        raise ValueError(
+            f"search round(s) {missing} have no predictor yet; materialize every round of "
+            "the search (a backfill of all iteration partitions) before the manifest"
+        )
+    searched = len(trained) == len(keys)  # a reference final may still have proxies to use
+    model = load_round_predictor(store, keys[-1]) if searched else None
+    evaluated = (
+        pl.concat(
+            [pl.from_arrow(store.read_parquet(f"search/{k}/evaluations.parquet",
+                                              ["mixture_id", "weights", "objective"]))
+             for k in keys]
+        ).sort("mixture_id")
+        if searched
+        else pl.DataFrame()
+    )  # fmt: skip
+    if s.runs_rounds:
+        weights, how, details = _search_rule(profile, store, model, evaluated, log)
+    else:
+        weights = reference_weights(store, s.final)
+        how, details = f"the training-free reference mixture {s.final!r}", {}
+    choice = FinalChoice(weights=weights, how=how, chosen_by=details)
+    caps = search_space(profile, store).caps
+    # A reference mixture can ask more of a super-cluster than max_epochs passes over it give
+    # within total_tokens (the search's candidates never do); the manifest would then cap it.
+    choice.references = [
+        {"name": n, "weights": w.round(6).tolist(),
+         "within_repetition_caps": bool(proposals.within_caps(w[None, :], caps)[0])}
+        for n, w in load_references(store).items()
+    ]  # fmt: skip
+    if model is None:
+        return choice
+    last_round = store.read_json(f"search/{keys[-1]}/round.json")
+    choice.rounds = [store.read_json(f"search/{k}/round.json") for k in keys]
+    choice.predictor_used = last_round["used"]
+    choice.mixture_id, choice.measured = _measured(evaluated, weights)
+    best = evaluated.row(int(evaluated.get_column("objective").arg_max()), named=True)
+    choice.best_proxy = {"mixture_id": best["mixture_id"], "objective": best["objective"]}
+    choice.predicted = float(model.predict(weights[None, :])[0])
+    std = model.predict_std(weights[None, :])
+    # The band is the larger of the model's own std and its out-of-sample error: at a trained
+    # mixture a GP's std shrinks to its noise term, which says nothing about how far off it is.
+    spreads = {"predictive standard deviation": None if std is None else float(std[0]),
+               "cross-validated RMSE of the last predictor": last_round.get("cv_rmse")}  # fmt: skip
+    known = {k: v for k, v in spreads.items() if v is not None}
+    choice.band_source = max(known, key=known.__getitem__) if known else "none available"
+    choice.band = known.get(choice.band_source)
+    ratio = profile.manifest.total_tokens / proxy_config(profile).train_tokens
+    try:
+        law = model if model.volume_aware else build_models("bimix", metric_datas_so_far(
+            profile, store), s.seed)  # fmt: skip
+        choice.at_total = float(law.predict(weights[None, :], volume=ratio)[0])
+        choice.at_total_note = (
+            f"bimix law extrapolated {ratio:.3g}x beyond the proxy budget; a rough guide"
+        )
+    except PredictorError as exc:
+        choice.at_total_note = str(exc)
+    # Every reference mixture with the predictor's estimate: how far ClimbMix is predicted to be
+    # from each baseline before anyone pays for a full training run.
+    for ref in choice.references:
+        estimate = float(model.predict(np.asarray(ref["weights"])[None, :])[0])
+        ref.update(predicted_objective=estimate, predicted_gap_to_final=choice.predicted - estimate)
+    return choice
