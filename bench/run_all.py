@@ -22,6 +22,7 @@ BENCHMARKS: tuple[str, ...] = (
     "ingestion",
     "megatron_export",
     "search_quality",
+    "reference_mixtures",
 )
 
 

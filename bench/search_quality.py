@@ -719,6 +719,7 @@ def main(argv: Sequence[str] | None = None, quick: bool = False) -> dict[str, An
                 "threads": args.threads,
                 "device": args.device,
                 "corpora": list(corpora),
+                "demo_docs": args.demo_docs,
                 "ranked": list(RANKED),
                 "reference": list(REFERENCE),
             },
