@@ -91,6 +91,14 @@ def _search_rule(profile: Profile, store: Store, model: Any, evaluated: pl.DataF
     return weights, how, {"tied_at_best": ties.tied, "candidates": len(pool)}
 
 
+def _fits(model: Any, weights: np.ndarray) -> bool:
+    """Whether a predictor left by earlier rounds takes mixtures of this many super-clusters."""
+    try:
+        return bool(np.isfinite(model.predict(weights[None, :])).all())
+    except (ValueError, IndexError, PredictorError):
+        return False
+
+
 def choose_final(profile: Profile, store: Store, log) -> FinalChoice:
     """The final mixture by `search.final`, with everything the manifest reports about it."""
     s = profile.search
@@ -118,6 +126,9 @@ def choose_final(profile: Profile, store: Store, log) -> FinalChoice:
     else:
         weights = reference_weights(store, s.final)
         how, details = f"the training-free reference mixture {s.final!r}", {}
+        if model is not None and not _fits(model, weights):
+            log.warning("the search rounds on disk were fitted on other super-clusters; unused")
+            model = None
     choice = FinalChoice(weights=weights, how=how, chosen_by=details)
     caps = search_space(profile, store).caps
     # A reference mixture can ask more of a super-cluster than max_epochs passes over it give
