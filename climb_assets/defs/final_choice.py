@@ -15,6 +15,7 @@ from climb_assets.config import Profile
 from climb_assets.defs.references import load_references, reference_weights
 from climb_assets.defs.search import proxy_config, round_keys
 from climb_assets.defs.search_round import (
+    SearchSpace,
     load_round_predictor,
     metric_datas_so_far,
     search_space,
@@ -53,9 +54,11 @@ def _measured(evaluated: pl.DataFrame, weights: np.ndarray) -> tuple[str | None,
     return None, None
 
 
-def _search_rule(profile: Profile, store: Store, model: Any, evaluated: pl.DataFrame, log):
+def _search_rule(
+    profile: Profile, space: SearchSpace, model: Any, evaluated: pl.DataFrame, log
+) -> tuple[np.ndarray, str, dict[str, Any]]:
     """Weights, description and details of a search rule (argmax, topk_mean, best_observed)."""
-    s, space = profile.search, search_space(profile, store)
+    s = profile.search
     if s.final == "best_observed":
         x = np.array(evaluated.get_column("weights").to_list(), dtype=np.float64)
         feasible = proposals.within_caps(x, space.caps)
@@ -121,8 +124,9 @@ def choose_final(profile: Profile, store: Store, log) -> FinalChoice:
         if searched
         else pl.DataFrame()
     )  # fmt: skip
+    space = search_space(profile, store)
     if s.runs_rounds:
-        weights, how, details = _search_rule(profile, store, model, evaluated, log)
+        weights, how, details = _search_rule(profile, space, model, evaluated, log)
     else:
         weights = reference_weights(store, s.final)
         how, details = f"the training-free reference mixture {s.final!r}", {}
@@ -130,7 +134,7 @@ def choose_final(profile: Profile, store: Store, log) -> FinalChoice:
             log.warning("the search rounds on disk were fitted on other super-clusters; unused")
             model = None
     choice = FinalChoice(weights=weights, how=how, chosen_by=details)
-    caps = search_space(profile, store).caps
+    caps = space.caps
     # A reference mixture can ask more of a super-cluster than max_epochs passes over it give
     # within total_tokens (the search's candidates never do); the manifest would then cap it.
     choice.references = [

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from climb_assets.lib.baselines.base import BaselineInputs, ReferenceMixture, normalised
+from climb_assets.lib.baselines.base import BaselineError, BaselineInputs, ReferenceMixture
+from climb_assets.lib.mixture import MixtureError, natural_prior
 
 
 class Natural:
@@ -10,5 +11,8 @@ class Natural:
     description = "each super-cluster's share of the kept corpus's tokens"
 
     def compute(self, inputs: BaselineInputs) -> ReferenceMixture:
-        weights = normalised(inputs.available_tokens, "super-cluster token counts")
+        try:
+            weights = natural_prior(inputs.available_tokens)  # the search's own token prior
+        except MixtureError as exc:
+            raise BaselineError(str(exc)) from exc
         return ReferenceMixture(self.name, weights, self.description)
