@@ -351,7 +351,7 @@ def test_reference_mixtures_sit_beside_climbmix_with_predicted_objectives(plante
     assert con.execute("SELECT count(*) FROM reference_mixtures").fetchone()[0] == len(refs)
 
 
-def test_a_reference_final_ships_without_training_a_proxy(planted, tmp_path):
+def test_a_reference_final_ships_without_training_a_proxy(planted, tmp_path, capsys):
     _, corpus, _, _ = planted
     root = tmp_path / "out"
     search = {"rounds": [6, 4], "candidates": 4000, "top_k_min": 16, "final": "target_aligned"}
@@ -371,6 +371,11 @@ def test_a_reference_final_ships_without_training_a_proxy(planted, tmp_path):
     )
     assert doc["rounds"] == [] and doc["documents"] > 0
     assert "predicted_objective" not in doc["reference_mixtures"][0]
+    from climb_assets.cli import _print_manifest
+
+    capsys.readouterr()
+    _print_manifest(climb)  # what `climb run` prints at the end
+    assert "no proxy trained, no prediction" in capsys.readouterr().out
 
 
 def test_reference_final_that_cannot_be_computed_says_why(planted, tmp_path):
