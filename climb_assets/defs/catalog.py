@@ -1,33 +1,49 @@
 """The `cluster_catalog` asset: a DuckDB file of views that analysts query read-only."""
 
+from collections.abc import Sequence
+
 import dagster as dg
 import duckdb
 
 from climb_assets.defs.data_side import pruned_clusters, super_clusters
+from climb_assets.defs.partitions import shard_partitions
 from climb_assets.defs.resources import ClimbResource
 from climb_assets.lib.catalog import build_catalog, connect, parquet_source
+from climb_assets.lib.corpus import shard_stem
 from climb_assets.lib.storage import Store
 
 CATALOG_FILE = "catalog.duckdb"
 
 
-def catalog_views(store: Store, scorer_names: list[str]) -> dict[str, str]:
-    """The catalog's views over whichever Parquet outputs exist under `store`."""
+def catalog_views(
+    store: Store, scorer_names: list[str], shards: Sequence[str] = ()
+) -> dict[str, str]:
+    """The catalog's views over whichever Parquet outputs exist under `store`.
+
+    `shards` (the registered shard keys) name each file's shard in the `shard` column: files
+    are named by `shard_stem`, which drops the key's folders and extension.
+    """
 
     docs = _glob_source(store, "corpus_documents/*.parquet", filename=True)
     views: dict[str, str] = {}
     if docs is None:
         return views
+    stem_of_file = "regexp_extract({}filename, '([^/]+)\\.parquet$', 1)"
+    shard_of_file = f"coalesce(s.shard, {stem_of_file})"
+    shard_join = ""
+    if shards:
+        rows = ", ".join(f"({_sql_text(shard_stem(k))}, {_sql_text(k)})" for k in sorted(shards))
+        views["shards"] = f"SELECT * FROM (VALUES {rows}) AS s(file_stem, shard)"
+        shard_join = " LEFT JOIN shards AS s ON s.file_stem = " + stem_of_file
+    else:
+        shard_of_file = stem_of_file
     assigned = _glob_source(store, "cluster_assignments/*.parquet")
     quality = _glob_source(store, "cluster_quality/*.parquet")
     members = _glob_source(store, "super_clusters/members/*.parquet")
     clusters = _glob_source(store, "clusters/clusters.parquet")
     cluster_map = _glob_source(store, "super_clusters/cluster_map.parquet")
-    cols = [
-        "d.* EXCLUDE (filename)",
-        "regexp_extract(d.filename, '([^/]+)\\.parquet$', 1) AS shard",
-    ]
-    joins = [f"FROM {docs} AS d"]
+    cols = ["d.* EXCLUDE (filename)", shard_of_file.format("d.") + " AS shard"]
+    joins = [f"FROM {docs} AS d" + shard_join.format("d.")]
     if assigned:
         cols += ["a.cluster_id", "a.distance AS centroid_distance", "a.n_tokens"]
         joins.append(f"LEFT JOIN {assigned} AS a USING (doc_id)")
@@ -44,8 +60,8 @@ def catalog_views(store: Store, scorer_names: list[str]) -> dict[str, str]:
     rejects = _glob_source(store, "corpus_rejects/*.parquet", filename=True)
     if rejects:
         views["rejected_rows"] = (
-            "SELECT regexp_extract(filename, '([^/]+)\\.parquet$', 1) AS shard, "
-            f"* EXCLUDE (filename) FROM {rejects}"
+            f"SELECT {shard_of_file.format('r.')} AS shard, r.* EXCLUDE (filename) "
+            f"FROM {rejects} AS r" + shard_join.format("r.")
         )
     if clusters:
         if cluster_map:
@@ -102,6 +118,11 @@ def open_catalog(climb: ClimbResource) -> duckdb.DuckDBPyConnection:
     return connect(store.local_copy(CATALOG_FILE), filesystem=store.fs)
 
 
+def _sql_text(value: str) -> str:
+    """`value` as a SQL string literal."""
+    return "'" + value.replace("'", "''") + "'"
+
+
 def _glob_source(store: Store, pattern: str, filename: bool = False) -> str | None:
     """`read_parquet` over `pattern` (at most one `*`) if any file matches, else None."""
     head, star, tail = pattern.partition("*")
@@ -131,7 +152,8 @@ def cluster_catalog(
     alone and again after the search.
     """
     profile, store = climb.settings(), climb.store()
-    views = catalog_views(store, [s.name for s in profile.quality.scorers])
+    shards = context.instance.get_dynamic_partitions(shard_partitions.name)
+    views = catalog_views(store, [s.name for s in profile.quality.scorers], shards)
     if not views:
         raise FileNotFoundError("no corpus_documents yet; materialize the data side first")
     path = store.local_path(CATALOG_FILE)

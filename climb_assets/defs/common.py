@@ -10,7 +10,9 @@ import dagster as dg
 from climb_assets.config import Profile
 from climb_assets.defs.partitions import shard_partitions
 from climb_assets.lib import plots
-from climb_assets.lib.storage import Store, safe_name
+from climb_assets.lib.corpus import shard_stem
+from climb_assets.lib.layout import PER_SHARD_ASSETS, SHARD_OUTPUTS
+from climb_assets.lib.storage import Store
 
 # Which profile sections each asset's output depends on (directly or through its inputs).
 ASSET_SECTIONS = {
@@ -53,7 +55,7 @@ def fingerprint(profile: Profile, asset: str) -> str:
 
 
 def marker_path(asset: str, partition: str | None) -> str:
-    return f"_done/{asset}/{safe_name(partition) if partition else 'all'}.json"
+    return f"_done/{asset}/{shard_stem(partition) if partition else 'all'}.json"
 
 
 def write_marker(
@@ -127,26 +129,12 @@ def is_done(
     return record.get("fingerprint") == fingerprint(profile, asset)
 
 
-SHARD_OUTPUTS = (
-    ("corpus_documents", ".parquet"),
-    ("corpus_rejects", ".parquet"),
-    ("embeddings", ".npy"),
-    ("embeddings", ".tokens.parquet"),
-    ("cluster_quality", ".parquet"),
-    ("cluster_assignments", ".parquet"),
-    ("drift", ".parquet"),
-    ("super_clusters/members", ".parquet"),
-)
-"""Every file written per shard partition (folder, suffix)."""
-PER_SHARD_ASSETS = ("corpus_documents", "embeddings", "cluster_quality", "cluster_assignments")
-
-
 def remove_shard_outputs(store: Store, key: str) -> None:
     """Deletes everything computed from one shard, completion markers first."""
     for asset in PER_SHARD_ASSETS:
         store.remove(marker_path(asset, key))
     for folder, suffix in SHARD_OUTPUTS:
-        store.remove(f"{folder}/{safe_name(key)}{suffix}")
+        store.remove(f"{folder}/{shard_stem(key)}{suffix}")
 
 
 def registered_shards(

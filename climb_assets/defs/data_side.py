@@ -29,7 +29,7 @@ from climb_assets.defs.common import (
 from climb_assets.defs.partitions import GPU_OP_TAGS, GPU_POOL, shard_partitions
 from climb_assets.defs.resources import ClimbResource
 from climb_assets.lib import plots
-from climb_assets.lib.corpus import CorpusError, ingest_shard
+from climb_assets.lib.corpus import CorpusError, ingest_shard, shard_stem
 from climb_assets.lib.embed import TextEncoder
 from climb_assets.lib.kmeans import (
     assign,
@@ -51,7 +51,7 @@ from climb_assets.lib.prune import (
     prune_clusters,
 )
 from climb_assets.lib.quality import build_scorer
-from climb_assets.lib.storage import Store, safe_name
+from climb_assets.lib.storage import Store
 
 GROUP = "data_side"
 CENTROIDS_FILE = "kmeans/centroids.npy"
@@ -60,8 +60,8 @@ FIT_STATS_FILE = "kmeans/fit_stats.json"
 
 
 def shard_file(folder: str, key: str, suffix: str = ".parquet") -> str:
-    """Relative path of one shard's output under `folder` (shard keys may hold `/`)."""
-    return f"{folder}/{safe_name(key)}{suffix}"
+    """Relative path of one shard's output under `folder` (see `shard_stem`)."""
+    return f"{folder}/{shard_stem(key)}{suffix}"
 
 
 LONG_DOCUMENT_STATS = ("split_documents", "split_parts", "truncated_documents", "truncated_chars")

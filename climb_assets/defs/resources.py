@@ -14,6 +14,7 @@ from dagster_aws.s3 import S3Resource
 
 from climb_assets.config import Profile, load_profile, resolve_location
 from climb_assets.lib.corpus import CorpusOptions
+from climb_assets.lib.layout import upgrade_layout
 from climb_assets.lib.storage import Store, local_file
 
 S3_ENV = {
@@ -24,6 +25,8 @@ S3_ENV = {
     "region_name": "AWS_REGION",
 }
 """S3Resource fields filled from these environment variables when they are set."""
+_LAYOUT_CHECKED: set[str] = set()
+"""Output roots whose layout this process has checked (`upgrade_layout`)."""
 
 
 def default_profile_ref() -> str:
@@ -106,7 +109,12 @@ class ClimbResource(dg.ConfigurableResource):
         return Store(location, self.storage_options(location), cache)
 
     def store(self) -> Store:
-        return self.open_store(self.settings().storage.root)
+        """The output store, its file names upgraded to today's layout (checked once a process)."""
+        store = self.open_store(self.settings().storage.root)
+        if store.url not in _LAYOUT_CHECKED:
+            upgrade_layout(store)
+            _LAYOUT_CHECKED.add(store.url)
+        return store
 
     def corpus_store(self) -> Store:
         return self.open_store(self.settings().corpus.path)

@@ -35,9 +35,26 @@ from climb_assets.lib.shard_reader import (
     reject,
     schema_names,
 )
-from climb_assets.lib.storage import Store
+from climb_assets.lib.storage import Store, safe_name
 
 SUFFIXES = {"parquet": PARQUET_SUFFIXES, "jsonl": JSON_SUFFIXES}
+_SHARD_SUFFIXES = sorted((*PARQUET_SUFFIXES, *JSON_SUFFIXES), key=len, reverse=True)
+
+
+def shard_stem(key: str) -> str:
+    """The file stem of one shard's outputs: its key flat ('/' -> '__'), format suffix dropped.
+
+    `corpus/2024/part-1.jsonl.gz` has outputs `corpus_documents/2024__part-1.parquet`,
+    `embeddings/2024__part-1.npy`, ...: one extension each, the one of what they hold.
+    `list_corpus` refuses two shards with one stem, so the name never collides.
+    """
+    flat = safe_name(key)
+    for suffix in _SHARD_SUFFIXES:
+        if flat.endswith(suffix) and len(flat) > len(suffix):
+            return flat[: -len(suffix)]
+    return flat
+
+
 REJECT_SCHEMA = pa.schema(
     [
         ("row", pa.int64()),
@@ -142,7 +159,21 @@ def list_corpus(
             f"no shards under {corpus.uri()}: expected files ending in {', '.join(suffixes)} "
             "(check corpus.path and corpus.formats)"
         )
+    _check_stems(corpus, shards)
     return shards, [f for f in files if not f.endswith(suffixes)]
+
+
+def _check_stems(corpus: Store, shards: list[str]) -> None:
+    """Raises `CorpusError` when two shards would write the same output files."""
+    seen: dict[str, str] = {}
+    for shard in shards:
+        other = seen.setdefault(shard_stem(shard), shard)
+        if other != shard:
+            raise CorpusError(
+                f"shards {other!r} and {shard!r} under {corpus.uri()} would write the same "
+                f"outputs ({shard_stem(shard)}.*); rename one of them, or narrow corpus.formats "
+                "to the format you mean"
+            )
 
 
 def list_shards(corpus: Store, formats: tuple[str, ...] = ("parquet", "jsonl")) -> list[str]:

@@ -113,6 +113,18 @@ class Store:
         etag = str(info.get("ETag") or info.get("etag") or "").strip('"')
         return f"size={info.get('size')};etag={etag}"
 
+    def move(self, src: str, dst: str) -> bool:
+        """Renames `src` to `dst` (atomic on a local disk); False when `src` is already gone."""
+        try:
+            if self.is_local:
+                Path(self.path(dst)).parent.mkdir(parents=True, exist_ok=True)
+                os.replace(self.path(src), self.path(dst))
+            else:
+                self.fs.mv(self.path(src), self.path(dst))
+        except FileNotFoundError:
+            return False
+        return True
+
     def remove(self, rel: str) -> None:
         if self.exists(rel):
             self.fs.rm(self.path(rel), recursive=True)

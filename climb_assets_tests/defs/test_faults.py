@@ -77,9 +77,7 @@ def test_replaced_shard_is_read_again_and_deleted_shard_unregistered(tmp_path, c
         assert any("unregistered 1 shard(s) whose file is gone" in ln for ln in lines)
         assert "shard-001.jsonl" not in instance.get_dynamic_partitions("corpus_shards")
         assert _documents(climb, "SELECT count(*) FROM documents")[0][0] == before - n_gone
-        assert not (
-            Path(climb.store().uri()) / "corpus_documents" / "shard-001.jsonl.parquet"
-        ).exists()
+        assert not (Path(climb.store().uri()) / "corpus_documents" / "shard-001.parquet").exists()
 
 
 def test_broken_shard_named_then_quarantined_then_deleted(tmp_path, corpus):
@@ -259,7 +257,7 @@ def test_giant_document_keeps_the_token_accounting(tmp_path):
     with dg.instance_for_test() as instance:
         run_all(climb, instance, log=lambda _: None)
     store = climb.store()
-    docs = store.read_parquet("corpus_documents/shard-giant.jsonl.parquet")
+    docs = store.read_parquet("corpus_documents/shard-giant.parquet")
     assert docs.num_rows == 101 and max(docs.column("n_chars").to_pylist()) <= 100_000
     manifest = store.read_json("manifest/climbmix.json")
     granted = manifest["total_tokens"]["granted"]
@@ -284,7 +282,7 @@ def test_sensor_reingests_replaced_and_unregisters_deleted_shards(tmp_path):
     store = climb.store()
     write_marker(store, climb.settings(), "corpus_documents", "s1.jsonl", "size=1;mtime_ns=1")
     (store.local_path("corpus_documents")).mkdir(parents=True)
-    (store.local_path("corpus_documents") / "s2.jsonl.parquet").write_bytes(b"stale")
+    (store.local_path("corpus_documents") / "s2.parquet").write_bytes(b"stale")
     (corpus / "s2.jsonl").unlink()
     with dg.instance_for_test() as inst:
         inst.add_dynamic_partitions("corpus_shards", ["s1.jsonl", "s2.jsonl"])
@@ -293,7 +291,7 @@ def test_sensor_reingests_replaced_and_unregisters_deleted_shards(tmp_path):
         jobs = sorted((r.job_name, r.partition_key) for r in result.run_requests)
         assert jobs == [("ingest_shards", "s1.jsonl"), ("refresh_catalog", None)]
         assert inst.get_dynamic_partitions("corpus_shards") == ["s1.jsonl"]
-        assert not store.exists("corpus_documents/s2.jsonl.parquet")
+        assert not store.exists("corpus_documents/s2.parquet")
 
 
 def test_step_waiting_for_a_pool_slot_names_the_holder():

@@ -196,7 +196,7 @@ def test_bad_shard_rows_reported_and_missing_column_fails(tmp_path):
                 [corpus_documents], partition_key="b.parquet", instance=inst,
                 resources={"climb": climb},
             )  # fmt: skip
-        assert climb.store().exists("corpus_documents/a.jsonl.parquet")  # nothing lost
+        assert climb.store().exists("corpus_documents/a.parquet")  # nothing lost
 
 
 def test_sensor_registers_new_shards_once(tmp_path):

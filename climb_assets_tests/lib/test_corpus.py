@@ -14,6 +14,7 @@ from climb_assets.lib.corpus import (
     list_corpus,
     list_shards,
     read_shard,
+    shard_stem,
     split_text,
 )
 from climb_assets.lib.storage import Store
@@ -33,6 +34,23 @@ def test_lists_nested_shards_sorted(tmp_path):
     write_jsonl(tmp_path / "b" / "x.jsonl", [{"text": "a"}])
     pq.write_table(pa.table({"text": ["a"]}), tmp_path / "a.parquet")
     assert list_shards(Store(str(tmp_path))) == ["a.parquet", "b/x.jsonl"]
+
+
+@pytest.mark.parametrize(
+    "key, stem",
+    [("a.parquet", "a"), ("b/x.jsonl", "b__x"), ("2024/part-1.jsonl.gz", "2024__part-1"),
+     ("p.json.zst", "p"), ("v1.2.jsonl", "v1.2"), (".parquet", ".parquet")],
+)  # fmt: skip
+def test_shard_stem_drops_folders_and_the_format_suffix(key, stem):
+    assert shard_stem(key) == stem
+
+
+def test_two_shards_with_one_stem_are_refused_before_any_work(tmp_path):
+    write_jsonl(tmp_path / "a.jsonl", [{"text": "a"}])
+    pq.write_table(pa.table({"text": ["a"]}), tmp_path / "a.parquet")
+    with pytest.raises(CorpusError, match=r"'a.jsonl' and 'a.parquet' .* same outputs \(a\.\*\)"):
+        list_shards(Store(str(tmp_path)))
+    assert list_shards(Store(str(tmp_path)), ("parquet",)) == ["a.parquet"]
 
 
 def test_missing_text_column_names_the_fix(tmp_path):

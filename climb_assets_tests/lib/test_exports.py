@@ -11,6 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from climb_assets.lib import tokens
+from climb_assets.lib.corpus import shard_stem
 from climb_assets.lib.demo_corpus import build_demo_corpus
 from climb_assets.lib.exports import EXPORTERS, ExportContext, ExportError, run_export
 from climb_assets.lib.exports.megatron import index_dtype
@@ -215,7 +216,7 @@ def test_climblab_groups_every_kept_document(tmp_path):
         "b/c.parquet": {"4": (0, 0), "5": (2, None)},
     }
     for shard, members in shards.items():
-        stem, ids = shard.replace("/", "__"), list(members)
+        stem, ids = shard_stem(shard), list(members)
         store.write_parquet(
             f"super_clusters/members/{stem}.parquet",
             pa.table({"doc_id": ids,

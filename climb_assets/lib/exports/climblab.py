@@ -16,9 +16,9 @@ import numpy as np
 import polars as pl
 import pyarrow.parquet as pq
 
+from climb_assets.lib.corpus import shard_stem
 from climb_assets.lib.exports.base import ExportContext, Exporter
 from climb_assets.lib.exports.megatron import prefix_name
-from climb_assets.lib.storage import safe_name
 
 
 class ClimbLabExport(Exporter):
@@ -33,7 +33,7 @@ class ClimbLabExport(Exporter):
         ).with_columns(pl.col("cluster_id").cast(pl.Int32))
         totals: dict[str, dict[str, int]] = {}
         for shard in ctx.shards:
-            stem = safe_name(shard)
+            stem = shard_stem(shard)
             members = pl.from_arrow(store.read_parquet(f"super_clusters/members/{stem}.parquet"))
             docs = pl.from_arrow(store.read_parquet(f"corpus_documents/{stem}.parquet"))
             scores = pl.from_arrow(store.read_parquet(f"cluster_quality/{stem}.parquet"))
