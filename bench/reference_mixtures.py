@@ -1,7 +1,9 @@
-"""Training-free reference mixtures against CLIMB and the proxy baselines, on the same corpora.
+"""Reference mixtures and DoReMi against CLIMB and the proxy baselines, on the same corpora.
 
 Every mixture of `reference_mixtures` (`climb_assets/lib/baselines/`: natural, uniform, UniMax,
-BiMix's four entropy mixtures, target-aligned) is computed on the corpora of
+BiMix's four entropy mixtures, target-aligned) and DoReMi's (`climb_assets/lib/doremi.py`: a
+reference proxy on the natural weights, then a group-DRO proxy, both of the search's proxy
+configuration and seeded by the search seed; two proxies spent) is computed on the corpora of
 `bench.search_quality` and scored exactly as that benchmark scores its strategies: a final model
 with the proxies' architecture, `final_multiplier` times their tokens and seed 1000 + search seed
 (common random numbers), target bits per byte. The proxy configuration, seeds and corpora are read
@@ -12,7 +14,7 @@ of `--max-epochs` passes per super-cluster.
 
 Columns: final BPB mean ± std over the seeds, mean rank among the strategies of the table, mean
 paired difference to natural (negative = better), proxy-equivalents of compute spent (a
-training-free mixture spends none). Result: `bench/results/reference_mixtures.json`.
+training-free mixture spends none, DoReMi two). Result: `bench/results/reference_mixtures.json`.
 
 Run after `bench.search_quality`: `.venv/bin/python -m bench.reference_mixtures [--quick]`.
 """
@@ -24,6 +26,7 @@ import json
 import tempfile
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +46,27 @@ def _rank(rows: list[list[float]]) -> list[float]:
     from scipy.stats import rankdata
 
     return np.mean([rankdata(r) for r in rows], axis=0).tolist()
+
+
+def run_doremi(prepared: Any, cfg: Any, device: str) -> dict[str, Any]:
+    """DoReMi's mixture on one corpus: a reference proxy on the natural weights, then DRO."""
+    from climb_assets.lib.doremi import train_doremi
+    from climb_assets.lib.proxy import train_proxy
+    from climb_assets.lib.tokens import eos_id
+
+    vocab, eos = prepared.tok.get_vocab_size(), eos_id(prepared.tok)
+    start = time.perf_counter()
+    reference = train_proxy(cfg, prepared.arrays, prepared.prior, vocab, device, eos_token_id=eos)
+    run = train_doremi(cfg, prepared.arrays, reference.model, vocab, device=device,
+                       eos_token_id=eos)  # fmt: skip
+    return {
+        "seed": cfg.seed,
+        "weights": run.average.round(5).tolist(),
+        "last_step_weights": run.final.round(5).tolist(),
+        "max_weight": round(float(run.average.max()), 4),
+        "steps": run.training.steps,
+        "seconds": round(time.perf_counter() - start, 2),
+    }
 
 
 def run_corpus(prepared: Any, search: dict[str, Any], params: dict[str, Any], args) -> dict:
@@ -65,13 +89,16 @@ def run_corpus(prepared: Any, search: dict[str, Any], params: dict[str, Any], ar
     scorer = Scorer(prepared, args.device)
     by_seed = {s["seed"]: s["strategies"] for s in search["per_seed"]}
     names = [m.name for m in mixtures]
-    table: dict[str, list[float]] = {n: [] for n in (*names, *FROM_SEARCH)}
+    table: dict[str, list[float]] = {n: [] for n in (*names, "doremi", *FROM_SEARCH)}
+    doremi_runs: list[dict[str, Any]] = []
     for seed in params["seeds"]:
         final_cfg = ProxyConfig.from_dict(
             {**cfg.to_dict(), "train_tokens": final_tokens, "seed": FINAL_SEED_OFFSET + seed}
         )
         for m in mixtures:
             table[m.name].append(scorer(final_cfg, m.weights)["bpb"])
+        doremi_runs.append(run_doremi(prepared, replace(cfg, seed=seed), args.device))
+        table["doremi"].append(scorer(final_cfg, np.asarray(doremi_runs[-1]["weights"]))["bpb"])
         for name in FROM_SEARCH:
             table[name].append(by_seed[seed][name]["final_bpb"])
         rescored = table["natural"][-1]
@@ -84,7 +111,7 @@ def run_corpus(prepared: Any, search: dict[str, Any], params: dict[str, Any], ar
     columns = list(table)
     ranks = _rank([[table[c][i] for c in columns] for i in range(len(params["seeds"]))])
     natural = np.asarray(table["natural"])
-    proxies = {"climb": search["strategies"]["climb"]["proxies"],
+    proxies = {"doremi": 2, "climb": search["strategies"]["climb"]["proxies"],
                "regmix": search["strategies"]["regmix"]["proxies"],
                "best_of_random": search["strategies"]["best_of_random"]["proxies"]}  # fmt: skip
     strategies = {}
@@ -100,6 +127,7 @@ def run_corpus(prepared: Any, search: dict[str, Any], params: dict[str, Any], ar
         }
     for m in mixtures:
         strategies[m.name].update(weights=m.weights.round(4).tolist(), details=m.details)
+    strategies["doremi"]["per_seed"] = doremi_runs
     return {
         "strategies": strategies,
         "skipped": skipped,
@@ -111,18 +139,20 @@ def run_corpus(prepared: Any, search: dict[str, Any], params: dict[str, Any], ar
 
 
 def summary_rows(name: str, record: dict[str, Any]) -> list[dict[str, str]]:
-    """README rows: each training-free mixture's BPB against natural."""
+    """README rows: each reference mixture's (and DoReMi's) BPB against natural."""
     rows = []
     natural = record["strategies"]["natural"]
     for key, row in record["strategies"].items():
         if key in FROM_SEARCH or key == "natural":
             continue
+        spent = f"{row['proxies']} proxies" if row["proxies"] else "no proxies"
+        kind = "DoReMi's mixture" if key == "doremi" else f"the training-free mixture {key}"
         rows.append(
             {
                 "what": (
                     f"{name} corpus, target BPB of a final model "
-                    f"({record['final_train_tokens']:,} tokens) on the training-free mixture "
-                    f"{key}, no proxies, {len(row['bpb_per_seed'])} seeds; mean ± std, mean rank "
+                    f"({record['final_train_tokens']:,} tokens) on {kind}, {spent}, "
+                    f"{len(row['bpb_per_seed'])} seeds; mean ± std, mean rank "
                     f"of {len(record['strategies'])}; ratio to natural, lower is better"
                 ),
                 "ours": f"{row['bpb_mean']:.4f} ± {row['bpb_std']:.4f}, rank {row['rank_mean']}",

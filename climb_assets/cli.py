@@ -103,8 +103,8 @@ def _print_manifest(climb: ClimbResource) -> None:
     final = doc["final"]
     band = final.get("predicted_objective_band")
     plus = f" ± {band:.4f}" if band is not None else ""
-    if final.get("predicted_objective") is None:  # a training-free reference, no proxy
-        print(f"final: {final.get('how', final['method'])}; no proxy trained, no prediction")
+    if final.get("predicted_objective") is None:  # DoReMi or a training-free reference
+        print(f"final: {final.get('how', final['method'])}; no CLIMB predictor, no prediction")
     elif "observed_objective" in final:
         print(f"final: proxy {final['mixture_id']}, observed objective "
               f"{final['observed_objective']:.4f} (best_observed); predicted "

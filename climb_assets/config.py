@@ -224,8 +224,16 @@ class SearchSettings:
     target_prior_weight: float = 0.0
     """How far round 1's sampler centre (and every candidate pool's) leans from the token
     prior toward the target documents' distribution over super-clusters, in [0, 1)."""
+    method: Literal["climb", "doremi"] = "climb"
+    """climb: the bootstrapping rounds above (the paper). doremi: DoReMi (Xie et al. 2023), two
+    proxies and no target: one on the natural weights, then a group-DRO proxy whose weights
+    follow its excess loss over the first (`doremi_mixture`); its averaged weights ship."""
+    doremi_step_size: float = 1.0
+    """DoReMi's step size on the log-weights (the paper's 1.0)."""
+    doremi_smoothing: float = 1e-3
+    """DoReMi's mix of uniform weights into every update (the paper's 1e-3)."""
     final: Literal[
-        "argmax", "topk_mean", "best_observed", "natural", "uniform", "unimax",
+        "argmax", "topk_mean", "best_observed", "doremi", "natural", "uniform", "unimax",
         "entropy_shannon", "entropy_conditional", "entropy_shannon_softmax",
         "entropy_conditional_softmax", "target_aligned",
     ] = "argmax"  # fmt: skip
@@ -234,7 +242,9 @@ class SearchSettings:
     final_top_k), or best_observed (the trained proxy with the best objective; stronger when
     few proxies leave the predictor's best region wide, see bench/README.md). Or one of the
     training-free reference mixtures (`reference_mixtures`: natural, uniform, unimax, the four
-    entropy mixtures, target_aligned): then no search round runs and no proxy is trained."""
+    entropy mixtures, target_aligned): then no search round runs and no proxy is trained.
+    With method doremi, DoReMi's mixture ships (argmax or doremi) unless a training-free
+    reference is named."""
     final_top_k: int = 128
     temperature: float = 0.5
     max_ratio: float = 15.0
@@ -242,8 +252,18 @@ class SearchSettings:
 
     @property
     def runs_rounds(self) -> bool:
-        """False when the final mixture is a training-free reference: no proxy is trained."""
-        return self.final in SEARCH_FINALS
+        """Whether CLIMB's rounds run: method climb and a final rule that reads them."""
+        return self.method == "climb" and self.final in SEARCH_FINALS
+
+    @property
+    def runs_doremi(self) -> bool:
+        """Whether DoReMi's two proxies train: method doremi and its mixture is the final."""
+        return self.method == "doremi" and self.final in ("argmax", "doremi")
+
+    @property
+    def trains_proxies(self) -> bool:
+        """False when the final mixture is a training-free reference."""
+        return self.runs_rounds or self.runs_doremi
 
 
 @dataclass(frozen=True)
@@ -403,6 +423,24 @@ def _check_ranges(p: Profile) -> None:
     )
     need(p.search.kappa >= 0, "search.kappa", "must be >= 0")
     need(p.search.exploit_picks >= 0, "search.exploit_picks", "must be >= 0")
+    need(p.search.doremi_step_size > 0, "search.doremi_step_size", "must be > 0 (the paper: 1.0)")
+    need(
+        0 <= p.search.doremi_smoothing < 1,
+        "search.doremi_smoothing",
+        "must be in [0, 1) (the paper: 1e-3)",
+    )
+    need(
+        p.search.final != "doremi" or p.search.method == "doremi",
+        "search.final",
+        "is doremi, which needs DoReMi's two proxies; set search.method: doremi",
+    )
+    need(
+        p.search.method != "doremi" or p.search.final not in ("topk_mean", "best_observed"),
+        "search.final",
+        f"is {p.search.final}, which picks among CLIMB's trained proxies, but search.method "
+        "doremi trains none of those; leave search.final unset (DoReMi's mixture ships) or name "
+        "a training-free reference mixture",
+    )
     fr = p.proxy.eval_fractions
     need(bool(fr), "proxy.eval_fractions", "must list at least [1.0]")
     need(

@@ -254,6 +254,7 @@ def run_search(
     in order; a round whose predictor exists with the same settings is skipped, and
     inside a round every proxy whose checkpoint is complete is reused rather than retrained.
     """
+    from climb_assets.defs.doremi import doremi_mixture
     from climb_assets.defs.exports import climbmix_exports
     from climb_assets.defs.io import JsonIOManager
     from climb_assets.defs.manifest import climbmix_manifest
@@ -283,8 +284,10 @@ def run_search(
             write_marker(store, profile, name, None)
             upstream_changed = True
     materialize([reference_mixtures], "reference_mixtures")  # seconds; reads the manifest budget
-    if not profile.search.runs_rounds:
+    if not profile.search.trains_proxies:
         log(f"  search.final is the reference mixture {profile.search.final!r}: no proxy trained")
+    if profile.search.runs_doremi:  # both proxies are content-addressed: a rerun reuses them
+        materialize([doremi_mixture], "doremi_mixture")
     for key in round_keys(profile) if profile.search.runs_rounds else ():
         if not upstream_changed and is_done(store, profile, "search_round", key):
             log(f"  round {key} already finished with these settings")

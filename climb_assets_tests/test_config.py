@@ -140,5 +140,23 @@ def test_every_training_free_mixture_can_be_the_final_one():
     from climb_assets.lib.baselines import BY_NAME
 
     finals = set(get_args(get_type_hints(SearchSettings)["final"]))
-    assert finals == set(SEARCH_FINALS) | set(BY_NAME)
+    assert finals == set(SEARCH_FINALS) | set(BY_NAME) | {"doremi"}
     assert not SearchSettings(final="unimax").runs_rounds and SearchSettings().runs_rounds
+
+
+def test_doremi_method_and_finals_that_need_other_proxies():
+    from climb_assets.config import SearchSettings
+
+    doremi = SearchSettings(method="doremi")
+    assert doremi.runs_doremi and not doremi.runs_rounds and doremi.trains_proxies
+    reference = SearchSettings(method="doremi", final="uniform")  # no proxy at all
+    assert not reference.trains_proxies
+    with pytest.raises(ProfileError, match="final is doremi, which needs DoReMi's two proxies; "
+                                           "set search.method: doremi"):  # fmt: skip
+        profile_from_dict({"name": "x", "search": {"final": "doremi"}})
+    with pytest.raises(ProfileError, match="best_observed, which picks among CLIMB's trained"):
+        profile_from_dict({"name": "x", "search": {"method": "doremi", "final": "best_observed"}})
+    with pytest.raises(ProfileError, match="doremi_step_size must be > 0"):
+        profile_from_dict({"name": "x", "search": {"method": "doremi", "doremi_step_size": 0}})
+    with pytest.raises(ProfileError, match="search.method"):
+        profile_from_dict({"name": "x", "search": {"method": "regmix"}})

@@ -90,6 +90,8 @@ def catalog_views(
         "predictor_cv": "search/*/cv.parquet",
         "target_alignment": "targets/alignment.parquet",
         "reference_mixtures": "references/mixtures.parquet",
+        "doremi_weights": "doremi/weights.parquet",
+        "doremi_trajectory": "doremi/trajectory.parquet",
         "manifest_weights": "manifest/weights.parquet",
         "manifest_documents": "manifest/shards/*.parquet",
         "exports": "exports/files.parquet",

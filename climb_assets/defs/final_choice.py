@@ -1,8 +1,9 @@
 """Which mixture the manifest ships, by `search.final`, and what is known about it.
 
 A search rule (argmax, topk_mean, best_observed) reads the last round's predictor and the
-proxies' evaluations. A training-free reference (unimax, ...) reads `reference_mixtures`; when
-proxies were trained anyway, the last predictor still estimates its objective.
+proxies' evaluations. `search.method: doremi` reads `doremi_mixture`. A training-free reference
+(unimax, ...) reads `reference_mixtures`; when proxies were trained anyway, the last predictor
+still estimates its objective.
 """
 
 from dataclasses import dataclass, field
@@ -12,8 +13,9 @@ import numpy as np
 import polars as pl
 
 from climb_assets.config import Profile
+from climb_assets.defs.doremi import load_doremi
 from climb_assets.defs.references import load_references, reference_weights
-from climb_assets.defs.search import proxy_config, round_keys
+from climb_assets.defs.search import cluster_summary, proxy_config, round_keys
 from climb_assets.defs.search_round import (
     SearchSpace,
     load_round_predictor,
@@ -102,6 +104,15 @@ def _fits(model: Any, weights: np.ndarray) -> bool:
         return False
 
 
+def _with_doremi(
+    references: dict[str, np.ndarray], doremi: dict[str, Any] | None
+) -> dict[str, np.ndarray]:
+    """The reference mixtures, with DoReMi's when it has run on these super-clusters."""
+    if doremi is not None:
+        return {**references, "doremi": np.asarray(doremi["weights"], dtype=np.float64)}
+    return references
+
+
 def choose_final(profile: Profile, store: Store, log) -> FinalChoice:
     """The final mixture by `search.final`, with everything the manifest reports about it."""
     s = profile.search
@@ -125,8 +136,23 @@ def choose_final(profile: Profile, store: Store, log) -> FinalChoice:
         else pl.DataFrame()
     )  # fmt: skip
     space = search_space(profile, store)
+    doremi = load_doremi(store)
+    if doremi is not None and doremi.get("data") != cluster_summary(store)["digest"]:
+        doremi = None  # computed on other super-clusters or tokens
     if s.runs_rounds:
         weights, how, details = _search_rule(profile, space, model, evaluated, log)
+    elif s.runs_doremi:
+        if doremi is None:
+            raise ValueError(
+                "search.method is doremi but doremi_mixture has not been materialized for these "
+                "super-clusters; materialize doremi_mixture first (climb run does)"
+            )
+        weights = np.asarray(doremi["weights"], dtype=np.float64)
+        how = f"DoReMi: group-DRO weights averaged over {doremi['steps']} proxy steps"
+        details = {k: doremi[k] for k in ("reference_run_id", "proxy_run_id", "steps",
+                                          "step_size", "smoothing")}  # fmt: skip
+        if model is not None and not _fits(model, weights):
+            model = None
     else:
         weights = reference_weights(store, s.final)
         how, details = f"the training-free reference mixture {s.final!r}", {}
@@ -140,7 +166,7 @@ def choose_final(profile: Profile, store: Store, log) -> FinalChoice:
     choice.references = [
         {"name": n, "weights": w.round(6).tolist(),
          "within_repetition_caps": bool(proposals.within_caps(w[None, :], caps)[0])}
-        for n, w in load_references(store).items()
+        for n, w in _with_doremi(load_references(store), doremi).items()
     ]  # fmt: skip
     if model is None:
         return choice

@@ -152,7 +152,8 @@ def climbmix_manifest(
         "tokenizer": tok_info,
         "proxy": proxy_config(profile).to_dict(),
         "final": {
-            "method": s.final, "how": choice.how, "top_k": s.final_top_k,
+            "method": "doremi" if s.runs_doremi else s.final, "search_method": s.method,
+            "how": choice.how, "top_k": s.final_top_k,
             "predictor_kind": profile.predictor.kind,
             "predictor_used": choice.predictor_used, "predicted_objective": choice.predicted,
             "predicted_objective_band": choice.band, "band": choice.band_source,
@@ -209,8 +210,12 @@ def climbmix_manifest(
         metadata={
             # What was chosen and why leads: the UI lists metadata in this order.
             "chosen_mixture": choice.mixture_id or choice.how,
-            "rule": f"search.final: {s.final} ({choice.how}){used}",
-            "predicted_objective": _rounded(choice.predicted, "no predictor: no proxy trained"),
+            "rule": (
+                f"search.method: doremi ({choice.how})"
+                if s.runs_doremi
+                else f"search.final: {s.final} ({choice.how}){used}"
+            ),
+            "predicted_objective": _rounded(choice.predicted, "no predictor: no CLIMB round ran"),
             "predicted_objective_band": _rounded(choice.band, "n/a"),
             "measured_objective": _rounded(
                 choice.measured, "not measured: no proxy was trained on this exact mixture"

@@ -32,7 +32,7 @@ def checkpoint_id(weights_key: str, cfg: proxy.ProxyConfig, data_digest: str) ->
     return hashlib.sha256(blob).hexdigest()[:20]
 
 
-def _checkpoint_complete(store: Store, rel: str) -> bool:
+def stored_checkpoint_complete(store: Store, rel: str) -> bool:
     """Whether the store holds a finished checkpoint under `rel` (every file and the marker)."""
     local = store.local_path(rel)
     if local is not None:
@@ -41,7 +41,7 @@ def _checkpoint_complete(store: Store, rel: str) -> bool:
     return all(store.exists(f"{rel}/{name}") for name in names)
 
 
-def _scratch_folder(store: Store, rel: str) -> str:
+def scratch_folder(store: Store, rel: str) -> str:
     """Where a checkpoint is written: in place when local, else a cache folder then uploaded."""
     local = store.local_path(rel)
     return str(local if local is not None else store.cache_path(rel))
@@ -85,7 +85,7 @@ def train_proxy(context: dg.OpExecutionContext, climb: ClimbResource, spec: dict
     rel = f"proxies/{run_id}"
     info = {"mixture_id": spec["mixture_id"], "key": spec["key"], "weights": spec["weights"],
             "checkpoint": store.uri(rel), "run_id": run_id}  # fmt: skip
-    if _checkpoint_complete(store, rel):
+    if stored_checkpoint_complete(store, rel):
         stats = store.read_json(f"{rel}/proxy.json")
         context.log.info(f"reusing finished proxy {run_id} for {spec['mixture_id']}")
         return {**info, "reused": True, **stats.get("extra", {}).get("training", {})}
@@ -116,7 +116,7 @@ def train_proxy(context: dg.OpExecutionContext, climb: ClimbResource, spec: dict
         "final_loss": round(result.final_loss, 5), "device": device,
         "epochs_per_cluster": [round(e, 4) for e in result.epochs_per_cluster],
     }  # fmt: skip
-    folder = _scratch_folder(store, rel)
+    folder = scratch_folder(store, rel)
     proxy.save_checkpoint(
         result.model, cfg, folder,
         {"mixture": spec, "tokenizer_hash": summary["tokenizer_hash"], "data": summary["digest"],

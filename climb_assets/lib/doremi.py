@@ -16,9 +16,16 @@ gives every super-cluster at least one sequence in every batch, which the traine
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
+import torch
+import torch.nn.functional as F
+
+from climb_assets.lib.proxy import MixtureBatches, ProxyConfig, TrainResult, train_proxy
 
 
 class DoReMiError(ValueError):
@@ -52,11 +59,7 @@ def excess_losses(
         k: Number of super-clusters.
     """
     excess = np.maximum(np.asarray(proxy_losses) - np.asarray(reference_losses), 0.0)
-    domains = np.asarray(domains, dtype=np.int64)
-    sums = np.bincount(domains, weights=excess, minlength=k)
-    counts = np.bincount(domains, minlength=k)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
+    return domain_means(excess, domains, k)
 
 
 @dataclass
@@ -123,3 +126,149 @@ def stratified_counts(batch_size: int, weights: np.ndarray) -> np.ndarray:
     left = rest - int(counts.sum())
     counts[np.argsort(-(share - counts), kind="stable")[:left]] += 1
     return counts + 1
+
+
+def domain_means(values: np.ndarray, domains: np.ndarray, k: int) -> np.ndarray:
+    """Mean of `values` per super-cluster id in `domains`; NaN for one with no value."""
+    domains = np.asarray(domains, dtype=np.int64)
+    sums = np.bincount(domains, weights=np.asarray(values, dtype=np.float64), minlength=k)
+    counts = np.bincount(domains, minlength=k)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
+
+
+def check_inputs(k: int, batch_size: int) -> None:
+    """Raises `DoReMiError` before any training when DoReMi cannot run on `k` super-clusters."""
+    DoReMiState.start(k)
+    stratified_counts(batch_size, np.full(k, 1.0 / k))
+
+
+class StratifiedBatches(MixtureBatches):
+    """Training batches holding a fixed number of sequences of every super-cluster each step.
+
+    The counts come from `stratified_counts` over the sampling weights (at least one sequence
+    per super-cluster), so no step misses a domain; where each window starts is drawn as in
+    `MixtureBatches`, from the same seeded uniforms.
+    """
+
+    def __init__(
+        self,
+        cluster_arrays: Sequence[np.ndarray],
+        weights: Sequence[float] | np.ndarray,
+        seq_len: int,
+        batch_size: int,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(cluster_arrays, weights, seq_len, batch_size, seed)
+        self.counts = stratified_counts(batch_size, self.weights)
+        self.layout = np.repeat(np.arange(len(self.arrays)), self.counts)
+        """The super-cluster of each row of every batch."""
+        self.shares = self.counts / batch_size
+        """Each super-cluster's share of every batch (what the loss weights divide by)."""
+
+    def _pick(self, u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        sizes = self.sizes[self.layout]
+        starts = np.minimum((u[:, 1] * sizes).astype(np.int64), np.maximum(sizes - 1, 0))
+        return self.layout, starts
+
+
+class GroupDROLoss:
+    """The DRO proxy's loss for one step, updating the domain weights first (DoReMi's order).
+
+    Both models read the batch; each token's excess loss `max(l_proxy - l_reference, 0)` is
+    averaged per super-cluster (`lambda`), the weights take one `DoReMiState.update`, and the
+    returned loss weights each sequence by its super-cluster's new weight over its share of the
+    batch. Rows of `history` hold the weights and `lambda` after every step.
+    """
+
+    def __init__(
+        self,
+        reference: torch.nn.Module,
+        batches: StratifiedBatches,
+        state: DoReMiState,
+        device: str = "cpu",
+    ) -> None:
+        self.reference = reference.to(device).eval()
+        self.batches = batches
+        self.state = state
+        self.device = torch.device(device)
+        self.history: list[dict[str, list[float] | int]] = []
+
+    def __call__(
+        self, step: int, inputs: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor
+    ) -> torch.Tensor:
+        cuda = self.device.type == "cuda"
+        autocast = (
+            torch.autocast("cuda", dtype=torch.bfloat16) if cuda else contextlib.nullcontext()
+        )
+        with torch.no_grad(), autocast:
+            reference_logits = self.reference(input_ids=inputs).logits
+        vocab = logits.shape[-1]
+        flat = targets.reshape(-1)
+        token_loss = F.cross_entropy(
+            logits.reshape(-1, vocab).float(), flat, reduction="none"
+        ).view(targets.shape)
+        reference_loss = F.cross_entropy(
+            reference_logits.reshape(-1, vocab).float(), flat, reduction="none"
+        ).view(targets.shape)
+        # every row has the same number of tokens: the per-domain mean of row means is the
+        # per-domain mean over tokens
+        excess = (token_loss.detach() - reference_loss).clamp_min(0).mean(dim=1)
+        layout = self.batches.layout
+        lam = domain_means(excess.cpu().numpy(), layout, len(self.state.weights))
+        weights = self.state.update(lam)
+        self.history.append({"step": step + 1, "weights": weights.tolist(), "excess": lam.tolist()})
+        row_weights = torch.as_tensor(
+            weights[layout] / self.batches.shares[layout], dtype=torch.float32, device=self.device
+        )
+        return (token_loss.mean(dim=1) * row_weights).mean()
+
+
+@dataclass
+class DoReMiRun:
+    """A trained DRO proxy and DoReMi's mixture.
+
+    Attributes:
+        training: The proxy and its training statistics.
+        average: The mixture DoReMi outputs (weights averaged over every step).
+        final: The weights after the last step.
+        history: Weights and per-super-cluster excess loss after every step.
+        sampling: The share of every batch each super-cluster held.
+    """
+
+    training: TrainResult
+    average: np.ndarray
+    final: np.ndarray
+    history: list[dict[str, Any]]
+    sampling: np.ndarray
+
+
+def train_doremi(
+    cfg: ProxyConfig,
+    cluster_arrays: Sequence[np.ndarray],
+    reference: torch.nn.Module,
+    vocab_size: int,
+    settings: DoReMiSettings | None = None,
+    device: str = "cpu",
+    log: Callable[[str], None] | None = None,
+    threads: int | None = None,
+    eos_token_id: int | None = None,
+) -> DoReMiRun:
+    """Trains DoReMi's group-DRO proxy against `reference` (trained on the natural weights).
+
+    Same architecture, budget, schedule and seed as the reference (`cfg`). Batches sample the
+    super-clusters uniformly (the paper's Algorithm 1), stratified so that each holds
+    `batch_size / k` sequences (at least one) of every super-cluster.
+    """
+    k = len(cluster_arrays)
+    check_inputs(k, cfg.batch_size)
+    state = DoReMiState.start(k, settings)
+    batches = StratifiedBatches(
+        cluster_arrays, np.full(k, 1.0 / k), cfg.seq_len, cfg.batch_size, cfg.seed
+    )
+    loss = GroupDROLoss(reference, batches, state, device)
+    result = train_proxy(
+        cfg, cluster_arrays, batches.weights, vocab_size, device=device, log=log,
+        threads=threads, eos_token_id=eos_token_id, batches=batches, step_loss=loss,
+    )  # fmt: skip
+    return DoReMiRun(result, state.average, state.weights.copy(), loss.history, batches.shares)

@@ -446,6 +446,10 @@ class MixtureBatches:
         return [float(d / s) if s else 0.0 for d, s in zip(drawn, self.sizes, strict=True)]
 
 
+StepLoss = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+"""A training loss from (step, inputs, logits, targets); see `train_proxy`'s ``step_loss``."""
+
+
 @dataclass
 class TrainResult:
     """A trained proxy and its training statistics.
@@ -509,6 +513,8 @@ def train_proxy(
     eos_token_id: int | None = None,
     on_checkpoint: Callable[[int, torch.nn.Module], None] | None = None,
     checkpoint_steps: Sequence[int] = (),
+    batches: MixtureBatches | None = None,
+    step_loss: StepLoss | None = None,
 ) -> TrainResult:
     """Trains one proxy on a mixture of super-clusters.
 
@@ -531,6 +537,9 @@ def train_proxy(
             ``checkpoint_steps`` (learning-curve evaluations: it may evaluate the model, which
             is back in training mode afterwards; it must not change the weights).
         checkpoint_steps: Steps (1-based, counted after the update) for ``on_checkpoint``.
+        batches: Where the sequences come from (default: `MixtureBatches` of ``weights``).
+        step_loss: ``step_loss(step, inputs, logits, targets)`` replaces the mean next-token
+            cross-entropy (DoReMi's group-DRO loss, `climb_assets.lib.doremi`).
 
     Returns:
         The trained model and its statistics.
@@ -539,7 +548,8 @@ def train_proxy(
         ProxyError: Invalid mixture, empty cluster with positive weight, or token ids outside
             the vocabulary.
     """
-    batches = MixtureBatches.for_config(cfg, cluster_arrays, weights)
+    if batches is None:
+        batches = MixtureBatches.for_config(cfg, cluster_arrays, weights)
     _check_vocab(batches.arrays, batches.weights, vocab_size)
     dev = torch.device(device)
     cuda = dev.type == "cuda"
@@ -576,9 +586,12 @@ def train_proxy(
             inputs, targets = window[:, :-1], window[:, 1:]
             with autocast:
                 logits = model(input_ids=inputs).logits
-            loss = F.cross_entropy(
-                logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1)
-            )
+            if step_loss is None:
+                loss = F.cross_entropy(
+                    logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1)
+                )
+            else:
+                loss = step_loss(step, inputs, logits, targets)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip, foreach=True)
             optimizer.step()

@@ -21,6 +21,7 @@ SEARCH_ASSETS = {
     "search_targets",
     "target_alignment",
     "reference_mixtures",
+    "doremi_mixture",
     "mixture_batches",
     "proxy_checkpoints",
     "proxy_evaluations",
@@ -54,6 +55,13 @@ def test_gpu_steps_carry_routing_tags_and_pool():
         assert dict(assets_def.op.tags).items() >= GPU_OP_TAGS.items(), name
         assert assets_def.op.pool == GPU_POOL
     assert "climb/gpu" not in graph.get(dg.AssetKey("corpus_documents")).assets_def.op.tags
+    doremi = graph.get(dg.AssetKey("doremi_mixture")).assets_def.node_def
+    for op_name in ("train_proxy", "train_dro_proxy"):  # DoReMi's two proxies
+        op = doremi.node_named(op_name).definition
+        assert dict(op.tags).items() >= GPU_OP_TAGS.items() and op.pool == GPU_POOL, op_name
+    assert "climb/gpu" not in doremi.node_named("gather_doremi").definition.tags
+    parents = {k.to_user_string() for k in graph.get(dg.AssetKey("doremi_mixture")).parent_keys}
+    assert parents == {"cluster_tokens", "search_targets"}
 
 
 def test_per_shard_assets_are_partitioned_and_global_ones_are_not():

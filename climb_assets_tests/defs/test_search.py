@@ -375,7 +375,75 @@ def test_a_reference_final_ships_without_training_a_proxy(planted, tmp_path, cap
 
     capsys.readouterr()
     _print_manifest(climb)  # what `climb run` prints at the end
-    assert "no proxy trained, no prediction" in capsys.readouterr().out
+    assert "no CLIMB predictor, no prediction" in capsys.readouterr().out
+
+
+def test_doremi_method_trains_two_proxies_and_ships_their_mixture(planted, tmp_path, capsys):
+    _, corpus, _, _ = planted
+    root = tmp_path / "out"
+    search = {"rounds": [6, 4], "candidates": 4000, "top_k_min": 16, "method": "doremi"}
+    climb = ClimbResource(profile=str(planted_profile(tmp_path, corpus, root, search=search)))
+    with dg.instance_for_test() as instance:
+        run_all(climb, instance, log=lambda _: None)
+        store = climb.store()
+        first = store.read_json("doremi/result.json")
+        assert first["reused"] == [False, False] and first["proxies"] == 2
+        run_all(climb, instance, log=lambda _: None)  # a rerun trains nothing again
+        assert store.read_json("doremi/result.json")["reused"] == [True, True]
+        runs = instance.get_runs(dg.RunsFilter(job_name="cli_doremi_mixture"))
+        steps = {e.step_key for e in instance.all_logs(runs[-1].run_id) if e.step_key}
+        tagged = {s for s in steps if "train_proxy" in s or "train_dro_proxy" in s}
+        assert len(tagged) == 2  # the reference proxy and the DRO proxy: a step each
+    doc = store.read_json("manifest/climbmix.json")
+    assert not (root / "search").exists()  # no CLIMB round ran
+    checkpoints = {p.name for p in (root / "proxies").iterdir()}
+    assert checkpoints == {first["proxy_run_id"], first["reference_run_id"]}
+    assert first["proxy_run_id"].startswith("doremi-")
+    weights = np.array([s["weight"] for s in doc["super_clusters"]])
+    np.testing.assert_allclose(weights, first["weights"], atol=1e-9)
+    natural = np.array([s["natural"] for s in doc["super_clusters"]])
+    np.testing.assert_allclose(first["natural"], natural, atol=1e-6)
+    assert np.abs(weights - natural).max() > 0.01 and weights.min() >= 1e-3 / weights.size
+    assert doc["final"]["method"] == "doremi" and doc["final"]["predicted_objective"] is None
+    assert doc["final"]["proxy_run_id"] == first["proxy_run_id"]
+    refs = {r["name"]: r for r in doc["reference_mixtures"]}
+    np.testing.assert_allclose(refs["doremi"]["weights"], weights, atol=1e-6)
+    con = duckdb.connect(store.uri("catalog.duckdb"), read_only=True)
+    try:
+        assert con.execute("SELECT count(*) FROM doremi_weights").fetchone()[0] == weights.size
+        steps_seen = con.execute("SELECT count(DISTINCT step) FROM doremi_trajectory").fetchone()
+        cfg = proxy.ProxyConfig.from_dict(doc["proxy"])
+        assert steps_seen[0] == cfg.steps == first["steps"]
+    finally:
+        con.close()
+    from climb_assets.cli import _print_manifest
+
+    capsys.readouterr()
+    _print_manifest(climb)
+    assert "DoReMi: group-DRO weights averaged over" in capsys.readouterr().out
+
+
+def test_doremi_over_one_super_cluster_fails_before_training(planted, tmp_path):
+    _, corpus, climb, _ = planted
+    from climb_assets.defs.doremi import doremi_mixture
+    from climb_assets.defs.io import JsonIOManager
+    from climb_assets.defs.search import IO
+
+    root = tmp_path / "one"
+    summary = climb.store().read_json("cluster_tokens/summary.json")
+    (root / "cluster_tokens").mkdir(parents=True)
+    (root / "cluster_tokens" / "summary.json").write_text(
+        json.dumps({**summary, "tokens": [sum(summary["tokens"])]})
+    )
+    search = {"rounds": [6, 4], "method": "doremi"}
+    other = ClimbResource(profile=str(planted_profile(tmp_path, corpus, root, search=search)))
+    with (
+        dg.instance_for_test() as instance,
+        pytest.raises(Exception, match="DoReMi needs at least 2 super-clusters to weight, got 1"),
+    ):
+        dg.materialize([doremi_mixture], instance=instance,
+                       resources={"climb": other, IO: JsonIOManager(climb=other)})  # fmt: skip
+    assert not (root / "proxies").exists()
 
 
 def test_reference_final_that_cannot_be_computed_says_why(planted, tmp_path):

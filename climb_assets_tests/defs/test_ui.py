@@ -142,7 +142,7 @@ def test_dagster_dev_tells_the_story(story):
             port, "{ assetNodes { assetKey { path } isPartitioned description kinds } }"
         )["data"]["assetNodes"]
         assets = {n["assetKey"]["path"][-1]: n for n in nodes}
-        assert len(assets) == 19
+        assert len(assets) == 20
         assert (
             assets["embeddings"]["isPartitioned"] and not assets["super_clusters"]["isPartitioned"]
         )
