@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 
 from climb_assets.config import Profile
-from climb_assets.defs.common import metadata_table
+from climb_assets.defs.common import chart, metadata_table
 from climb_assets.defs.partitions import GPU_OP_TAGS, GPU_POOL
 from climb_assets.defs.proxies import (
     checkpoint_id,
@@ -32,7 +32,7 @@ from climb_assets.defs.search import (
     proxy_config,
     proxy_device,
 )
-from climb_assets.lib import doremi, mixture, proxy, tokens
+from climb_assets.lib import doremi, mixture, plots, proxy, tokens
 from climb_assets.lib.storage import Store
 
 RESULT_FILE = "doremi/result.json"
@@ -151,8 +151,17 @@ def gather_doremi(
     rows = [{"super_cluster_id": i, "natural_share": round(float(natural[i]), 4),
              "doremi_weight": round(float(average[i]), 4),
              "last_step_weight": round(float(dro["final"][i]), 4)} for i in range(k)]  # fmt: skip
+    steps = [h["step"] for h in history]
+    charts = {
+        **chart(store, "doremi/doremi_weights.png",
+                plots.weights_png(average, natural, label="DoReMi"),
+                "DoReMi's weights (averaged over steps) against the natural shares"),
+        **chart(store, "doremi/doremi_trajectory.png",
+                plots.trajectory_png(steps, np.array([h["weights"] for h in history])),
+                "Each super-cluster's weight during the DRO proxy's training"),
+    }  # fmt: skip
     context.add_output_metadata(
-        {"weights": metadata_table(rows), "steps": dro["steps"],
+        {**charts, "weights": metadata_table(rows), "steps": dro["steps"],
          "max_weight": round(float(average.max()), 4),
          "reference_proxy": reference["run_id"], "dro_proxy": dro["run_id"],
          "proxies_reused": sum(result["reused"]), "seed": proxy_config(climb.settings()).seed,

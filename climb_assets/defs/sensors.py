@@ -71,7 +71,9 @@ refresh_catalog_job = dg.define_asset_job(
     selection=CATALOG_ASSETS,
     tags={REFRESH_TAG: "catalog"},
     description="Recompute the cluster and super-cluster summaries over every shard, then the "
-    "DuckDB catalog.",
+    "DuckDB catalog. Its steps run in the run's own process: seconds of CPU work each, no GPU.",
+    # A process per step spent a minute and a half starting interpreters for seconds of work.
+    executor_def=dg.in_process_executor,
 )
 recluster_job = dg.define_asset_job(
     "recluster",

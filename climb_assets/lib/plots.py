@@ -64,12 +64,12 @@ def centroid_projection_png(centroids: np.ndarray, labels: np.ndarray, sizes: np
     return _png(fig)
 
 
-def weights_png(weights: np.ndarray, natural: np.ndarray) -> bytes:
+def weights_png(weights: np.ndarray, natural: np.ndarray, label: str = "ClimbMix") -> bytes:
     """Final mixture weights next to the natural token proportions, per super-cluster."""
     x = np.arange(len(weights))
     fig, ax = plt.subplots(figsize=(max(5, len(weights) * 0.5), 3))
     ax.bar(x - 0.2, natural, width=0.4, label="natural", color="lightgrey")
-    ax.bar(x + 0.2, weights, width=0.4, label="ClimbMix", color="tab:blue")
+    ax.bar(x + 0.2, weights, width=0.4, label=label, color="tab:blue")
     ax.set_xticks(x)
     ax.set_xlabel("super-cluster")
     ax.set_ylabel("weight")
@@ -102,5 +102,17 @@ def curves_png(proxies: list[str], tokens: list[int], objective: list[float], ti
     ax.set_ylabel("objective (higher is better)")
     ax.set_title(title)
     if len(by_proxy) <= 16:
+        ax.legend(fontsize=6, ncol=2)
+    return _png(fig)
+
+
+def trajectory_png(steps: list[int], weights: np.ndarray) -> bytes:
+    """One line per super-cluster: its weight (rows of `weights`: one per step) over the steps."""
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for i in range(weights.shape[1]):
+        ax.plot(steps, weights[:, i], lw=1, label=f"sc {i}")
+    ax.set_xlabel("DRO proxy step")
+    ax.set_ylabel("domain weight")
+    if weights.shape[1] <= 16:
         ax.legend(fontsize=6, ncol=2)
     return _png(fig)

@@ -396,6 +396,7 @@ def test_doremi_method_trains_two_proxies_and_ships_their_mixture(planted, tmp_p
         assert len(tagged) == 2  # the reference proxy and the DRO proxy: a step each
     doc = store.read_json("manifest/climbmix.json")
     assert not (root / "search").exists()  # no CLIMB round ran
+    assert (root / "doremi" / "doremi_trajectory.png").exists()
     checkpoints = {p.name for p in (root / "proxies").iterdir()}
     assert checkpoints == {first["proxy_run_id"], first["reference_run_id"]}
     assert first["proxy_run_id"].startswith("doremi-")
