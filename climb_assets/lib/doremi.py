@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -151,20 +152,20 @@ class StratifiedBatches(MixtureBatches):
     `MixtureBatches`, from the same seeded uniforms.
     """
 
-    def __init__(
-        self,
-        cluster_arrays: Sequence[np.ndarray],
-        weights: Sequence[float] | np.ndarray,
-        seq_len: int,
-        batch_size: int,
-        seed: int = 0,
-    ) -> None:
-        super().__init__(cluster_arrays, weights, seq_len, batch_size, seed)
-        self.counts = stratified_counts(batch_size, self.weights)
-        self.layout = np.repeat(np.arange(len(self.arrays)), self.counts)
+    @cached_property
+    def counts(self) -> np.ndarray:
+        """Rows of every batch that each super-cluster holds."""
+        return stratified_counts(self.batch_size, self.weights)
+
+    @cached_property
+    def layout(self) -> np.ndarray:
         """The super-cluster of each row of every batch."""
-        self.shares = self.counts / batch_size
+        return np.repeat(np.arange(len(self.arrays)), self.counts)
+
+    @property
+    def shares(self) -> np.ndarray:
         """Each super-cluster's share of every batch (what the loss weights divide by)."""
+        return self.counts / self.batch_size
 
     def _pick(self, u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         sizes = self.sizes[self.layout]
