@@ -110,4 +110,5 @@ def test_every_asset_has_kinds_and_a_description_and_rounds_say_what_they_read()
 
 def test_the_catalog_refresh_runs_its_light_steps_in_one_process():
     assert defs.resolve_job_def("refresh_catalog").executor_def.name == "in_process"
-    assert defs.resolve_job_def("ingest_shards").executor_def.name.startswith("climb_")  # GPU routing
+    # the ingest job holds GPU steps: the deployment's executor routes them
+    assert defs.resolve_job_def("ingest_shards").executor_def.name.startswith("climb_")
