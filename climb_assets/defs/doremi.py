@@ -61,7 +61,6 @@ def doremi_reference_mixture(context: dg.OpExecutionContext, climb: ClimbResourc
     profile, store = climb.settings(), climb.store()
     available = cluster_summary(store)["tokens"]
     doremi.check_inputs(len(available), proxy_config(profile).batch_size)
-    doremi_settings(profile)
     natural = mixture.natural_prior(available)
     context.log.info(f"DoReMi over {len(available)} super-clusters; reference on natural weights")
     return {"mixture_id": "doremi-reference", "key": mixture.mixture_key(natural),

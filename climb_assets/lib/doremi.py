@@ -1,4 +1,4 @@
-"""DoReMi's domain-weight update (Xie et al. 2023), plain and Dagster-free.
+"""DoReMi (Xie et al. 2023): its domain-weight update and its group-DRO proxy, Dagster-free.
 
 A reference proxy is trained on the natural weights; a second proxy of the same size is then
 trained with group DRO over the super-clusters. After each step, per super-cluster i:
@@ -10,8 +10,12 @@ trained with group DRO over the super-clusters. After each step, per super-clust
 
 and the proxy's loss weights each token by a_i over its sampling weight. The mixture DoReMi
 outputs is the average of ``a`` over all steps. The paper's runs use step size 1.0 and smoothing
-1e-3. Its users report near one-hot weights when batches miss domains; `stratified_counts`
-gives every super-cluster at least one sequence in every batch, which the trainer must use.
+1e-3. Its users report near one-hot weights when batches miss domains; `StratifiedBatches`
+(`stratified_counts`) gives every super-cluster at least one sequence in every batch.
+
+`train_doremi` trains the DRO proxy with `lib.proxy.train_proxy` (its `batches` and
+`step_loss` hooks carry `StratifiedBatches` and `GroupDROLoss`), so it shares the optimiser,
+schedule, autocast and logging of every other proxy.
 """
 
 from __future__ import annotations
@@ -129,6 +133,10 @@ def stratified_counts(batch_size: int, weights: np.ndarray) -> np.ndarray:
     return counts + 1
 
 
+HISTORY_LIMIT = 1000
+"""Most rows `train_doremi` keeps of the weights' trajectory."""
+
+
 def domain_means(values: np.ndarray, domains: np.ndarray, k: int) -> np.ndarray:
     """Mean of `values` per super-cluster id in `domains`; NaN for one with no value."""
     domains = np.asarray(domains, dtype=np.int64)
@@ -188,11 +196,14 @@ class GroupDROLoss:
         batches: StratifiedBatches,
         state: DoReMiState,
         device: str = "cpu",
+        record_every: int = 1,
     ) -> None:
         self.reference = reference.to(device).eval()
         self.batches = batches
         self.state = state
         self.device = torch.device(device)
+        self.record_every = record_every
+        """`history` keeps every this many steps (and step 1): long runs stay small in memory."""
         self.history: list[dict[str, list[float] | int]] = []
 
     def __call__(
@@ -218,7 +229,10 @@ class GroupDROLoss:
         layout = self.batches.layout
         lam = domain_means(excess.cpu().numpy(), layout, len(self.state.weights))
         weights = self.state.update(lam)
-        self.history.append({"step": step + 1, "weights": weights.tolist(), "excess": lam.tolist()})
+        if step % self.record_every == 0:
+            self.history.append(
+                {"step": step + 1, "weights": weights.tolist(), "excess": lam.tolist()}
+            )
         row_weights = torch.as_tensor(
             weights[layout] / self.batches.shares[layout], dtype=torch.float32, device=self.device
         )
@@ -233,7 +247,8 @@ class DoReMiRun:
         training: The proxy and its training statistics.
         average: The mixture DoReMi outputs (weights averaged over every step).
         final: The weights after the last step.
-        history: Weights and per-super-cluster excess loss after every step.
+        history: Weights and per-super-cluster excess loss after steps 1, 1 + n, 1 + 2n, ...
+            (n: 1 up to 1,000 steps, then at most 1,000 rows).
         sampling: The share of every batch each super-cluster held.
     """
 
@@ -267,7 +282,7 @@ def train_doremi(
     batches = StratifiedBatches(
         cluster_arrays, np.full(k, 1.0 / k), cfg.seq_len, cfg.batch_size, cfg.seed
     )
-    loss = GroupDROLoss(reference, batches, state, device)
+    loss = GroupDROLoss(reference, batches, state, device, -(-cfg.steps // HISTORY_LIMIT))
     result = train_proxy(
         cfg, cluster_arrays, batches.weights, vocab_size, device=device, log=log,
         threads=threads, eos_token_id=eos_token_id, batches=batches, step_loss=loss,
