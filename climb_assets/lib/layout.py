@@ -8,6 +8,8 @@ carried forward instead of recomputed.
 
 from __future__ import annotations
 
+import contextlib
+
 from climb_assets.lib.corpus import shard_stem
 from climb_assets.lib.storage import Store
 
@@ -38,7 +40,9 @@ def upgrade_layout(store: Store) -> int:
     several processes at once (a file another process moved is skipped). Returns files moved.
     """
     if not store.exists(""):  # a new store: today's layout from its first file on
-        store.write_json(LAYOUT_FILE, {"version": LAYOUT_VERSION, "moved": 0})
+        # no bucket or no access: left to the assets' own check, which names the fix
+        with contextlib.suppress(OSError):
+            store.write_json(LAYOUT_FILE, {"version": LAYOUT_VERSION, "moved": 0})
         return 0
     if store.exists(LAYOUT_FILE) and store.read_json(LAYOUT_FILE).get("version") == LAYOUT_VERSION:
         return 0

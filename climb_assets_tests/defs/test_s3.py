@@ -209,6 +209,7 @@ def test_a_missing_bucket_is_named_with_the_fix(s3_server, tmp_path, monkeypatch
         monkeypatch.setenv(key, value)
     profile = write_profile(tmp_path, storage={"root": "s3://no-such-climb-bucket/run"})
     climb = climb_resource(str(profile))
+    climb.store()  # opening the store leaves the missing bucket to the check that names the fix
     with pytest.raises(RuntimeError, match="cannot reach bucket 'no-such-climb-bucket'.*create"):
         climb.check_bucket(climb.settings().storage.root)
     climb.check_bucket(s3_server.bucket("climb-present") + "/run")  # an existing one passes
