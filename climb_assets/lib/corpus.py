@@ -44,7 +44,8 @@ _SHARD_SUFFIXES = sorted((*PARQUET_SUFFIXES, *JSON_SUFFIXES), key=len, reverse=T
 def shard_stem(key: str) -> str:
     """The file stem of one shard's outputs: its key flat ('/' -> '__'), format suffix dropped.
 
-    `corpus/2024/part-1.jsonl.gz` has outputs `corpus_documents/2024__part-1.parquet`,
+    The shard `2024/part-1.jsonl.gz` (a key under corpus.path) has outputs
+    `corpus_documents/2024__part-1.parquet`,
     `embeddings/2024__part-1.npy`, ...: one extension each, the one of what they hold.
     `list_corpus` refuses two shards with one stem, so the name never collides.
     """
