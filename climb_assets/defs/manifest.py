@@ -66,9 +66,10 @@ def super_cluster_terms(store: Store, n: int) -> list[list[str]]:
     ],
     kinds={"json", "parquet"},
     description=(
-        "The ClimbMix manifest: the final mixture (rule search.final), its predicted and measured "
-        "objective, token budgets under the repetition cap, the selected documents as shuffled "
-        "Parquet parts and the Megatron blend. Stale after any corpus refresh or new round."
+        "The ClimbMix manifest: the final mixture (rule search.final, or DoReMi's with "
+        "search.method: doremi), its predicted and measured objective, token budgets under the "
+        "repetition cap, the selected documents as shuffled Parquet parts and the Megatron "
+        "blend. Stale after any corpus refresh or new round."
     ),
 )
 def climbmix_manifest(
