@@ -181,7 +181,7 @@ def run(
             tokens, np.argsort(-tokens, kind="stable"), batch_size, max_tokens
         ),
         "sentence_transformers_sorted_by_chars": padding_stats(
-            tokens, np.argsort([-len(d) for d in docs]), batch_size, max_tokens
+            tokens, np.argsort([-len(d) for d in docs], kind="stable"), batch_size, max_tokens
         ),
     }
     padded_ours = padding["ours_sorted_by_tokens"]["padded_tokens"]

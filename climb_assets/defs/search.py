@@ -141,7 +141,7 @@ def cluster_tokens(context: dg.AssetExecutionContext, climb: ClimbResource) -> d
     n_super = int(table.get_column("super_cluster_id").max()) + 1
     counts = []
     for sc in range(n_super):
-        part = table.filter(pl.col("super_cluster_id") == sc).sort("doc_id")
+        part = table.filter(pl.col("super_cluster_id") == sc).sort("doc_id", "row")
         ids, offsets = tokens.tokenize_documents(
             tok, [texts[i] for i in part.get_column("row").to_list()], eos
         )
@@ -273,7 +273,7 @@ def target_alignment(
         ),
     )
     prior = mixture.natural_prior(cluster_summary(store)["tokens"])
-    order = np.argsort(-combined)[:3]
+    order = np.argsort(-combined, kind="stable")[:3]
     return dg.MaterializeResult(
         metadata={
             "target_shares": [round(float(v), 4) for v in combined],
