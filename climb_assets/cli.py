@@ -105,6 +105,11 @@ def _print_manifest(climb: ClimbResource) -> None:
     plus = f" ± {band:.4f}" if band is not None else ""
     if final.get("predicted_objective") is None:  # DoReMi or a training-free reference
         print(f"final: {final.get('how', final['method'])}; no CLIMB predictor, no prediction")
+    elif final.get("method") == "confirmed":
+        print(
+            f"final: {final['how']}; measured objective {final['measured_objective']:.4f}, "
+            f"predicted {final['predicted_objective']:.4f}{plus} by {final['predictor_used']}"
+        )
     elif "observed_objective" in final:
         print(f"final: proxy {final['mixture_id']}, observed objective "
               f"{final['observed_objective']:.4f} (best_observed); predicted "

@@ -189,7 +189,7 @@ class TargetSettings:
     on_overlap: Literal["warn", "error"] = "error"
 
 
-SEARCH_FINALS = ("argmax", "topk_mean", "best_observed")
+SEARCH_FINALS = ("confirmed", "argmax", "topk_mean", "best_observed")
 """Final rules that need the search's proxies; the other `search.final` values are the
 training-free reference mixtures of `climb_assets.lib.baselines`."""
 
@@ -224,6 +224,18 @@ class SearchSettings:
     target_prior_weight: float = 0.0
     """How far round 1's sampler centre (and every candidate pool's) leans from the token
     prior toward the target documents' distribution over super-clusters, in [0, 1)."""
+    anchors: tuple[Literal["target_aligned", "natural"], ...] = ("target_aligned", "natural")
+    """Training-free mixtures round 1 trains among its proxies before its design picks the
+    rest (design `reference` in the catalog's mixtures): target_aligned (the target documents'
+    distribution over super-clusters; skipped with a note without text targets) and natural.
+    Each is fitted under the repetition caps. Empty: round 1 is the design alone."""
+    noise_replicates: int = 1
+    """How many of round 1's mixtures are trained a second time with another proxy seed; the
+    pairs give the proxy noise floor (round metadata, the catalog's rounds). 0: none, and no
+    round can say that its proxies cannot tell its mixtures apart."""
+    fallback_radius: float = 0.25
+    """When no predictor is trusted, a round proposes by a model-free trust region around the
+    best measured mixtures; a local move shifts at most this share of the weight."""
     method: Literal["climb", "doremi"] = "climb"
     """climb: the bootstrapping rounds above (the paper). doremi: DoReMi (Xie et al. 2023), two
     proxies and no target: one on the natural weights, then a group-DRO proxy whose weights
@@ -233,11 +245,15 @@ class SearchSettings:
     doremi_smoothing: float = 1e-3
     """DoReMi's mix of uniform weights into every update (the paper's 1e-3)."""
     final: Literal[
-        "argmax", "topk_mean", "best_observed", "doremi", "natural", "uniform", "unimax",
+        "confirmed", "argmax", "topk_mean", "best_observed", "doremi", "natural", "uniform",
+        "unimax",
         "entropy_shannon", "entropy_conditional", "entropy_shannon_softmax",
         "entropy_conditional_softmax", "target_aligned",
-    ] = "argmax"  # fmt: skip
-    """The final mixture: argmax of the last predictor over fresh candidates (the paper; the
+    ] = "confirmed"  # fmt: skip
+    """The final mixture. confirmed: the last predictor's argmax is trained once more as a
+    confirmation proxy (`confirmation_proxy`), and the manifest ships the best measured of that
+    pick, the best proxy of the rounds and the anchors, saying which. argmax: the predictor's
+    argmax over fresh candidates, unmeasured (the paper; the
     mean of the tied set when a tree predictor ties), topk_mean (RegMix: mean of the top
     final_top_k), or best_observed (the trained proxy with the best objective; stronger when
     few proxies leave the predictor's best region wide, see bench/README.md). Or one of the
@@ -258,7 +274,7 @@ class SearchSettings:
     @property
     def runs_doremi(self) -> bool:
         """Whether DoReMi's two proxies train: method doremi and its mixture is the final."""
-        return self.method == "doremi" and self.final in ("argmax", "doremi")
+        return self.method == "doremi" and self.final in ("confirmed", "argmax", "doremi")
 
     @property
     def trains_proxies(self) -> bool:
@@ -288,6 +304,12 @@ class PredictorSettings:
     early_stopping_rounds: int = 20
     """Patience on a 10% validation split (used from 20 points up); 0 boosts every round."""
     cv_folds: int = 5
+    trust_floor: float | None = 0.3
+    """A kind steers the search only when its cross-validated Spearman is at least this and its
+    out-of-fold predictions stay within the measured range (widened by trust_range_margin of
+    it on each side). When no kind qualifies the next round proposes by the model-free trust
+    region, saying so. null: every kind is trusted (the behaviour before this rule)."""
+    trust_range_margin: float = 0.5
 
 
 @dataclass(frozen=True)
@@ -422,6 +444,29 @@ def _check_ranges(p: Profile) -> None:
         "must be in [0, 1) (0: the token prior; toward 1: the target's distribution)",
     )
     need(p.search.kappa >= 0, "search.kappa", "must be >= 0")
+    need(len(set(p.search.anchors)) == len(p.search.anchors), "search.anchors", "has duplicates")
+    need(
+        len(p.search.anchors) <= r[0] // 2,
+        "search.anchors",
+        f"lists {len(p.search.anchors)} anchors but round 1 trains {r[0]} proxies; anchors may "
+        "take at most half of round 1 (raise search.rounds[0] or list fewer)",
+    )
+    need(
+        0 <= p.search.noise_replicates <= r[0],
+        "search.noise_replicates",
+        f"is {p.search.noise_replicates}; use 0..{r[0]} (round 1's proxies)",
+    )
+    need(
+        0 < p.search.fallback_radius <= 1,
+        "search.fallback_radius",
+        "must be in (0, 1] (the share of the weight a local move shifts)",
+    )
+    need(
+        p.predictor.trust_floor is None or -1 <= p.predictor.trust_floor <= 1,
+        "predictor.trust_floor",
+        "must be a Spearman correlation in [-1, 1], or null to trust every kind",
+    )
+    need(p.predictor.trust_range_margin >= 0, "predictor.trust_range_margin", "must be >= 0")
     need(p.search.exploit_picks >= 0, "search.exploit_picks", "must be >= 0")
     need(p.search.doremi_step_size > 0, "search.doremi_step_size", "must be > 0 (the paper: 1.0)")
     need(
@@ -492,6 +537,35 @@ def _check_ranges(p: Profile) -> None:
     need(len(set(target_names)) == len(target_names), "targets", "has duplicate names")
     for t in p.targets:
         need(t.weight > 0, f"targets[{t.name}].weight", "must be > 0")
+
+
+def search_trade_offs(p: Profile) -> list[str]:
+    """One line for each safeguard of the search that the profile turns off, saying what is lost."""
+    s = p.search
+    if not s.runs_rounds:
+        return []
+    lines = []
+    if not s.anchors:
+        lines.append(
+            "search.anchors is empty: round 1 trains no training-free reference, so the search "
+            "can miss a mixture as good as target_aligned or natural without ever measuring it"
+        )
+    if s.noise_replicates == 0:
+        lines.append(
+            "search.noise_replicates is 0: no proxy noise floor is measured, so no round can "
+            "warn that its proxies cannot tell its mixtures apart"
+        )
+    if s.final != "confirmed":
+        lines.append(
+            f"search.final is {s.final}: no confirmation proxy; the manifest ships a mixture "
+            "chosen without comparing it, measured, with the best proxy and the anchors"
+        )
+    if p.predictor.trust_floor is None:
+        lines.append(
+            "predictor.trust_floor is null: a predictor steers the rounds however badly it "
+            "cross-validates (no model-free fallback)"
+        )
+    return lines
 
 
 def _type_name(tp: Any) -> str:

@@ -6,6 +6,7 @@ from climb_assets.config import Profile, deployment_kind, load_profile
 from climb_assets.defs import (
     catalog,
     checks,
+    confirmation,
     data_side,
     doremi,
     exports,
@@ -61,6 +62,7 @@ def build_definitions(profile_ref: str) -> dg.Definitions:
             search.search_targets,
             search.target_alignment,
             search_round.build_search_round(n_rounds),
+            confirmation.confirmation_proxy,
             references.reference_mixtures,
             doremi.doremi_mixture,
             manifest.climbmix_manifest,

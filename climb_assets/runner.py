@@ -254,6 +254,8 @@ def run_search(
     in order; a round whose predictor exists with the same settings is skipped, and
     inside a round every proxy whose checkpoint is complete is reused rather than retrained.
     """
+    from climb_assets.config import search_trade_offs
+    from climb_assets.defs.confirmation import confirmation_proxy
     from climb_assets.defs.doremi import doremi_mixture
     from climb_assets.defs.exports import climbmix_exports
     from climb_assets.defs.io import JsonIOManager
@@ -275,6 +277,8 @@ def run_search(
     materialize = Materializer(instance, resources, log, log_level)
     timings = materialize.timings
 
+    for line in search_trade_offs(profile):
+        log(f"  note: {line}")
     upstream_changed = force or data_changed
     for asset, name in ((proxy_tokenizer, "proxy_tokenizer"), (cluster_tokens, "cluster_tokens"),
                         (search_targets, "search_targets"),
@@ -295,6 +299,9 @@ def run_search(
         materialize([search_round], "search_round", key)
         write_marker(store, profile, "search_round", key)
         upstream_changed = True
+    if profile.search.runs_rounds and profile.search.final == "confirmed":
+        # Content-addressed: a finished confirmation of the same pick is reused in seconds.
+        materialize([confirmation_proxy], "confirmation_proxy")
     materialize([climbmix_manifest], "climbmix_manifest")
     materialize([climbmix_exports], "climbmix_exports")  # each skipped when already complete
     materialize([cluster_catalog], "cluster_catalog")

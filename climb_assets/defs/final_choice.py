@@ -1,7 +1,8 @@
 """Which mixture the manifest ships, by `search.final`, and what is known about it.
 
-A search rule (argmax, topk_mean, best_observed) reads the last round's predictor and the
-proxies' evaluations. `search.method: doremi` reads `doremi_mixture`. A training-free reference
+A search rule reads the last round's predictor and the proxies' evaluations: confirmed (the
+best measured of the confirmation proxy, the best proxy and the anchors), argmax, topk_mean or
+best_observed. `search.method: doremi` reads `doremi_mixture`. A training-free reference
 (unimax, ...) reads `reference_mixtures`; when proxies were trained anyway, the last predictor
 still estimates its objective.
 """
@@ -13,6 +14,7 @@ import numpy as np
 import polars as pl
 
 from climb_assets.config import Profile
+from climb_assets.defs.confirmation import CONFIRMATION_ID, load_confirmation, predictor_pick
 from climb_assets.defs.doremi import load_doremi
 from climb_assets.defs.references import load_references, reference_weights
 from climb_assets.defs.search import cluster_summary, proxy_config, round_keys
@@ -21,8 +23,9 @@ from climb_assets.defs.search_round import (
     load_round_predictor,
     metric_datas_so_far,
     search_space,
+    searched_rows,
 )
-from climb_assets.lib import mixture, proposals
+from climb_assets.lib import mixture, proposals, rounds
 from climb_assets.lib.predictors.base import PredictorError, build_models
 from climb_assets.lib.storage import Store
 
@@ -43,6 +46,8 @@ class FinalChoice:
     at_total_note: str | None = None
     predictor_used: str | None = None
     best_proxy: dict[str, Any] | None = None
+    predicted_for_best_proxy: float | None = None
+    measured_options: list[dict[str, Any]] = field(default_factory=list)
     rounds: list[dict[str, Any]] = field(default_factory=list)
     references: list[dict[str, Any]] = field(default_factory=list)
 
@@ -57,11 +62,13 @@ def _measured(evaluated: pl.DataFrame, weights: np.ndarray) -> tuple[str | None,
 
 
 def _search_rule(
-    profile: Profile, space: SearchSpace, model: Any, evaluated: pl.DataFrame, log
+    profile: Profile, store: Store, space: SearchSpace, model: Any, evaluated: pl.DataFrame, log
 ) -> tuple[np.ndarray, str, dict[str, Any]]:
-    """Weights, description and details of a search rule (argmax, topk_mean, best_observed)."""
+    """Weights, description and details of a search rule (confirmed, argmax, topk_mean,
+    best_observed)."""
     s = profile.search
     if s.final == "best_observed":
+        evaluated = searched_rows(evaluated)
         x = np.array(evaluated.get_column("weights").to_list(), dtype=np.float64)
         feasible = proposals.within_caps(x, space.caps)
         if not feasible.any():
@@ -79,21 +86,58 @@ def _search_rule(
                    "infeasible_proxies_skipped": int((~feasible).sum())}  # fmt: skip
         how = "the trained proxy with the best measured objective"
         return np.asarray(best["weights"], dtype=np.float64), how, details
-    pool = space.pool(profile, profile.manifest.seed)
-    scores = model.predict(pool)
-    ties = proposals.top_ties(scores, 1 if s.final == "argmax" else s.final_top_k)
-    if s.final == "argmax" and ties.tied > 1:
+    if s.final == "confirmed":
+        return _confirmed(profile, store, space, evaluated, log)
+    weights, how, details = predictor_pick(profile, space, model, s.final)
+    if s.final == "argmax" and details["tied_at_best"] > 1:
         log.warning(
-            f"{ties.tied} candidates tie at the best predicted value; the final mixture is "
-            "their mean (the centre of the predicted-best region)"
+            f"{details['tied_at_best']} candidates tie at the best predicted value; the final "
+            "mixture is their mean (the centre of the predicted-best region)"
         )
-    how = (
-        f"predictor argmax of {len(pool)} fresh candidates"
-        if s.final == "argmax"
-        else f"mean of the predictor's top {s.final_top_k} of {len(pool)} fresh candidates"
-    )
-    weights = mixture.final_mixture(pool, scores, s.final, s.final_top_k)
-    return weights, how, {"tied_at_best": ties.tied, "candidates": len(pool)}
+    return weights, how, details
+
+
+def _measured_label(row: dict[str, Any]) -> str:
+    if row.get("design") == "reference" and row.get("reference"):
+        return f"the anchor {row['reference']} ({row['mixture_id']})"
+    return f"the proxy {row['mixture_id']}"
+
+
+def _confirmed(
+    profile: Profile, store: Store, space: SearchSpace, evaluated: pl.DataFrame, log
+) -> tuple[np.ndarray, str, dict[str, Any]]:
+    """The best measured of the confirmation proxy, the best proxy and the anchors."""
+    record = load_confirmation(store, profile)
+    if record is None:
+        raise ValueError(
+            "search.final is confirmed but confirmation_proxy has not been materialized for the "
+            "last round's predictor; materialize confirmation_proxy (climb run does)"
+        )
+    options = [
+        rounds.Measured(
+            "the predictor's pick (confirmation proxy)",
+            CONFIRMATION_ID,
+            np.asarray(record["weights"], np.float64),
+            record["objective"],
+        )
+    ]
+    rows = list(searched_rows(evaluated).iter_rows(named=True))
+    options += [rounds.Measured(_measured_label(r), r["mixture_id"],
+                                np.asarray(r["weights"], np.float64), r["objective"])
+                for r in sorted(rows, key=lambda r: -r["objective"])]  # fmt: skip
+    winner = rounds.best_measured(options, space.caps)
+    anchors = [o for o in options if o.label.startswith("the anchor")]
+    compared = ", ".join(
+        [f"the predictor's pick {options[0].objective:.4f}",
+         f"the best proxy {options[1].objective:.4f}" if len(options) > 1 else "no proxy",
+         *(f"{o.label.split(' (')[0].removeprefix('the ')} {o.objective:.4f}" for o in anchors)]
+    )  # fmt: skip
+    how = f"the best measured of {compared}: {winner.label}"
+    log.info(f"final: {how}")
+    details = {"mixture_id": winner.mixture_id, "measured_objective": winner.objective,
+               "confirmation_objective": record["objective"],
+               "confirmation_predicted": record["predicted"], "winner": winner.label}  # fmt: skip
+    return winner.weights.copy(), how, details
 
 
 def _fits(model: Any, weights: np.ndarray) -> bool:
@@ -128,9 +172,8 @@ def choose_final(profile: Profile, store: Store, log) -> FinalChoice:
     model = load_round_predictor(store, keys[-1]) if searched else None
     evaluated = (
         pl.concat(
-            [pl.from_arrow(store.read_parquet(f"search/{k}/evaluations.parquet",
-                                              ["mixture_id", "weights", "objective"]))
-             for k in keys]
+            [pl.from_arrow(store.read_parquet(f"search/{k}/evaluations.parquet")) for k in keys],
+            how="diagonal_relaxed",
         ).sort("mixture_id")
         if searched
         else pl.DataFrame()
@@ -140,7 +183,7 @@ def choose_final(profile: Profile, store: Store, log) -> FinalChoice:
     if doremi is not None and doremi.get("data") != cluster_summary(store)["digest"]:
         doremi = None  # computed on other super-clusters or tokens
     if s.runs_rounds:
-        weights, how, details = _search_rule(profile, space, model, evaluated, log)
+        weights, how, details = _search_rule(profile, store, space, model, evaluated, log)
     elif s.runs_doremi:
         if doremi is None:
             raise ValueError(
@@ -173,9 +216,15 @@ def choose_final(profile: Profile, store: Store, log) -> FinalChoice:
     last_round = store.read_json(f"search/{keys[-1]}/round.json")
     choice.rounds = [store.read_json(f"search/{k}/round.json") for k in keys]
     choice.predictor_used = last_round["used"]
-    choice.mixture_id, choice.measured = _measured(evaluated, weights)
-    best = evaluated.row(int(evaluated.get_column("objective").arg_max()), named=True)
+    if "measured_objective" in details:  # confirmed: the winner is measured by construction
+        choice.mixture_id, choice.measured = details["mixture_id"], details["measured_objective"]
+    else:
+        choice.mixture_id, choice.measured = _measured(searched_rows(evaluated), weights)
+    proxies = searched_rows(evaluated)
+    best = proxies.row(int(proxies.get_column("objective").arg_max()), named=True)
     choice.best_proxy = {"mixture_id": best["mixture_id"], "objective": best["objective"]}
+    best_weights = np.asarray(best["weights"], dtype=np.float64)
+    choice.predicted_for_best_proxy = float(model.predict(best_weights[None, :])[0])
     choice.predicted = float(model.predict(weights[None, :])[0])
     std = model.predict_std(weights[None, :])
     # The band is the larger of the model's own std and its out-of-sample error: at a trained

@@ -57,6 +57,8 @@ def super_cluster_terms(store: Store, n: int) -> list[list[str]]:
         # left out of its staleness), so a new last round marks the manifest stale.
         dg.AssetDep("predictor_models", partition_mapping=dg.LastPartitionMapping()),
         "proxy_evaluations",
+        # search.final: confirmed ships the best measured of this proxy, the rounds' and anchors.
+        "confirmation_proxy",
         cluster_tokens,
         reference_mixtures,
         # Read directly (membership, texts): a corpus refresh re-materializes these, and the
@@ -162,12 +164,14 @@ def climbmix_manifest(
             "at_total_tokens_note": choice.at_total_note,
             "mixture_id": choice.mixture_id, "measured_objective": choice.measured,
             "best_proxy": choice.best_proxy,
+            "predicted_for_best_proxy": choice.predicted_for_best_proxy,
             **choice.chosen_by,
         },
         "reference_mixtures": choice.references,
         "rounds": [
             {"round": r["round"], "points": r["points"], "used": r["used"],
              "cv_spearman": r["cv_spearman"], "cv_by_kind": r["cv_by_kind"],
+             "trusted": r.get("trusted", True), "noise_floor": r.get("noise_floor"),
              "best_observed": r["best_observed"], "best_predicted": r["best_predicted"]}
             for r in rounds
         ],
@@ -224,6 +228,7 @@ def climbmix_manifest(
             "best_proxy": "none trained"
             if best is None
             else f"{best['mixture_id']}: objective {best['objective']:.5f}",
+            "predicted_for_best_proxy": _rounded(choice.predicted_for_best_proxy, "n/a"),
             "super_clusters": metadata_table(
                 [
                     {

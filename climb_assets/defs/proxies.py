@@ -4,8 +4,10 @@ Every proxy is its own GPU-tagged step. A proxy is content-addressed (mixture, p
 seed, data digest), so a finished checkpoint is reused by any later run that asks for it.
 """
 
+import dataclasses
 import hashlib
 import json
+import time
 from typing import Any
 
 import dagster as dg
@@ -60,6 +62,22 @@ def score_targets(
     return scores
 
 
+SPEC_FIELDS = ("design", "reference", "replicate_of", "proxy_seed")
+"""What a mixture's spec may carry besides its id, key and weights, passed through to its
+evaluation: how it was proposed, and the proxy seed of a noise replicate."""
+
+
+def spec_config(profile: Any, spec: dict) -> proxy.ProxyConfig:
+    """The proxy configuration of one spec: the profile's, with a replicate's own seed."""
+    cfg = proxy_config(profile)
+    seed = spec.get("proxy_seed")
+    return cfg if seed is None else dataclasses.replace(cfg, seed=int(seed))
+
+
+def _passed_on(spec: dict) -> dict[str, Any]:
+    return {k: spec[k] for k in SPEC_FIELDS if spec.get(k) is not None}
+
+
 def _targets_digest(store: Store) -> str:
     return hashlib.sha256(store.read_bytes("targets/targets.json")).hexdigest()[:16]
 
@@ -79,12 +97,12 @@ def train_proxy(context: dg.OpExecutionContext, climb: ClimbResource, spec: dict
     killed mid-upload is retrained, never half-read.
     """
     profile, store = climb.settings(), climb.store()
-    cfg = proxy_config(profile)
+    cfg = spec_config(profile, spec)
     summary = cluster_summary(store)
     run_id = checkpoint_id(spec["key"], cfg, summary["digest"])
     rel = f"proxies/{run_id}"
     info = {"mixture_id": spec["mixture_id"], "key": spec["key"], "weights": spec["weights"],
-            "checkpoint": store.uri(rel), "run_id": run_id}  # fmt: skip
+            "checkpoint": store.uri(rel), "run_id": run_id, **_passed_on(spec)}  # fmt: skip
     if stored_checkpoint_complete(store, rel):
         stats = store.read_json(f"{rel}/proxy.json")
         context.log.info(f"reusing finished proxy {run_id} for {spec['mixture_id']}")
@@ -98,10 +116,14 @@ def train_proxy(context: dg.OpExecutionContext, climb: ClimbResource, spec: dict
     early = [f for f in profile.proxy.eval_fractions if f < 1.0]
     steps = proxy.fraction_steps(cfg, early)
     curve: list[dict[str, Any]] = []
+    partial_seconds = 0.0
 
     def score_early(step: int, model: Any) -> None:
+        nonlocal partial_seconds
+        started = time.perf_counter()
         fraction = early[steps.index(step)]
         scores = score_targets(model, tok, targets, cfg.seq_len, device)
+        partial_seconds += time.perf_counter() - started
         curve.append({"fraction": fraction, "step": step, "tokens": step * cfg.tokens_per_step,
                       "scores": scores, "objective": objective(scores, targets)})  # fmt: skip
 
@@ -115,6 +137,8 @@ def train_proxy(context: dg.OpExecutionContext, climb: ClimbResource, spec: dict
         "tokens_per_second": round(result.tokens_per_second, 1),
         "final_loss": round(result.final_loss, 5), "device": device,
         "epochs_per_cluster": [round(e, 4) for e in result.epochs_per_cluster],
+        # Scoring the targets at the partial eval_fractions, inside `seconds`.
+        "partial_eval_seconds": round(partial_seconds, 3),
     }  # fmt: skip
     folder = scratch_folder(store, rel)
     proxy.save_checkpoint(
@@ -134,7 +158,7 @@ def evaluate_proxy(context: dg.OpExecutionContext, climb: ClimbResource, trained
     """Scores one proxy on every target at its full budget, with its learning curve attached."""
     profile, store = climb.settings(), climb.store()
     targets = load_targets(store)
-    cfg = proxy_config(profile)
+    cfg = spec_config(profile, trained)
     digest = _targets_digest(store)
     cached = f"proxies/{trained['run_id']}/eval-{digest}.json"
     if store.exists(cached):
@@ -159,7 +183,7 @@ def evaluate_proxy(context: dg.OpExecutionContext, climb: ClimbResource, trained
     context.log.info(f"{trained['mixture_id']}: objective {value:.4f}")
     return {"mixture_id": trained["mixture_id"], "key": trained["key"],
             "weights": trained["weights"], "scores": scores, "objective": value,
-            "curve": curve}  # fmt: skip
+            "curve": curve, "run_id": trained["run_id"], **_passed_on(trained)}  # fmt: skip
 
 
 @dg.op(out=dg.Out(io_manager_key=IO))
@@ -176,6 +200,9 @@ def gather_checkpoints(context: dg.OpExecutionContext, climb: ClimbResource, run
             "reused": [bool(r["reused"]) for r in runs],
             "tokens": pa.array([r.get("tokens") for r in runs], pa.int64()),
             "seconds": pa.array([r.get("seconds") for r in runs], pa.float64()),
+            "partial_eval_seconds": pa.array(
+                [r.get("partial_eval_seconds") for r in runs], pa.float64()
+            ),
             "tokens_per_second": pa.array([r.get("tokens_per_second") for r in runs], pa.float64()),
             "final_loss": pa.array([r.get("final_loss") for r in runs], pa.float64()),
         }

@@ -36,10 +36,11 @@ from climb_assets.defs.search import (
     cluster_summary,
     load_alignment,
     load_targets,
+    proxy_config,
     round_keys,
     sampler_settings,
 )
-from climb_assets.lib import mixture, plots, proposals
+from climb_assets.lib import mixture, plots, proposals, rounds
 from climb_assets.lib.predictors import auto, report
 from climb_assets.lib.predictors.base import Curve, Metric, MetricData
 from climb_assets.lib.storage import Store
@@ -166,55 +167,108 @@ def propose_mixtures(
     spread: list[float | None] = [None] * n
     extra: dict[str, Any] = {}
     if index == 0:
-        weights = mixture.sample_mixtures(
-            space.prior, n, seed, sampler_settings(profile), exclude=trained, design=s.design,
-            center=space.center, caps=space.caps,
+        anchors, skipped = rounds.anchor_mixtures(
+            s.anchors, space.prior, space.alignment, space.caps
+        )
+        for name, why in skipped.items():
+            context.log.warning(f"anchor {name} skipped: {why}")
+        anchor_keys = {mixture.mixture_key(a.weights) for a in anchors}
+        drawn = mixture.sample_mixtures(
+            space.prior, n - len(anchors), seed, sampler_settings(profile),
+            exclude=trained | anchor_keys, design=s.design, center=space.center, caps=space.caps,
         )  # fmt: skip
-        method = f"dirichlet, {s.design} picks"
+        weights = np.vstack([*(a.weights[None, :] for a in anchors), drawn])
+        designs = ["reference"] * len(anchors) + [s.design] * len(drawn)
+        references = [a.name for a in anchors] + [None] * len(drawn)
+        method = f"dirichlet, {s.design} picks" + (
+            f", anchored on {', '.join(references[: len(anchors)])}" if anchors else ""
+        )
+        coverage = rounds.target_coverage(drawn, space.alignment)
+        extra = {
+            "anchors": ", ".join(a.name for a in anchors) or "none",
+            "anchors_capped": ", ".join(a.name for a in anchors if a.capped) or "none",
+            "interior_share": round(rounds.interior_share(drawn), 4),
+            "design_target_coverage": "n/a" if coverage is None else round(coverage, 4),
+        }
     else:
         model = load_round_predictor(store, previous)
-        pool = space.pool(profile, seed)
         top = max(n * n, s.top_k_min)
-        picks = proposals.pick_next_round(
-            pool, model, n, seed + 5, trained, trained_weights,
-            float(previous_predictor["best_observed"]), top, s.design, s.acquisition, s.kappa,
-            s.exploit_picks,
-        )  # fmt: skip
-        for note in picks.notes:
-            context.log.warning(note)
-        weights = pool[picks.rows]
-        predicted = [float(picks.mean[r]) for r in picks.rows]
-        if picks.std is not None:
-            spread = [float(picks.std[r]) for r in picks.rows]
-        exploit = min(s.exploit_picks, n)
-        method = (
-            f"{picks.acquisition} of predictor top-{top} of {len(pool)}: best {exploit}, "
-            f"{s.design} picks for the rest"
-        )
-        extra = {"top_set_ties": picks.ties.tied, "top_set_distinct": picks.ties.distinct,
-                 "tie_break": picks.tie_break, "acquisition": picks.acquisition}  # fmt: skip
+        if previous_predictor.get("trusted", True):
+            pool = space.pool(profile, seed)
+            picks = proposals.pick_next_round(
+                pool, model, n, seed + 5, trained, trained_weights,
+                float(previous_predictor["best_observed"]), top, s.design, s.acquisition,
+                s.kappa, s.exploit_picks,
+            )  # fmt: skip
+            for note in picks.notes:
+                context.log.warning(note)
+            weights = pool[picks.rows]
+            predicted = [float(picks.mean[r]) for r in picks.rows]
+            if picks.std is not None:
+                spread = [float(picks.std[r]) for r in picks.rows]
+            exploit = min(s.exploit_picks, n)
+            designs = ["exploit"] * exploit + [s.design] * (n - exploit)
+            method = (
+                f"{picks.acquisition} of predictor top-{top} of {len(pool)}: best {exploit}, "
+                f"{s.design} picks for the rest"
+            )
+            extra = {"top_set_ties": picks.ties.tied, "top_set_distinct": picks.ties.distinct,
+                     "tie_break": picks.tie_break, "acquisition": picks.acquisition}  # fmt: skip
+        else:
+            measured, _ = evaluations_so_far(profile, store, index - 1)
+            x = np.array(measured.get_column("weights").to_list(), dtype=np.float64)
+            weights, how = rounds.trust_region_picks(
+                x, measured.get_column("objective").to_numpy(), n, seed + 5, space.caps,
+                trained, space.alignment, rounds.TrustRegion(radius=s.fallback_radius),
+            )  # fmt: skip
+            context.log.warning(
+                f"no predictor is trusted after {previous} ({previous_predictor['trust_note']});"
+                " proposing around the best measured mixtures"
+            )
+            designs = list(how)
+            method = (
+                f"trust region around the best measured mixtures (radius {s.fallback_radius:g}): "
+                "no trusted predictor"
+            )
+            extra = {"fallback": True}
+        references = [None] * n
     mixtures = [
         {"mixture_id": f"{key}-m{j:03d}", "key": mixture.mixture_key(w), "weights": w.tolist(),
-         "predicted": predicted[j]}
+         "predicted": predicted[j], "design": designs[j], "reference": references[j]}
         for j, w in enumerate(weights)
     ]  # fmt: skip
+    if index == 0:
+        # The noise floor: the first mixtures (anchors first) again with other proxy seeds.
+        base_seed = proxy_config(profile).seed
+        for r in range(min(s.noise_replicates, n)):
+            original = mixtures[r]
+            mixtures.append({**original, "mixture_id": f"{key}-m{len(mixtures):03d}",
+                             "predicted": None, "design": "replicate", "reference": None,
+                             "replicate_of": original["mixture_id"],
+                             "proxy_seed": base_seed + 1 + r})  # fmt: skip
+    rows = len(mixtures)
     store.write_parquet(
         f"search/{key}/mixtures.parquet",
         pa.table(
             {
-                "round": [key] * n,
+                "round": [key] * rows,
                 "mixture_id": [m["mixture_id"] for m in mixtures],
                 "key": [m["key"] for m in mixtures],
                 "weights": pa.array([m["weights"] for m in mixtures], pa.list_(pa.float64())),
-                "predicted_objective": pa.array(predicted, pa.float64()),
-                "predicted_std": pa.array(spread, pa.float64()),
-                "method": [method] * n,
+                "predicted_objective": pa.array([m["predicted"] for m in mixtures], pa.float64()),
+                "predicted_std": pa.array(spread + [None] * (rows - n), pa.float64()),
+                "method": [method] * rows,
+                "design": [m["design"] for m in mixtures],
+                "reference": pa.array([m["reference"] for m in mixtures], pa.string()),
+                "replicate_of": pa.array([m.get("replicate_of") for m in mixtures], pa.string()),
+                "proxy_seed": pa.array([m.get("proxy_seed") for m in mixtures], pa.int64()),
             }
         ),
     )
     context.add_output_metadata(
-        {"round": key, "proxies": n, "method": method, "seed": seed,
-         "already_trained": len(trained), "target_centred": space.center is not None, **extra}
+        {"round": key, "proxies": rows, "method": method, "seed": seed,
+         "replicates": rows - n, "already_trained": len(trained),
+         "target_centred": space.center is not None, **extra}
     )  # fmt: skip
     return {"round": key, "method": method, "seed": seed, "mixtures": mixtures}
 
@@ -244,6 +298,9 @@ def gather_evaluations(
         "key": [e["key"] for e in evaluations],
         "weights": pa.array([e["weights"] for e in evaluations], pa.list_(pa.float64())),
         "objective": pa.array([e["objective"] for e in evaluations], pa.float64()),
+        "design": pa.array([e.get("design") for e in evaluations], pa.string()),
+        "reference": pa.array([e.get("reference") for e in evaluations], pa.string()),
+        "replicate_of": pa.array([e.get("replicate_of") for e in evaluations], pa.string()),
     }
     for name, metric in metrics:
         columns[f"{name}_{metric}"] = pa.array(
@@ -271,13 +328,43 @@ def gather_evaluations(
         ),
         f"round {key}: each proxy's objective on the targets during its training",
     )  # fmt: skip
-    best = max(evaluations, key=lambda e: e["objective"])
+    searched = [e for e in evaluations if not e.get("replicate_of")]
+    best = max(searched, key=lambda e: e["objective"])
+    floor = rounds.noise_floor(replicate_pairs(pl.from_arrow(pa.table(columns))))
+    objectives = [e["objective"] for e in searched]
+    note = rounds.spread_warning(key, objectives, floor)
+    if note:
+        context.log.warning(note)
     context.add_output_metadata(
         {"proxies": len(evaluations), "best_objective": round(best["objective"], 5),
          "best_mixture": best["mixture_id"], "curve_points": len(points),
+         "measured_spread": round(max(objectives) - min(objectives), 5),
+         "noise_floor": "n/a (no replicate in this round)" if floor is None else round(floor, 5),
          **curves_chart}
     )  # fmt: skip
     return {"round": key, "best_objective": best["objective"], "best_mixture": best["mixture_id"]}
+
+
+def replicate_pairs(evaluations: pl.DataFrame) -> list[tuple[float, float]]:
+    """(original, replicate) objectives of every noise replicate in `evaluations`."""
+    if "replicate_of" not in evaluations.columns:
+        return []
+    objective = dict(
+        zip(evaluations.get_column("mixture_id"), evaluations.get_column("objective"), strict=True)
+    )
+    replicas = evaluations.filter(pl.col("replicate_of").is_not_null())
+    return [
+        (objective[original], value)
+        for original, value in replicas.select("replicate_of", "objective").iter_rows()
+        if original in objective
+    ]
+
+
+def searched_rows(evaluations: pl.DataFrame) -> pl.DataFrame:
+    """The proxies the search measured, without noise replicates (same mixture, other seed)."""
+    if "replicate_of" not in evaluations.columns:
+        return evaluations
+    return evaluations.filter(pl.col("replicate_of").is_null())
 
 
 def _rows_so_far(store: Store, profile: Profile, upto: int, table: str) -> pl.DataFrame | None:
@@ -322,12 +409,14 @@ def metric_datas(
 def evaluations_so_far(
     profile: Profile, store: Store, upto: int | None = None
 ) -> tuple[pl.DataFrame, list[MetricData]]:
-    """Every proxy evaluated in rounds up to `upto` (default: all) and one `MetricData` per
-    target built from them, with learning curves and the targets' alignment when present."""
+    """Every proxy evaluated in rounds up to `upto` (default: all; noise replicates left out)
+    and one `MetricData` per target built from them, with learning curves and the targets'
+    alignment when present."""
     index = len(profile.search.rounds) - 1 if upto is None else upto
     data = _rows_so_far(store, profile, index, "evaluations")
     if data is None:
         raise ValueError("no proxy has been evaluated yet; materialize the search rounds first")
+    data = searched_rows(data)
     curves = _rows_so_far(store, profile, index, "curves")
     k = int(data.get_column("weights").list.len()[0])
     datas = metric_datas(data, curves, load_targets(store), current_alignment(store, k))
@@ -340,13 +429,38 @@ def metric_datas_so_far(profile: Profile, store: Store) -> list[MetricData]:
 
 
 def _cv_table(fit: auto.SearchFit) -> str:
-    lines = ["| kind | CV Spearman | CV RMSE | used | note |", "|---|---|---|---|---|"]
+    lines = [
+        "| kind | CV Spearman | CV RMSE | trusted | used | note |",
+        "|---|---|---|---|---|---|",
+    ]
     for kind, r in fit.reports.items():
         rho = "n/a" if r.spearman is None else f"{r.spearman:.3f}"
         rmse = "n/a" if r.rmse is None else f"{r.rmse:.4f}"
         used = "yes" if kind == fit.used or f"{kind}=" in fit.used else ""
-        lines.append(f"| {kind} | {rho} | {rmse} | {used} | {(r.error or '')[:80]} |")
+        trusted = "no" if kind in fit.distrust else "yes"
+        note = (r.error or fit.distrust.get(kind) or "")[:80]
+        lines.append(f"| {kind} | {rho} | {rmse} | {trusted} | {used} | {note} |")
     return "\n".join(lines)
+
+
+def _rounded_or_na(value: float | None, digits: int) -> float | str:
+    return "n/a" if value is None else round(value, digits)
+
+
+def trust_rule(profile: Profile) -> auto.TrustRule | None:
+    """The profile's trust rule for predictors (None: every kind steers the search)."""
+    pr = profile.predictor
+    if pr.trust_floor is None:
+        return None
+    return auto.TrustRule(min_spearman=pr.trust_floor, range_margin=pr.trust_range_margin)
+
+
+def _trust_note(fit: auto.SearchFit) -> str | None:
+    """Why the fit is not trusted, in a few words (None when it is)."""
+    if fit.trusted:
+        return None
+    best = fit.best_spearman
+    return "no kind cross-validated" if best is None else f"best CV {best:.2f}"
 
 
 @dg.op(out=dg.Out(io_manager_key=IO))
@@ -369,10 +483,22 @@ def fit_round_predictor(
     }  # fmt: skip
     seed = _round_seed(profile, index, 2)
     fit = auto.fit_search_predictor(
-        pr.kind, datas, seed, pr.cv_folds, {"lightgbm": {"params": params}}, pr.auto_rule
-    )
+        pr.kind, datas, seed, pr.cv_folds, {"lightgbm": {"params": params}}, pr.auto_rule,
+        trust=trust_rule(profile),
+    )  # fmt: skip
     for note in fit.warnings:
         context.log.warning(note)
+    trust_note = _trust_note(fit)
+    if trust_note is not None:
+        then = (
+            "proposing around the best measured mixtures"
+            if index + 1 < len(profile.search.rounds)
+            else "the final choice relies on measured mixtures"
+        )
+        context.log.warning(f"no predictor is trusted after {key} ({trust_note}); {then}")
+    everything = _rows_so_far(store, profile, index, "evaluations")
+    floor = rounds.noise_floor(replicate_pairs(everything)) if everything is not None else None
+    this_round = data.filter(pl.col("round") == key).get_column("objective")
     store.write_json(f"search/{key}/predictor.json", fit.predictor.to_json())
     model = fit.predictor
     pool = space.pool(profile, seed)
@@ -403,7 +529,8 @@ def fit_round_predictor(
                 "cv_spearman": pa.array([r["spearman"] for r in reports], pa.float64()),
                 "cv_rmse": pa.array([r["rmse"] for r in reports], pa.float64()),
                 "used": [r["kind"] == fit.used or f"{r['kind']}=" in fit.used for r in reports],
-                "note": [r["error"] for r in reports],
+                "trusted": [r["kind"] not in fit.distrust for r in reports],
+                "note": [r["error"] or fit.distrust.get(r["kind"]) for r in reports],
             }
         ),
     )
@@ -415,6 +542,8 @@ def fit_round_predictor(
         "best_observed": float(y.max()), "best_predicted": float(pool_mean[best]),
         "best_predicted_std": None if pool_std is None else float(pool_std[best]),
         "candidates": len(pool), "alignment_spearman": aligned_rho,
+        "trusted": fit.trusted, "trust_note": trust_note, "noise_floor": floor,
+        "measured_spread": float(this_round.max() - this_round.min()),
         "cv_by_kind": {r["kind"]: r["spearman"] for r in reports},
     }  # fmt: skip
     summary = {k: auto.json_float(v) for k, v in summary.items()}
@@ -439,9 +568,11 @@ def fit_round_predictor(
             "seed": seed,
             "kind": pr.kind,
             "used": fit.used,
-            "cv_spearman": summary["cv_spearman"] if summary["cv_spearman"] is not None else "n/a",
+            "cv_spearman": _rounded_or_na(summary["cv_spearman"], 4),
+            "trusted": fit.trusted,
+            "noise_floor": _rounded_or_na(floor, 5),
             "cv_by_kind": dg.MetadataValue.md(_cv_table(fit)),
-            "alignment_spearman": "n/a" if aligned_rho is None else round(aligned_rho, 4),
+            "alignment_spearman": _rounded_or_na(aligned_rho, 4),
             "best_observed_objective": round(float(y.max()), 5),
             "best_predicted_objective": round(float(pool_mean[best]), 5),
             **scatter,

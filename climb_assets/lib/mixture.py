@@ -608,6 +608,19 @@ def _draw(
     return full
 
 
+def on_grid(weights: np.ndarray) -> np.ndarray:
+    """Mixtures (rows summing to 1) rounded onto the ``10 ** -DECIMALS`` grid, sums kept at 1.
+
+    What :func:`mixture_key` sees: a mixture built outside the sampler (a reference, a blend,
+    a local move) gets the same key as the same mixture drawn by it.
+    """
+    w = np.asarray(weights, dtype=np.float64)
+    rows = w.reshape(1, -1) if w.ndim == 1 else w
+    rows = rows / rows.sum(axis=1, keepdims=True)
+    out = _round_units(rows) / _SCALE
+    return out.reshape(w.shape)
+
+
 def _round_units(w: np.ndarray) -> np.ndarray:
     """Round rows summing to 1 onto the integer grid of 10**DECIMALS units summing exactly.
 

@@ -36,7 +36,7 @@ def planted_profile(folder: Path, corpus, root: Path, **overrides) -> Path:
         "tokenizer": {"vocab_size": 300},
         "proxy": {**PROXY, "train_tokens": 12_000, "lr": 0.01},
         "targets": [{"name": "planted", "kind": "text", "path": str(corpus.target)}],
-        "search": {"rounds": [6, 4], "candidates": 4000, "top_k_min": 16, "final": "argmax"},
+        "search": {"rounds": [6, 4], "candidates": 4000, "top_k_min": 16},
         "predictor": {"early_stopping_rounds": 0},
         "manifest": {"total_tokens": 20_000, "max_epochs": 2, "parquet_shards": 2},
     }
@@ -105,11 +105,29 @@ def test_catalog_and_exports(planted):
     _, _, climb, _ = planted
     store = climb.store()
     con = duckdb.connect(store.uri("catalog.duckdb"), read_only=True)
-    assert con.execute("SELECT count(*) FROM mixtures").fetchone()[0] == 10
+    # 6 + 4 proxies and round 1's noise replicate (its first mixture with another proxy seed)
+    assert con.execute("SELECT count(*) FROM mixtures").fetchone()[0] == 11
     assert con.execute("SELECT count(DISTINCT key) FROM mixtures").fetchone()[0] == 10
-    assert con.execute("SELECT count(*) FROM evaluations").fetchone()[0] == 10
-    assert con.execute("SELECT count(*) FROM proxy_runs").fetchone()[0] == 10
+    assert con.execute("SELECT count(*) FROM evaluations").fetchone()[0] == 11
+    assert con.execute("SELECT count(*) FROM proxy_runs").fetchone()[0] == 11
     assert con.execute("SELECT count(*) FROM rounds").fetchone()[0] == 2
+    designs = dict(
+        con.execute(
+            "SELECT design, count(*) FROM mixtures WHERE round = 'iter_001' GROUP BY 1"
+        ).fetchall()
+    )
+    assert designs == {"reference": 2, "cover": 4, "replicate": 1}
+    anchors = con.execute(
+        "SELECT reference FROM mixtures WHERE design = 'reference' ORDER BY mixture_id"
+    ).fetchall()
+    assert anchors == [("target_aligned",), ("natural",)]
+    replicate = con.execute(
+        "SELECT m.key = o.key, m.proxy_seed FROM mixtures m JOIN mixtures o "
+        "ON m.replicate_of = o.mixture_id"
+    ).fetchall()
+    assert replicate == [(True, 1)]  # the profile's proxy seed is 0
+    floors = con.execute("SELECT noise_floor, trusted FROM rounds ORDER BY round").fetchall()
+    assert all(f is not None and f > 0 for f, _ in floors)
     n_docs, n_tokens = con.execute(
         "SELECT count(*), sum(n_tokens) FROM manifest_documents"
     ).fetchone()
@@ -177,9 +195,9 @@ def test_killed_round_resumes_without_retraining_finished_proxies(planted, tmp_p
     proxies = root / "proxies"
     deadline = time.monotonic() + 600
     try:
-        while True:  # round 1 has 6 proxies; wait for a finished one of round 2
+        while True:  # round 1 has 6 proxies and a replicate; wait for one of round 2
             done = [p for p in proxies.glob("*/DONE")] if proxies.exists() else []
-            if len(done) >= 7:
+            if len(done) >= 8:
                 break
             assert proc.poll() is None, "the run ended before it could be killed"
             assert time.monotonic() < deadline
@@ -188,13 +206,19 @@ def test_killed_round_resumes_without_retraining_finished_proxies(planted, tmp_p
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
     finished = {p.parent.name: p.stat().st_mtime_ns for p in proxies.glob("*/DONE")}
-    assert 7 <= len(finished) < 10, "kill landed outside round 2"
+    assert 8 <= len(finished) < 11, "kill landed outside round 2"
     climb = ClimbResource(profile=str(profile))
     os.environ["CLIMB_HOME"] = str(tmp_path)
     with dg.instance_for_test() as instance:
         run_all(climb, instance, log=lambda _: None)
     after = {p.parent.name: p.stat().st_mtime_ns for p in proxies.glob("*/DONE")}
-    assert len(after) == 10
+    confirmed = json.loads((root / "search" / "confirmation.json").read_text())["run_id"]
+    rounds_runs = {
+        r["run_id"]
+        for key in ("iter_001", "iter_002")
+        for r in climb.store().read_parquet(f"search/{key}/proxy_runs.parquet").to_pylist()
+    }
+    assert len(rounds_runs) == 11 and len(after) == len(rounds_runs | {confirmed})
     assert all(after[k] == v for k, v in finished.items()), "a finished proxy was retrained"
     runs = climb.store().read_parquet("search/iter_002/proxy_runs.parquet").to_pylist()
     reused = {r["run_id"] for r in runs if r["reused"]}
@@ -239,14 +263,14 @@ def test_best_observed_final_takes_the_best_trained_mixture(planted, tmp_path):
         best_id, best_weights, best_objective = con.execute(
             "SELECT mixture_id, weights, objective FROM "
             f"read_parquet('{store.uri()}/search/*/evaluations.parquet') "
-            "ORDER BY objective DESC LIMIT 1"
+            "WHERE replicate_of IS NULL ORDER BY objective DESC LIMIT 1"
         ).fetchone()
         got = [s["weight"] for s in doc["super_clusters"]]
         assert doc["final"]["method"] == "best_observed"
         assert doc["final"]["mixture_id"] == best_id
         assert doc["final"]["observed_objective"] == pytest.approx(best_objective)
         np.testing.assert_allclose(got, np.asarray(best_weights) / np.sum(best_weights), atol=1e-9)
-        assert before["final"]["method"] == "argmax" and before["final"]["mixture_id"] is None
+        assert before["final"]["method"] == "confirmed" and before["final"]["mixture_id"]
     finally:  # leave the module's manifest as the other tests expect it
         dg.materialize([climbmix_manifest], instance=instance, resources={"climb": climb})
 
@@ -261,7 +285,7 @@ def test_learning_curves_predictor_report_and_alignment(planted):
         "SELECT mixture_id, list(fraction ORDER BY fraction), list(planted_bpb ORDER BY fraction)"
         " FROM proxy_curves GROUP BY 1"
     ).fetchall()
-    assert len(per_proxy) == 10
+    assert len(per_proxy) == 11
     assert all(f == [0.25, 0.5, 1.0] for _, f, _ in per_proxy)
     assert np.mean([b[0] for _, _, b in per_proxy]) > np.mean([b[-1] for _, _, b in per_proxy])
     final = dict(con.execute("SELECT mixture_id, planted_bpb FROM evaluations").fetchall())
@@ -325,6 +349,31 @@ def test_catalog_answers_pandas_and_polars_without_quoting_keywords(planted):
         assert con.sql("SELECT * FROM exports").pl().height > 0
     finally:
         con.close()
+
+
+def test_confirmed_final_ships_the_best_measured_mixture(planted):
+    _, _, climb, _ = planted
+    store = climb.store()
+    doc = store.read_json("manifest/climbmix.json")
+    record = store.read_json("search/confirmation.json")
+    final = doc["final"]
+    assert final["method"] == "confirmed" and final["measured_objective"] is not None
+    con = duckdb.connect(store.uri("catalog.duckdb"), read_only=True)
+    measured = con.execute(
+        "SELECT mixture_id, objective, weights FROM evaluations WHERE replicate_of IS NULL"
+    ).fetchall()
+    options = [("confirmation", record["objective"], record["weights"]), *measured]
+    best_id, best_objective, best_weights = max(options, key=lambda r: r[1])
+    assert final["mixture_id"] == best_id
+    assert final["measured_objective"] == pytest.approx(best_objective)
+    assert final["confirmation_objective"] == pytest.approx(record["objective"])
+    np.testing.assert_allclose(
+        [r["weight"] for r in doc["super_clusters"]], best_weights, atol=1e-9
+    )
+    # the pick is a real, content-addressed proxy, and the page compares like with like
+    assert (Path(store.uri()) / "proxies" / record["run_id"] / "DONE").exists()
+    assert final["predicted_for_best_proxy"] is not None
+    assert "the anchor target_aligned" in final["how"] or "target_aligned" in final["how"]
 
 
 def test_reference_mixtures_sit_beside_climbmix_with_predicted_objectives(planted):

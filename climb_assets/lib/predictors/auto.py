@@ -11,6 +11,12 @@ ensemble of every kind whose cross-validated Spearman is positive, weighted by i
 
 A named kind that fails to fit (a law that does not converge) falls back to ``lightgbm`` with
 a warning naming the kind; the round goes on.
+
+With a :class:`TrustRule`, a kind is *trusted* only when its cross-validated Spearman clears a
+floor and its out-of-fold predictions stay within the measured range plus a margin (a law whose
+predictions are off by a whole unit of BPB ranks nothing). ``auto`` then chooses among the
+trusted kinds only; when none qualifies the fit says so (``trusted`` False) and the search
+proposes by a model-free rule (``climb_assets.lib.rounds``), never by the least bad kind.
 """
 
 from __future__ import annotations
@@ -163,6 +169,39 @@ def load(data: Mapping[str, Any]) -> Predictor:
     return ObjectivePredictor.from_json(data)
 
 
+@dataclass(frozen=True)
+class TrustRule:
+    """When a kind's cross-validation earns it the right to steer the search.
+
+    Attributes:
+        min_spearman: Floor on the cross-validated Spearman of its out-of-fold predictions.
+        range_margin: Its out-of-fold predictions must lie within the measured objectives'
+            range widened by this share of the range on each side.
+    """
+
+    min_spearman: float = 0.3
+    range_margin: float = 0.5
+
+    def verdict(self, report: CVReport, y: np.ndarray) -> str | None:
+        """Why ``report``'s kind is not trusted, or None when it is."""
+        if report.spearman is None:
+            return report.error or "not cross-validated"
+        if report.spearman < self.min_spearman:
+            return f"CV Spearman {report.spearman:.2f} is below the floor {self.min_spearman:g}"
+        values = np.asarray(y, dtype=np.float64)
+        lo, hi = float(values.min()), float(values.max())
+        margin = max(self.range_margin * (hi - lo), 1e-12)
+        oof = report.predictions
+        if not np.all(np.isfinite(oof)):
+            return "some proxies have no out-of-fold prediction"
+        if oof.min() < lo - margin or oof.max() > hi + margin:
+            return (
+                f"out-of-fold predictions {oof.min():.4f}..{oof.max():.4f} leave the measured "
+                f"range {lo:.4f}..{hi:.4f} by more than {margin:.4f}"
+            )
+        return None
+
+
 @dataclass
 class SearchFit:
     """The predictor a round uses and why.
@@ -174,6 +213,8 @@ class SearchFit:
         reports: Cross-validation of every kind scored, by kind.
         warnings: Fallbacks and skipped kinds, for the run's log.
         members: Weight of each kind in what predicts (one kind: weight 1).
+        trusted: Whether what predicts passed the trust rule (True when none was given).
+        distrust: Why each kind that failed the trust rule failed it, by kind.
     """
 
     predictor: Predictor
@@ -182,6 +223,8 @@ class SearchFit:
     reports: dict[str, CVReport]
     warnings: list[str] = field(default_factory=list)
     members: dict[str, float] = field(default_factory=dict)
+    trusted: bool = True
+    distrust: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.members:
@@ -191,6 +234,12 @@ class SearchFit:
     def cv(self) -> CVReport | None:
         """The cross-validation of what is used (None for an ensemble)."""
         return self.reports.get(self.used)
+
+    @property
+    def best_spearman(self) -> float | None:
+        """The best cross-validated Spearman of any kind (None when none was scored)."""
+        values = [r.spearman for r in self.reports.values() if r.spearman is not None]
+        return max(values) if values else None
 
 
 def out_of_fold(fit: SearchFit) -> np.ndarray:
@@ -235,8 +284,12 @@ def fit_search_predictor(
     options: Mapping[str, Mapping[str, Any]] | None = None,
     rule: Rule = "best",
     kinds: Sequence[str] | None = None,
+    trust: TrustRule | None = None,
 ) -> SearchFit:
     """Scores every kind by cross-validation and fits the predictor the round uses.
+
+    With ``trust``, ``auto`` uses only kinds that pass it; when none does, the best-ranked
+    kind is still fitted (the manifest reports its estimates) but the fit is marked untrusted.
 
     Args:
         kind: A registered kind or ``auto``.
@@ -246,6 +299,7 @@ def fit_search_predictor(
         options: Constructor arguments per kind (e.g. LightGBM parameters).
         rule: How ``auto`` uses the scores: the best kind or a CV-weighted ensemble.
         kinds: The kinds ``auto`` considers (default: every registered kind).
+        trust: The rule a kind must pass to steer the search (None: every kind may).
 
     Raises:
         PredictorError: A named kind that cannot model the targets or has too few points.
@@ -257,6 +311,27 @@ def fit_search_predictor(
     if kind != "auto" and FALLBACK not in scored:
         scored.append(FALLBACK)
     reports = {k: cross_validate(k, datas, seed, n_folds, options) for k in scored}
+    distrust: dict[str, str] = {}
+    if trust is not None:
+        y = objective_of(datas)
+        distrust = {k: why for k, r in reports.items() if (why := trust.verdict(r, y))}
+    eligible = [k for k in scored if k not in distrust] or scored
+    fit = _choose(kind, datas, seed, options, rule, reports, eligible)
+    fit.distrust = distrust
+    fit.trusted = not any(k in distrust for k in fit.members)
+    return fit
+
+
+def _choose(
+    kind: str,
+    datas: Sequence[MetricData],
+    seed: int,
+    options: Mapping[str, Mapping[str, Any]] | None,
+    rule: Rule,
+    reports: dict[str, CVReport],
+    eligible: Sequence[str],
+) -> SearchFit:
+    """The predictor of `fit_search_predictor`: `auto` ranks only the `eligible` kinds."""
     notes = [
         f"predictor kind '{k}' not used: {r.error}"
         for k, r in reports.items()
@@ -270,7 +345,7 @@ def fit_search_predictor(
             fitted = build_models(FALLBACK, datas, seed, options)
             return SearchFit(fitted, kind, FALLBACK, reports, notes)
     ranked = sorted(
-        (r for r in reports.values() if r.spearman is not None),
+        (r for k, r in reports.items() if r.spearman is not None and k in eligible),
         key=lambda r: (-r.spearman, r.rmse if r.rmse is not None else math.inf),
     )
     if not ranked:  # too few points to cross-validate: the paper's kind
