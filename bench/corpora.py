@@ -9,6 +9,18 @@
   sqlalchemy, torch; the first `BLEND_PER_SOURCE` held-out chunks of each, in file order), so
   the best mixture is a blend of super-clusters, not one. Chosen before any search ran on it
   and not changed afterwards.
+- `libraries` (`bench.heldout_sources`, build seed 0): docstrings of eight installed libraries
+  that are none of the demo's sources (dagster, huggingface_hub, matplotlib, networkx, pandas,
+  scipy, sklearn, sympy). The one target, `libraries_blend`, concatenates the first
+  `LIBRARIES_PER_SOURCE` held-out chunks of the 2nd and 5th source in alphabetical order
+  (huggingface_hub, pandas).
+- `two_target` (the same builder, build seed 1): two weighted targets, the first
+  `LIBRARIES_PER_SOURCE` held-out chunks of the 3rd source in alphabetical order (matplotlib,
+  weight 0.6) and of the 7th (sklearn, weight 0.4).
+
+`libraries` and `two_target` are held out: their sources and targets were fixed by the rules
+above before any search or mixture strategy ran on them, and the search's defaults were chosen
+on `planted`, `demo` and `blend` only.
 
 For each, the data side runs through the runner (`climb_assets.runner.run_data_side`, in a
 throw-away Dagster instance), then `proxy_tokenizer`, `cluster_tokens`, `search_targets` and
@@ -30,20 +42,32 @@ BLEND_SOURCES = ("numpy", "sqlalchemy", "torch")
 BLEND_PER_SOURCE = 25
 BLEND_BUILD_SEED = 1
 
+# Held-out corpora (bench.heldout_sources). Fixed rule, written down before anything ran on
+# them: of the eight library sources in alphabetical order (dagster, huggingface_hub,
+# matplotlib, networkx, pandas, scipy, sklearn, sympy), `libraries_blend` takes the 2nd and the
+# 5th; `two_target` takes the 3rd (weight 0.6) and the 7th (weight 0.4).
+LIBRARIES_BLEND_SOURCES = ("huggingface_hub", "pandas")
+LIBRARIES_BUILD_SEED = 0
+TWO_TARGET_SOURCES = (("matplotlib", 0.6), ("sklearn", 0.4))
+TWO_TARGET_BUILD_SEED = 1
+LIBRARIES_PER_SOURCE = 30
+LIBRARIES_HELDOUT = 50
+
 
 @dataclass
 class Prepared:
     """A corpus after the data side: what the strategies need.
 
     Attributes:
-        name: `planted`, `demo` or `blend`.
+        name: `planted`, `demo`, `blend`, `libraries` or `two_target`.
         arrays: One token array per super-cluster.
         prior: Natural prior (token share per super-cluster).
         tok: The proxies' tokenizer.
-        texts: Target texts.
+        texts: Target texts (all targets together).
         oracle: A known-good mixture (weight on the target-dominated super-clusters).
         alignment: The targets' distribution over super-clusters (`targets/alignment.json`).
         details: JSON-ready description (composition, sizes, timings).
+        target_sets: Each target apart, as (name, weight, texts), from `targets/targets.json`.
     """
 
     name: str
@@ -54,6 +78,7 @@ class Prepared:
     oracle: np.ndarray
     alignment: np.ndarray
     details: dict[str, Any] = field(default_factory=dict)
+    target_sets: list[tuple[str, float, list[str]]] = field(default_factory=list)
 
 
 def _write_profile(folder: Path, sections: dict[str, Any]) -> Path:
@@ -114,6 +139,9 @@ def _load_prepared(
     tok = tokens.load_tokenizer(store.uri("tokenizer/tokenizer.json"))
     targets = store.read_json("targets/targets.json")
     texts = [t for target in targets for t in target["texts"] if t.strip()]
+    target_sets = [
+        (str(t["name"]), float(t["weight"]), [x for x in t["texts"] if x.strip()]) for t in targets
+    ]
     alignment = np.asarray(store.read_json("targets/alignment.json")["combined"], dtype=float)
     con = duckdb.connect(store.uri("catalog.duckdb"), read_only=True)
     rows = con.execute(
@@ -156,6 +184,7 @@ def _load_prepared(
             "tokenizer_hash": summary["tokenizer_hash"],
             "data_side_seconds": {k: round(v, 2) for k, v in timings.items()},
         },
+        target_sets=target_sets,
     )
 
 
@@ -253,5 +282,110 @@ def prepare_blend(workdir: Path, docs_per_source: int) -> Prepared:
     prepared.details["oracle"] = (
         "super-clusters whose documents are mostly numpy/sqlalchemy/torch, in token proportion "
         "(a guess, not the known best)"
+    )
+    return prepared
+
+
+def _heldout_lines(target_jsonl: Path, source: str, n: int) -> list[str]:
+    """The first `n` held-out chunks of one source, in file order, as target JSONL lines."""
+    rows = [json.loads(x) for x in target_jsonl.read_text("utf-8").splitlines() if x.strip()]
+    return [json.dumps({"text": r["text"], "source": source}) for r in rows][:n]
+
+
+def prepare_libraries(workdir: Path, docs_per_source: int) -> Prepared:
+    """The held-out library corpus (build seed 0); the target blends two of its sources.
+
+    The target file concatenates the first `LIBRARIES_PER_SOURCE` held-out chunks of each of
+    `LIBRARIES_BLEND_SOURCES` (the 2nd and 5th source alphabetically; never in the corpus).
+    """
+    import dagster as dg
+
+    from bench.heldout_sources import build_library_corpus
+    from climb_assets.defs.resources import ClimbResource
+
+    started = time.perf_counter()
+    info = build_library_corpus(
+        workdir / "data",
+        docs_per_source=docs_per_source,
+        heldout_per_source=LIBRARIES_HELDOUT,
+        seed=LIBRARIES_BUILD_SEED,
+    )
+    build_seconds = time.perf_counter() - started
+    lines: list[str] = []
+    for source in LIBRARIES_BLEND_SOURCES:
+        lines += _heldout_lines(info.targets[source], source, LIBRARIES_PER_SOURCE)
+    target = workdir / "libraries_target.jsonl"
+    target.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    sections = {
+        "storage": {"root": str(workdir / "out")},
+        "corpus": {"path": str(info.root / "corpus")},
+        "targets": [{"name": "libraries_blend", "kind": "text", "path": str(target)}],
+    }
+    climb = ClimbResource(profile=str(_write_profile(workdir, sections)))
+    with dg.instance_for_test() as instance:
+        timings = {"build_corpus": build_seconds, **_materialize_search_inputs(climb, instance)}
+    prepared = _load_prepared("libraries", climb, "source", LIBRARIES_BLEND_SOURCES, timings)
+    prepared.details["docs_per_source"] = info.per_source
+    prepared.details["build_seed"] = LIBRARIES_BUILD_SEED
+    prepared.details["held_out"] = True
+    prepared.details["target"] = {
+        "sources": list(LIBRARIES_BLEND_SOURCES),
+        "held_out_chunks_per_source": LIBRARIES_PER_SOURCE,
+        "rule": "2nd and 5th library source in alphabetical order",
+    }
+    prepared.details["oracle"] = (
+        "super-clusters whose documents are mostly huggingface_hub/pandas, in token proportion "
+        "(a guess, not the known best)"
+    )
+    return prepared
+
+
+def prepare_two_target(workdir: Path, docs_per_source: int) -> Prepared:
+    """The held-out library corpus drawn with build seed 1; two weighted text targets.
+
+    Target `<source>` holds the first `LIBRARIES_PER_SOURCE` held-out chunks of that source,
+    for each (source, weight) of `TWO_TARGET_SOURCES` (the 3rd source alphabetically with weight
+    0.6, the 7th with weight 0.4).
+    """
+    import dagster as dg
+
+    from bench.heldout_sources import build_library_corpus
+    from climb_assets.defs.resources import ClimbResource
+
+    started = time.perf_counter()
+    info = build_library_corpus(
+        workdir / "data",
+        docs_per_source=docs_per_source,
+        heldout_per_source=LIBRARIES_HELDOUT,
+        seed=TWO_TARGET_BUILD_SEED,
+    )
+    build_seconds = time.perf_counter() - started
+    targets = []
+    for source, weight in TWO_TARGET_SOURCES:
+        path = workdir / f"two_target_{source}.jsonl"
+        lines = _heldout_lines(info.targets[source], source, LIBRARIES_PER_SOURCE)
+        path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        targets.append({"name": source, "kind": "text", "path": str(path), "weight": weight})
+    sections = {
+        "storage": {"root": str(workdir / "out")},
+        "corpus": {"path": str(info.root / "corpus")},
+        "targets": targets,
+    }
+    climb = ClimbResource(profile=str(_write_profile(workdir, sections)))
+    with dg.instance_for_test() as instance:
+        timings = {"build_corpus": build_seconds, **_materialize_search_inputs(climb, instance)}
+    domains = tuple(source for source, _ in TWO_TARGET_SOURCES)
+    prepared = _load_prepared("two_target", climb, "source", domains, timings)
+    prepared.details["docs_per_source"] = info.per_source
+    prepared.details["build_seed"] = TWO_TARGET_BUILD_SEED
+    prepared.details["held_out"] = True
+    prepared.details["target"] = {
+        "targets": [{"source": s, "weight": w} for s, w in TWO_TARGET_SOURCES],
+        "held_out_chunks_per_source": LIBRARIES_PER_SOURCE,
+        "rule": "3rd (weight 0.6) and 7th (weight 0.4) library source in alphabetical order",
+    }
+    prepared.details["oracle"] = (
+        "super-clusters whose documents are mostly matplotlib/sklearn, in token proportion "
+        "(a guess that ignores the target weights, not the known best)"
     )
     return prepared

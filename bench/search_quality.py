@@ -10,36 +10,44 @@ materialized; everything after that works at the library level.
 
 Strategies, for each search seed, all with the same proxy configuration:
 
-- `climb` (ranked): the product's loop (`climb_assets/defs/search_round.py`) with its defaults:
-  rounds (default [6, 4, 2]); round 1 `sample_mixtures(design="cover")` (centred on
-  `blend_center(prior, alignment, w)` when a target prior weight w > 0); after every round
-  `fit_search_predictor("auto", rule="best")` on every proxy so far (`MetricData`: BPB at the full
-  budget, learning-curve points at 0.25 and 0.5 of the budget, the target alignment), every
-  kind's cross-validated Spearman/RMSE recorded; later rounds `pick_next_round` over a fresh
-  `candidate_pool` (top `max(n^2, 128)`, acquisition `mean`, the best-scored candidate then
-  farthest-point picks: `search.exploit_picks` 1); final =
-  `final_mixture(argmax)` of the predictor fitted after the last round over a fresh pool;
-- `regmix` (ranked): 12 random proxies (`sample_mixtures(design="random")`) in one round, one
-  `lightgbm` fit, final = `final_mixture(topk_mean, k=128)`;
-- `best_of_random` (ranked): the same random proxies, the best observed one;
-- `natural`, `uniform` (ranked): no proxies;
+- `climb` (ranked): the product's loop with its defaults, through the product's own functions
+  (`climb_assets.lib.rounds`): rounds (default [6, 4, 2]); round 1 `first_round` (the anchors
+  target_aligned and natural, then `design="cover"` picks), one noise replicate (round 1's first
+  mixture with proxy seed + 1); after every round `fit_search_predictor("auto", rule="best")`
+  with the trust rule (CV Spearman >= 0.3, out-of-fold predictions within the measured range
+  +- half of it) on every proxy so far (`MetricData`: BPB at the full budget, learning-curve
+  points at 0.25 and 0.5 of the budget, the target alignment); later rounds `later_round`: the
+  trusted predictor's top set (`pick_next_round`, exploit 1, then farthest-point picks) or the
+  model-free trust region; final `confirmed`: the last predictor's argmax trained as one more
+  proxy, and the best measured of it, every proxy and the anchors ships;
+- `climb_unguarded` (reference): the same loop with the previous defaults (no anchors, no
+  replicate, every predictor trusted, the unmeasured argmax shipped);
+- `regmix` (ranked): as many random proxies as `climb` spent in all
+  (`sample_mixtures(design="random")`) in one round, one `lightgbm` fit, final =
+  `final_mixture(topk_mean, k=128)`; `best_of_random` (ranked): the best of those proxies;
+- `target_aligned`, `natural`, `uniform` (ranked): training-free; `doremi` (ranked): DoReMi's
+  two proxies (`bench.reference_mixtures.run_doremi`);
 - references: `oracle` (the target-dominated super-clusters; known for planted, a guess
   elsewhere), `climb_best_observed` and `climb_topk_mean` (CLIMB's own proxies, other final
-  rules), `climb_ensemble_ucb` (auto, rule ensemble, acquisition ucb), `climb_spread`
-  (no exploit pick: every later pick farthest-point, the default before exploit_picks),
-  `climb_paper` (kind lightgbm, design random, no exploit pick: the paper's),
-  `climb_28` (rounds 16/8/4) and `regmix_112` (112 random proxies) for the efficiency goal
-  (on the first three seeds by default, `--efficiency-seeds`: the most expensive part).
+  rules), and with `--efficiency-seeds` `climb_28` (rounds 16/8/4) and `regmix_112`.
+
+"Best found" (goal 2) is the best final model of any strategy in a seed.
+
+Corpora: `planted`, `demo` and `blend` are where defaults are chosen; `libraries` and `two_target`
+(`--corpora libraries two_target`, `bench/corpora.py`) are held out: built after the defaults
+were fixed and used for nothing else.
 
 Scoring. Each final mixture trains a model with the same architecture and `--final-multiplier`
 (3) times the proxy budget, seeded 1000 + search seed (common random numbers across the
 strategies of a seed), scored by target bits per byte (lower is better). Noise floor: the natural
 mixture's final model over 3 seeds (std). Reported: mean ± std, mean rank among the ranked
 strategies, paired differences, per-round CV Spearman by predictor kind, best observed per round,
-and a `goals` section (the issue's five goals, figure and pass/fail per corpus).
+and a `goals` section (issue 19's five goals, `bench.search_report.goals`, figure and pass/fail
+per corpus).
 Result: `bench/results/search_quality.json`.
 
-Run: `.venv/bin/python -m bench.search_quality [--seeds 0 1 2 3 4] [--demo] [--third] [--quick]`.
+Run: `.venv/bin/python -m bench.search_quality [--seeds 0 1 2 3 4] [--corpora planted demo
+blend] [--quick]`.
 """
 
 from __future__ import annotations
@@ -81,9 +89,15 @@ from bench.search_report import (
 )
 
 NAME = "search_quality"
-CLIMB_RUNS = ("climb", "climb_ensemble_ucb", "climb_spread", "climb_paper", "climb_28")
+CLIMB_RUNS = (
+    "climb", "climb_unguarded", "climb_28", "climb_floor_0.5", "climb_target_prior_0.3",
+    "climb_random_design",
+)  # fmt: skip
 LABELS = {
-    "climb": "CLIMB (auto predictor, cover design, argmax)",
+    "climb": "CLIMB (defaults: anchors, noise replicate, trust rule, confirmed final)",
+    "climb_unguarded": "CLIMB without the safeguards (the previous defaults, argmax; reference)",
+    "target_aligned": "target_aligned (training-free)",
+    "doremi": "DoReMi (2 proxies)",
     "regmix": "RegMix (one shot, lightgbm, top-128 mean)",
     "best_of_random": "best of random proxies",
     "natural": "natural proportions",
@@ -91,10 +105,10 @@ LABELS = {
     "oracle": "oracle (target super-clusters, reference)",
     "climb_best_observed": "CLIMB's best observed proxy (reference)",
     "climb_topk_mean": "CLIMB's proxies, top-128 mean final (reference)",
-    "climb_ensemble_ucb": "CLIMB, auto ensemble + ucb (reference)",
-    "climb_spread": "CLIMB, no exploit pick: every later pick spread (reference)",
-    "climb_paper": "CLIMB, lightgbm + random picks, the paper's (reference)",
     "climb_28": "CLIMB with 28 proxies (reference)",
+    "climb_floor_0.5": "CLIMB, trust floor 0.5 (a candidate default; reference)",
+    "climb_target_prior_0.3": "CLIMB, target prior weight 0.3 (a candidate default; reference)",
+    "climb_random_design": "CLIMB, random round-1 design (a candidate default; reference)",
     "regmix_112": "RegMix with 112 proxies (reference)",
 }
 OPTIONS: dict[str, Any] = {"lightgbm": {"params": {"early_stopping_round": 0}}}
@@ -115,6 +129,12 @@ class Variant:
     kappa: float = 1.0
     rounds: tuple[int, ...] | None = None
     exploit: int = 1
+    anchors: tuple[str, ...] = ("target_aligned", "natural")
+    replicates: int = 1
+    trust_floor: float | None = 0.3
+    trust_margin: float = 0.5
+    fallback_radius: float = 0.25
+    final: str = "confirmed"
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -126,14 +146,26 @@ class Variant:
             "kappa": self.kappa,
             "rounds": None if self.rounds is None else list(self.rounds),
             "exploit_picks": self.exploit,
+            "anchors": list(self.anchors),
+            "noise_replicates": self.replicates,
+            "trust_floor": self.trust_floor,
+            "trust_range_margin": self.trust_margin,
+            "fallback_radius": self.fallback_radius,
+            "final": self.final,
         }
 
 
 VARIANTS: dict[str, Variant] = {
     "climb": Variant(),
-    "climb_ensemble_ucb": Variant(rule="ensemble", acquisition="ucb"),
-    "climb_spread": Variant(exploit=0),
-    "climb_paper": Variant(kind="lightgbm", design="random", exploit=0),
+    # The defaults before the safeguards: no anchors, no replicate, every predictor trusted,
+    # the unmeasured argmax shipped.
+    "climb_unguarded": Variant(anchors=(), replicates=0, trust_floor=None, final="argmax"),
+}
+CHOICE_VARIANTS: dict[str, Variant] = {
+    # Candidates for the defaults, run on the corpora that choose them (`--choose-defaults`).
+    "climb_floor_0.5": Variant(trust_floor=0.5),
+    "climb_target_prior_0.3": Variant(target_prior_weight=0.3),
+    "climb_random_design": Variant(design="random"),
 }
 
 
@@ -159,10 +191,20 @@ class Scorer:
         self.curve_seconds = 0.0
 
     def _bpb(self, model: Any, cfg: Any) -> float:
+        """Target BPB; with several targets, their weighted mean (the product's objective is
+        minus the weighted sum of BPBs, so the ranking is the same)."""
         from climb_assets.lib.proxy import evaluate_bpb
 
         p = self.prepared
-        return float(evaluate_bpb(model, p.tok, p.texts, cfg.seq_len, self.device)["bpb"])
+        sets = getattr(p, "target_sets", None) or [("target", 1.0, p.texts)]
+        total = sum(w for _, w, _ in sets)
+        return float(
+            sum(
+                w * evaluate_bpb(model, p.tok, texts, cfg.seq_len, self.device)["bpb"]
+                for _, w, texts in sets
+            )
+            / total
+        )
 
     def __call__(self, cfg: Any, weights: np.ndarray, curve: bool = False) -> dict[str, Any]:
         """`{"bpb", "seconds"[, "curve": [{"fraction", "bpb"}]]}` of a model on `weights`."""
@@ -250,12 +292,14 @@ def _cv_json(report: Any) -> dict[str, Any]:
     return {"spearman": spearman, "rmse": rmse, "error": report.error}
 
 
-def _fit(kind: str, data: Any, seed: int, rule: str = "best") -> tuple[Any, dict[str, Any]]:
+def _fit(
+    kind: str, data: Any, seed: int, rule: str = "best", trust: Any = None
+) -> tuple[Any, dict[str, Any]]:
     """`fit_search_predictor` and a JSON record of every kind's cross-validation."""
     from climb_assets.lib.predictors import auto, report
 
     start = time.perf_counter()
-    fit = auto.fit_search_predictor(kind, [data], seed, options=OPTIONS, rule=rule)
+    fit = auto.fit_search_predictor(kind, [data], seed, options=OPTIONS, rule=rule, trust=trust)
     seconds = time.perf_counter() - start
     y = -data.values
     oof = auto.out_of_fold(fit)
@@ -266,6 +310,9 @@ def _fit(kind: str, data: Any, seed: int, rule: str = "best") -> tuple[Any, dict
         "cv_spearman": auto.json_float(rho),
         "cv_rmse": auto.json_float(fit.cv.rmse) if fit.cv is not None else None,
         "by_kind": {k: _cv_json(r) for k, r in fit.reports.items()},
+        "trusted": fit.trusted,
+        "trust_note": fit.trust_note,
+        "distrust": dict(fit.distrust),
         "warnings": list(fit.warnings),
         "seconds": round(seconds, 2),
     }
@@ -285,92 +332,137 @@ def _proxy_rows(weights: np.ndarray, scores: Sequence[dict[str, Any]]) -> list[d
 def run_climb(setup: SearchSetup, score: Score, variant: Variant) -> dict[str, Any]:
     """CLIMB's iterative search as `search_round` runs it; the final mixture and the history.
 
-    Seeds follow the product (`_round_seed`: search seed * 1000 + round * 10 + salt; salt 1 for
-    the proposals, 2 for the predictor). No repetition caps (the bench has no manifest budget).
+    The rounds call the product's own functions (`climb_assets.lib.rounds.first_round` and
+    `later_round`, `auto.fit_search_predictor` with the trust rule, `rounds.best_measured`), so
+    the benchmark measures what the product does. Seeds follow the product (`_round_seed`:
+    search seed * 1000 + round * 10 + salt; salt 1 for the proposals, 2 for the predictor); a
+    noise replicate trains with proxy seed + 1. No repetition caps (the bench has no manifest
+    budget).
     """
-    from climb_assets.lib.mixture import (
-        blend_center,
-        candidate_pool,
-        final_mixture,
-        mixture_key,
-        sample_mixtures,
-    )
-    from climb_assets.lib.proposals import pick_next_round, top_ties
+    from climb_assets.lib import rounds as guard
+    from climb_assets.lib.mixture import blend_center, candidate_pool, final_mixture, mixture_key
+    from climb_assets.lib.predictors.auto import TrustRule
+    from climb_assets.lib.proposals import top_ties
 
-    rounds = variant.rounds or setup.rounds
+    plan = variant.rounds or setup.rounds
+    k = setup.prior.size
+    caps = np.ones(k)
     center = None
     if variant.target_prior_weight > 0:
         center = blend_center(setup.prior, setup.alignment, variant.target_prior_weight)
+    trust = (
+        None
+        if variant.trust_floor is None
+        else TrustRule(min_spearman=variant.trust_floor, range_margin=variant.trust_margin)
+    )
     x: list[np.ndarray] = []
     bpb: list[float] = []
     curves: list[list[dict[str, float]]] = []
+    labels: list[str] = []
     trained: set[str] = set()
     history: list[dict[str, Any]] = []
     base = setup.seed * 1000
     fit: Any = None
     fit_seconds = 0.0
-    for index, n in enumerate(rounds):
+    noise_pairs: list[tuple[float, float]] = []
+    trust_note: str | None = None
+    for index, n in enumerate(plan):
         seed = base + index * 10 + 1
         info: dict[str, Any] = {"round": index + 1, "proxies": n}
         if index == 0:
-            weights = sample_mixtures(
-                setup.prior, n, seed, setup.settings, design=variant.design, center=center
-            )
-        else:
-            pool = candidate_pool(setup.prior, setup.candidates, seed, setup.settings, center)
-            top = max(n * n, setup.top_k_min)
-            picks = pick_next_round(
-                pool, fit.predictor, n, seed + 5, trained, np.array(x), -min(bpb), top,
-                variant.design, variant.acquisition, variant.kappa, variant.exploit,
+            proposal = guard.first_round(
+                setup.prior, n, seed, caps, setup.settings, variant.design, setup.alignment,
+                center, variant.anchors,
             )  # fmt: skip
-            weights = pool[picks.rows]
+        else:
+            proposal = guard.later_round(
+                f"round {index}",
+                lambda seed=seed: candidate_pool(
+                    setup.prior, setup.candidates, seed, setup.settings, center
+                ),
+                fit.predictor, trust_note, (np.array(x), -np.array(bpb)), n, seed + 5,
+                (trained, np.array(x)), caps,
+                guard.LaterRound(max(n * n, setup.top_k_min), variant.design,
+                                 variant.acquisition, variant.kappa, variant.exploit,
+                                 variant.fallback_radius),
+                setup.alignment,
+            )  # fmt: skip
             info.update(
-                pool=len(pool),
-                top=top,
-                acquisition=picks.acquisition,
-                top_set_ties=picks.ties.tied,
-                tie_break=picks.tie_break,
-                notes=list(picks.notes),
-                predicted_bpb=(-picks.mean[picks.rows]).round(4).tolist(),
-                predicted_std=None
-                if picks.std is None
-                else picks.std[picks.rows].round(4).tolist(),
+                predicted_bpb=[None if v is None else round(-v, 4) for v in proposal.predicted]
             )
+        weights = proposal.weights
+        info.update(
+            method=proposal.method, designs=proposal.designs, notes=proposal.notes,
+            metadata=proposal.metadata,
+        )  # fmt: skip
         scores = [score(setup.proxy_cfg, w, curve=True) for w in weights]
-        for w, s in zip(weights, scores, strict=True):
+        for j, (w, s) in enumerate(zip(weights, scores, strict=True)):
             x.append(np.asarray(w, dtype=np.float64))
             bpb.append(s["bpb"])
             curves.append(s["curve"])
             trained.add(mixture_key(w))
+            name = proposal.references[j] or proposal.designs[j]
+            labels.append(f"round {index + 1} {name}")
+        if index == 0:
+            for r in range(min(variant.replicates, n)):
+                again = score(replace(setup.proxy_cfg, seed=setup.proxy_cfg.seed + 1 + r),
+                              weights[r])  # fmt: skip
+                noise_pairs.append((scores[r]["bpb"], again["bpb"]))
+            floor = guard.noise_floor(noise_pairs)
+            info["noise_floor"] = None if floor is None else round(floor, 5)
+            info["spread_warning"] = guard.spread_warning(
+                "round 1", [s["bpb"] for s in scores], floor
+            )
         info["mixtures"] = _proxy_rows(weights, scores)
         info["best_bpb_in_round"] = min(s["bpb"] for s in scores)
         info["best_bpb_so_far"] = min(bpb)
         fit, info["fit"] = _fit(
-            variant.kind, _metric_data(setup, x, bpb, curves), base + index * 10 + 2, variant.rule
-        )
+            variant.kind, _metric_data(setup, x, bpb, curves), base + index * 10 + 2,
+            variant.rule, trust,
+        )  # fmt: skip
+        trust_note = info["fit"]["trust_note"]
         fit_seconds += info["fit"]["seconds"]
         history.append(info)
     pool = candidate_pool(setup.prior, setup.candidates, base + 98, setup.settings, center)
     predicted = fit.predictor.predict(pool)
-    final = final_mixture(pool, predicted, method="argmax")
+    pick = final_mixture(pool, predicted, method="argmax")
     best = int(np.argmin(bpb))
-    return {
-        "weights": final,
+    record: dict[str, Any] = {
         "topk_mean_weights": final_mixture(pool, predicted, method="topk_mean", k=128),
         "best_observed_weights": x[best].copy(),
-        "proxies": len(bpb),
         "variant": variant.to_dict(),
         "best_proxy_bpb": min(bpb),
-        "predicted_bpb": float(-fit.predictor.predict(final[None, :])[0]),
         "predicted_bpb_at_best_proxy": float(-fit.predictor.predict(x[best][None, :])[0]),
         "pool_size": len(pool),
         "pool_ties_at_max": top_ties(predicted, len(pool)).tied,
         "used": fit.used if fit is not None else None,
+        "trusted_after_last_round": fit.trusted,
         "cv_spearman": history[-1]["fit"]["cv_spearman"],
         "best_bpb_per_round": [h["best_bpb_so_far"] for h in history],
+        "noise_floor": history[0].get("noise_floor"),
         "fit_seconds": round(fit_seconds, 2),
         "rounds": history,
     }
+    proxies = len(bpb) + len(noise_pairs)
+    if variant.final == "confirmed":
+        pick = guard.fit_to_caps(pick, caps)
+        confirmed = score(setup.proxy_cfg, pick)["bpb"]
+        options = [guard.Measured("the predictor's pick (confirmation proxy)", "confirmation",
+                                  pick, -confirmed)]  # fmt: skip
+        order = np.lexsort((np.arange(len(bpb)), np.array(bpb)))
+        options += [guard.Measured(labels[i], f"proxy {i}", x[i], -bpb[i]) for i in order]
+        winner = guard.best_measured(options, caps)
+        record.update(
+            weights=winner.weights.copy(), winner=winner.label, measured_bpb=-winner.objective,
+            confirmation_bpb=confirmed,
+            predicted_bpb=float(-fit.predictor.predict(winner.weights[None, :])[0]),
+            predicted_bpb_at_pick=float(-fit.predictor.predict(pick[None, :])[0]),
+        )  # fmt: skip
+        proxies += 1
+    else:
+        record.update(weights=pick, predicted_bpb=float(-fit.predictor.predict(pick[None, :])[0]))
+    record["proxies"] = proxies
+    return record
 
 
 def run_random(
@@ -428,6 +520,7 @@ class CorpusPlan:
     efficiency_seeds: tuple[int, ...]
     device: str = "cpu"
     variants: dict[str, Variant] = field(default_factory=lambda: dict(VARIANTS))
+    doremi: bool = True
 
 
 def run_seed(prepared: Prepared, scorer: Scorer, plan: CorpusPlan, seed: int) -> dict[str, Any]:
@@ -473,13 +566,23 @@ def run_seed(prepared: Prepared, scorer: Scorer, plan: CorpusPlan, seed: int) ->
     for entry in strategies.values():
         entry.pop("best_observed_weights", None)
         entry.pop("topk_mean_weights", None)
-    budget = sum(plan.rounds)
+    budget = strategies["climb"]["proxies"]  # the same proxies as CLIMB spent, all told
     strategies["regmix"], strategies["best_of_random"] = timed(
         "regmix", lambda: run_random(setup, scorer, budget, 500)
     )
     strategies["natural"] = {"weights": prepared.prior.copy(), "proxies": 0}
     strategies["uniform"] = {"weights": np.full(k, 1.0 / k), "proxies": 0}
+    strategies["target_aligned"] = {
+        "weights": prepared.alignment / prepared.alignment.sum(),
+        "proxies": 0,
+    }
     strategies["oracle"] = {"weights": prepared.oracle.copy(), "proxies": 0}
+    if plan.doremi:
+        from bench.reference_mixtures import run_doremi
+
+        strategies["doremi"] = timed(
+            "doremi", lambda: {**run_doremi(prepared, setup.proxy_cfg, plan.device), "proxies": 2}
+        )
     if seed in plan.efficiency_seeds:
         eff = Variant(rounds=plan.efficiency_rounds)
         strategies["climb_28"] = timed("climb_28", lambda: run_climb(setup, scorer, eff))
@@ -613,7 +716,7 @@ def main(argv: Sequence[str] | None = None, quick: bool = False) -> dict[str, An
     )
     parser.add_argument(
         "--efficiency-seeds", type=int, nargs="+",
-        help="seeds on which climb_28 and regmix_112 run (default: the first three)",
+        help="seeds on which climb_28 and regmix_112 run (default: none)",
     )  # fmt: skip
     parser.add_argument("--final-multiplier", type=float, default=3.0)
     parser.add_argument("--candidates", type=int, help="candidate pool (default 20000; 4000 quick)")
@@ -630,6 +733,15 @@ def main(argv: Sequence[str] | None = None, quick: bool = False) -> dict[str, An
     parser.add_argument("--third", action="store_true", help="also the blended-target corpus")
     parser.add_argument("--demo-docs", type=int, default=300, help="demo documents per source")
     parser.add_argument("--skip-planted", action="store_true", help="leave the planted corpus out")
+    parser.add_argument(
+        "--choose-defaults", action="store_true",
+        help="also run the candidate defaults (CHOICE_VARIANTS); only on the corpora that choose",
+    )  # fmt: skip
+    parser.add_argument(
+        "--corpora", nargs="+", choices=("planted", "demo", "blend", "libraries", "two_target"),
+        help="the corpora to run, in order (overrides --demo/--third/--skip-planted); "
+        "libraries and two_target are held out: the defaults were chosen on the other three",
+    )  # fmt: skip
     parser.add_argument("--workdir", help="keep the corpora and stores here (default: temporary)")
     parser.add_argument(
         "--results-dir", help="write the result here (default bench/results, quick: results/quick)"
@@ -643,7 +755,7 @@ def main(argv: Sequence[str] | None = None, quick: bool = False) -> dict[str, An
     rounds = tuple(args.rounds or ((6, 2, 2) if quick else (6, 4, 2)))
     eff_rounds = tuple(args.efficiency_rounds or ((6, 4, 2) if quick else (16, 8, 4)))
     eff_random = args.efficiency_random or (24 if quick else 112)
-    eff_seeds = tuple(seeds[:3] if args.efficiency_seeds is None else args.efficiency_seeds)
+    eff_seeds = tuple(args.efficiency_seeds or ())
     candidates = args.candidates or (4000 if quick else 20_000)
 
     import torch
@@ -674,6 +786,7 @@ def main(argv: Sequence[str] | None = None, quick: bool = False) -> dict[str, An
         efficiency_random=eff_random,
         efficiency_seeds=eff_seeds,
         device=args.device,
+        variants={**VARIANTS, **(CHOICE_VARIANTS if args.choose_defaults else {})},
     )
     if args.wait_quiet:
         wait_for_quiet(timeout_s=args.wait_quiet)
@@ -713,7 +826,7 @@ def main(argv: Sequence[str] | None = None, quick: bool = False) -> dict[str, An
                 "top_k_min": args.top_k_min,
                 "predictor_options": OPTIONS,
                 "regmix_final": {"method": "topk_mean", "k": 128, "kind": "lightgbm"},
-                "climb_final": {"method": "argmax"},
+                "climb_final": {"method": plan.variants["climb"].final},
                 "repetition_caps": None,
                 "sampler": "SamplerSettings() (paper defaults)",
                 "threads": args.threads,
@@ -731,7 +844,7 @@ def main(argv: Sequence[str] | None = None, quick: bool = False) -> dict[str, An
             "machine": machine,
         }
 
-    names = [
+    names = list(args.corpora or []) or [
         *([] if args.skip_planted else ["planted"]),
         *(["demo"] if args.demo else []),
         *(["blend"] if args.third else []),
@@ -744,8 +857,13 @@ def main(argv: Sequence[str] | None = None, quick: bool = False) -> dict[str, An
                 prepared = prepare_planted(root / "planted")
             elif name == "demo":
                 prepared = prepare_demo(root / "demo", args.demo_docs)
-            else:
+            elif name == "blend":
                 prepared = prepare_blend(root / "blend", args.demo_docs)
+            else:  # the held-out corpora (bench/heldout_sources.py)
+                from bench import corpora
+
+                prepare_heldout = getattr(corpora, f"prepare_{name}")
+                prepared = prepare_heldout(root / name, args.demo_docs)
             prep_seconds = time.perf_counter() - start
             print(
                 f"[{name}] data side done in {prep_seconds:.0f} s: "

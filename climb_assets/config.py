@@ -446,12 +446,6 @@ def _check_ranges(p: Profile) -> None:
     need(p.search.kappa >= 0, "search.kappa", "must be >= 0")
     need(len(set(p.search.anchors)) == len(p.search.anchors), "search.anchors", "has duplicates")
     need(
-        len(p.search.anchors) <= r[0] // 2,
-        "search.anchors",
-        f"lists {len(p.search.anchors)} anchors but round 1 trains {r[0]} proxies; anchors may "
-        "take at most half of round 1 (raise search.rounds[0] or list fewer)",
-    )
-    need(
         0 <= p.search.noise_replicates <= r[0],
         "search.noise_replicates",
         f"is {p.search.noise_replicates}; use 0..{r[0]} (round 1's proxies)",

@@ -68,6 +68,12 @@ def test_environment_selects_profile(monkeypatch, tmp_path):
         ({"search": {"target_prior_weight": 1.0}}, "search.target_prior_weight must be in [0, 1)"),
         ({"search": {"acquisition": "pi"}}, "'pi' is not allowed"),
         ({"search": {"exploit_picks": -1}}, "search.exploit_picks must be >= 0"),
+        ({"search": {"anchors": ["unimax"]}}, "'unimax' is not allowed"),
+        ({"search": {"anchors": ["natural", "natural"]}}, "search.anchors has duplicates"),
+        ({"search": {"noise_replicates": -1}}, "search.noise_replicates is -1; use 0..8"),
+        ({"search": {"fallback_radius": 0}}, "search.fallback_radius must be in (0, 1]"),
+        ({"predictor": {"trust_floor": 2}}, "predictor.trust_floor must be a Spearman"),
+        ({"predictor": {"trust_range_margin": -1}}, "trust_range_margin must be >= 0"),
     ],
 )
 def test_bad_profiles_name_the_key(data, message):
@@ -160,3 +166,21 @@ def test_doremi_method_and_finals_that_need_other_proxies():
         profile_from_dict({"name": "x", "search": {"method": "doremi", "doremi_step_size": 0}})
     with pytest.raises(ProfileError, match="search.method"):
         profile_from_dict({"name": "x", "search": {"method": "regmix"}})
+
+
+def test_a_profile_that_turns_a_safeguard_off_is_told_what_it_gives_up():
+    from climb_assets.config import search_trade_offs
+
+    assert search_trade_offs(load_profile("demo")) == []  # every safeguard on
+    off = profile_from_dict(
+        {"name": "x", "search": {"anchors": [], "noise_replicates": 0, "final": "argmax"},
+         "predictor": {"trust_floor": None}}
+    )  # fmt: skip
+    lines = search_trade_offs(off)
+    assert len(lines) == 4 and all("\n" not in line for line in lines)
+    joined = " ".join(lines)
+    for needle in ("search.anchors is empty", "noise_replicates is 0", "no confirmation proxy",
+                   "trust_floor is null"):  # fmt: skip
+        assert needle in joined
+    # a training-free final runs no round: nothing to give up
+    assert search_trade_offs(profile_from_dict({"name": "x", "search": {"final": "unimax"}})) == []

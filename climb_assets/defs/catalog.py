@@ -88,6 +88,7 @@ def catalog_views(
         "predictions": "search/*/predictions.parquet",
         "proxy_curves": "search/*/curves.parquet",
         "predictor_cv": "search/*/cv.parquet",
+        "confirmation": "search/confirmation.parquet",
         "target_alignment": "targets/alignment.parquet",
         "reference_mixtures": "references/mixtures.parquet",
         "doremi_weights": "doremi/weights.parquet",

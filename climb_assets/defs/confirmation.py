@@ -13,6 +13,7 @@ from typing import Any
 
 import dagster as dg
 import numpy as np
+import pyarrow as pa
 
 from climb_assets.config import Profile
 from climb_assets.defs.proxies import evaluate_proxy, train_proxy
@@ -23,6 +24,8 @@ from climb_assets.lib import mixture, proposals, rounds
 from climb_assets.lib.storage import Store
 
 CONFIRMATION_FILE = "search/confirmation.json"
+CONFIRMATION_TABLE = "search/confirmation.parquet"
+"""The same record for the catalog's `confirmation` view."""
 CONFIRMATION_ID = "confirmation"
 
 
@@ -98,6 +101,13 @@ def record_confirmation(
         "predictor": pick["predictor"],
     }  # fmt: skip
     store.write_json(CONFIRMATION_FILE, record)
+    store.write_parquet(
+        CONFIRMATION_TABLE,
+        pa.table({"mixture_id": [CONFIRMATION_ID], "key": [record["key"]],
+                  "weights": pa.array([record["weights"]], pa.list_(pa.float64())),
+                  "predicted_objective": [record["predicted"]],
+                  "objective": [record["objective"]], "run_id": [record["run_id"]]}),
+    )  # fmt: skip
     context.add_output_metadata(
         {"measured_objective": round(record["objective"], 5),
          "predicted_objective": round(record["predicted"], 5),

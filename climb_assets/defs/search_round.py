@@ -148,7 +148,8 @@ def load_round_predictor(store: Store, key: str) -> auto.Predictor:
 def propose_mixtures(
     context: dg.OpExecutionContext, climb: ClimbResource, previous_predictor: Any
 ) -> dict:
-    """Round 1: Dirichlet draws around the prior. Later: the previous predictor's top set."""
+    """Round 1: the anchors, then design picks around the prior. Later: the trusted previous
+    predictor's top set, or the model-free trust region when no predictor is trusted."""
     profile, store = climb.settings(), climb.store()
     key, s = context.partition_key, profile.search
     index = _round_index(profile, key)
@@ -163,78 +164,30 @@ def propose_mixtures(
     space = search_space(profile, store)
     trained, trained_weights = _trained(store, profile, index)
     seed = _round_seed(profile, index, 1)
-    predicted: list[float | None] = [None] * n
-    spread: list[float | None] = [None] * n
-    extra: dict[str, Any] = {}
     if index == 0:
-        anchors, skipped = rounds.anchor_mixtures(
-            s.anchors, space.prior, space.alignment, space.caps
-        )
-        for name, why in skipped.items():
-            context.log.warning(f"anchor {name} skipped: {why}")
-        anchor_keys = {mixture.mixture_key(a.weights) for a in anchors}
-        drawn = mixture.sample_mixtures(
-            space.prior, n - len(anchors), seed, sampler_settings(profile),
-            exclude=trained | anchor_keys, design=s.design, center=space.center, caps=space.caps,
+        proposal = rounds.first_round(
+            space.prior, n, seed, space.caps, sampler_settings(profile), s.design,
+            space.alignment, space.center, s.anchors, trained,
         )  # fmt: skip
-        weights = np.vstack([*(a.weights[None, :] for a in anchors), drawn])
-        designs = ["reference"] * len(anchors) + [s.design] * len(drawn)
-        references = [a.name for a in anchors] + [None] * len(drawn)
-        method = f"dirichlet, {s.design} picks" + (
-            f", anchored on {', '.join(references[: len(anchors)])}" if anchors else ""
-        )
-        coverage = rounds.target_coverage(drawn, space.alignment)
-        extra = {
-            "anchors": ", ".join(a.name for a in anchors) or "none",
-            "anchors_capped": ", ".join(a.name for a in anchors if a.capped) or "none",
-            "interior_share": round(rounds.interior_share(drawn), 4),
-            "design_target_coverage": "n/a" if coverage is None else round(coverage, 4),
-        }
     else:
-        model = load_round_predictor(store, previous)
-        top = max(n * n, s.top_k_min)
-        if previous_predictor.get("trusted", True):
-            pool = space.pool(profile, seed)
-            picks = proposals.pick_next_round(
-                pool, model, n, seed + 5, trained, trained_weights,
-                float(previous_predictor["best_observed"]), top, s.design, s.acquisition,
-                s.kappa, s.exploit_picks,
-            )  # fmt: skip
-            for note in picks.notes:
-                context.log.warning(note)
-            weights = pool[picks.rows]
-            predicted = [float(picks.mean[r]) for r in picks.rows]
-            if picks.std is not None:
-                spread = [float(picks.std[r]) for r in picks.rows]
-            exploit = min(s.exploit_picks, n)
-            designs = ["exploit"] * exploit + [s.design] * (n - exploit)
-            method = (
-                f"{picks.acquisition} of predictor top-{top} of {len(pool)}: best {exploit}, "
-                f"{s.design} picks for the rest"
-            )
-            extra = {"top_set_ties": picks.ties.tied, "top_set_distinct": picks.ties.distinct,
-                     "tie_break": picks.tie_break, "acquisition": picks.acquisition}  # fmt: skip
-        else:
-            measured, _ = evaluations_so_far(profile, store, index - 1)
-            x = np.array(measured.get_column("weights").to_list(), dtype=np.float64)
-            weights, how = rounds.trust_region_picks(
-                x, measured.get_column("objective").to_numpy(), n, seed + 5, space.caps,
-                trained, space.alignment, rounds.TrustRegion(radius=s.fallback_radius),
-            )  # fmt: skip
-            context.log.warning(
-                f"no predictor is trusted after {previous} ({previous_predictor['trust_note']});"
-                " proposing around the best measured mixtures"
-            )
-            designs = list(how)
-            method = (
-                f"trust region around the best measured mixtures (radius {s.fallback_radius:g}): "
-                "no trusted predictor"
-            )
-            extra = {"fallback": True}
-        references = [None] * n
+        measured, _ = evaluations_so_far(profile, store, index - 1)
+        proposal = rounds.later_round(
+            previous, lambda: space.pool(profile, seed), load_round_predictor(store, previous),
+            None if previous_predictor.get("trusted", True) else previous_predictor["trust_note"],
+            (np.array(measured.get_column("weights").to_list(), dtype=np.float64),
+             measured.get_column("objective").to_numpy()),
+            n, seed + 5, (trained, trained_weights), space.caps,
+            rounds.LaterRound(max(n * n, s.top_k_min), s.design, s.acquisition, s.kappa,
+                              s.exploit_picks, s.fallback_radius),
+            space.alignment,
+        )  # fmt: skip
+    for note in proposal.notes:
+        context.log.warning(note)
+    weights, method, spread = proposal.weights, proposal.method, proposal.std
     mixtures = [
         {"mixture_id": f"{key}-m{j:03d}", "key": mixture.mixture_key(w), "weights": w.tolist(),
-         "predicted": predicted[j], "design": designs[j], "reference": references[j]}
+         "predicted": proposal.predicted[j], "design": proposal.designs[j],
+         "reference": proposal.references[j]}
         for j, w in enumerate(weights)
     ]  # fmt: skip
     if index == 0:
@@ -268,7 +221,7 @@ def propose_mixtures(
     context.add_output_metadata(
         {"round": key, "proxies": rows, "method": method, "seed": seed,
          "replicates": rows - n, "already_trained": len(trained),
-         "target_centred": space.center is not None, **extra}
+         "target_centred": space.center is not None, **proposal.metadata}
     )  # fmt: skip
     return {"round": key, "method": method, "seed": seed, "mixtures": mixtures}
 
@@ -455,14 +408,6 @@ def trust_rule(profile: Profile) -> auto.TrustRule | None:
     return auto.TrustRule(min_spearman=pr.trust_floor, range_margin=pr.trust_range_margin)
 
 
-def _trust_note(fit: auto.SearchFit) -> str | None:
-    """Why the fit is not trusted, in a few words (None when it is)."""
-    if fit.trusted:
-        return None
-    best = fit.best_spearman
-    return "no kind cross-validated" if best is None else f"best CV {best:.2f}"
-
-
 @dg.op(out=dg.Out(io_manager_key=IO))
 def fit_round_predictor(
     context: dg.OpExecutionContext, climb: ClimbResource, evaluations: dict, previous_predictor: Any
@@ -488,7 +433,7 @@ def fit_round_predictor(
     )  # fmt: skip
     for note in fit.warnings:
         context.log.warning(note)
-    trust_note = _trust_note(fit)
+    trust_note = fit.trust_note
     if trust_note is not None:
         then = (
             "proposing around the best measured mixtures"

@@ -23,12 +23,20 @@ holds the safeguards, each a plain function the `search_round` op and the benchm
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
-from climb_assets.lib.mixture import DECIMALS, MixtureError, mixture_key
+from climb_assets.lib import proposals
+from climb_assets.lib.mixture import (
+    DECIMALS,
+    MixtureError,
+    SamplerSettings,
+    mixture_key,
+    sample_mixtures,
+)
 
 ANCHOR_NAMES = ("target_aligned", "natural")
 """Training-free mixtures round 1 can train as anchors (`search.anchors`)."""
@@ -298,3 +306,138 @@ def best_measured(options: Sequence[Measured], caps: np.ndarray) -> Measured:
         if option.objective > best.objective:
             best = option
     return best
+
+
+@dataclass
+class Proposal:
+    """What one round trains, and how each mixture came to be proposed.
+
+    Attributes:
+        weights: (n, K) mixtures.
+        designs: Per mixture: ``reference`` (an anchor), the design (``cover``, ...),
+            ``exploit``, or the trust region's ``target_blend`` / ``incumbent_blend`` /
+            ``local_move``.
+        references: The anchor's name per mixture (None for the others).
+        predicted: The predictor's objective per mixture (None where none steered).
+        std: Its standard deviation (None where the predictor has none).
+        method: One line for the round's metadata.
+        notes: Warnings for the run's log.
+        metadata: Figures for the round's metadata.
+    """
+
+    weights: np.ndarray
+    designs: list[str]
+    references: list[str | None]
+    predicted: list[float | None]
+    std: list[float | None]
+    method: str
+    notes: list[str] = field(default_factory=list)
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+def first_round(
+    prior: np.ndarray,
+    n: int,
+    seed: int,
+    caps: np.ndarray,
+    settings: SamplerSettings | None = None,
+    design: str = "cover",
+    alignment: np.ndarray | None = None,
+    center: np.ndarray | None = None,
+    anchors: Sequence[str] = ANCHOR_NAMES,
+    exclude: Iterable[str] = (),
+) -> Proposal:
+    """Round 1: the anchors, then ``design`` picks from the Dirichlet sampler for the rest."""
+    fitted, skipped = anchor_mixtures(anchors, prior, alignment, caps)
+    notes = [f"anchor {name} skipped: {why}" for name, why in skipped.items()]
+    keys = {mixture_key(a.weights) for a in fitted}
+    drawn = sample_mixtures(
+        prior, n - len(fitted), seed, settings, exclude=set(exclude) | keys, design=design,
+        center=center, caps=caps,
+    )  # fmt: skip
+    weights = np.vstack([*(a.weights[None, :] for a in fitted), drawn])
+    names = [a.name for a in fitted]
+    method = f"dirichlet, {design} picks" + (f", anchored on {', '.join(names)}" if names else "")
+    coverage = target_coverage(drawn, alignment)
+    metadata = {
+        "anchors": ", ".join(names) or "none",
+        "anchors_capped": ", ".join(a.name for a in fitted if a.capped) or "none",
+        "interior_share": round(interior_share(drawn), 4),
+        "design_target_coverage": "n/a" if coverage is None else round(coverage, 4),
+    }
+    return Proposal(
+        weights, ["reference"] * len(fitted) + [design] * len(drawn),
+        [*names, *([None] * len(drawn))], [None] * n, [None] * n, method, notes, metadata,
+    )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class LaterRound:
+    """How a later round picks (`search.*`): see `climb_assets.config.SearchSettings`."""
+
+    top: int
+    design: str = "cover"
+    acquisition: str = "mean"
+    kappa: float = 1.0
+    exploit: int = 1
+    fallback_radius: float = 0.25
+
+
+def later_round(
+    after: str,
+    pool: Callable[[], np.ndarray],
+    predictor: Any,
+    trust_note: str | None,
+    measured: tuple[np.ndarray, np.ndarray],
+    n: int,
+    seed: int,
+    trained: tuple[set[str], np.ndarray],
+    caps: np.ndarray,
+    how: LaterRound,
+    alignment: np.ndarray | None = None,
+) -> Proposal:
+    """A later round: the trusted predictor's picks, else the model-free trust region.
+
+    Args:
+        after: The round whose predictor this is (for the notes).
+        pool: Builds the fresh candidate pool (only called when the predictor is trusted).
+        predictor: The previous round's predictor (``predict``, ``predict_std``).
+        trust_note: Why the predictor is not trusted (None when it is).
+        measured: (x, y): every proxy measured so far and its objective.
+        n: Mixtures wanted.
+        seed: Seed of the picks.
+        trained: Keys and weights of the mixtures already trained.
+        caps: Repetition caps.
+        how: The round's settings.
+        alignment: The targets' distribution over super-clusters, when known.
+    """
+    x, y = measured
+    keys, weights = trained
+    if trust_note is not None:
+        picked, designs = trust_region_picks(
+            x, y, n, seed, caps, keys, alignment, TrustRegion(radius=how.fallback_radius)
+        )
+        return Proposal(
+            picked, list(designs), [None] * n, [None] * n, [None] * n,
+            f"trust region around the best measured mixtures (radius {how.fallback_radius:g}): "
+            "no trusted predictor",
+            [f"no predictor is trusted after {after} ({trust_note}); proposing around the best "
+             "measured mixtures"],
+            {"fallback": True},
+        )  # fmt: skip
+    candidates = pool()
+    picks = proposals.pick_next_round(
+        candidates, predictor, n, seed, keys, weights, float(np.max(y)), how.top, how.design,
+        how.acquisition, how.kappa, how.exploit,
+    )  # fmt: skip
+    exploit = min(how.exploit, n)
+    return Proposal(
+        candidates[picks.rows], ["exploit"] * exploit + [how.design] * (n - exploit),
+        [None] * n, [float(picks.mean[r]) for r in picks.rows],
+        [None] * n if picks.std is None else [float(picks.std[r]) for r in picks.rows],
+        f"{picks.acquisition} of predictor top-{how.top} of {len(candidates)}: best {exploit}, "
+        f"{how.design} picks for the rest",
+        list(picks.notes),
+        {"top_set_ties": picks.ties.tied, "top_set_distinct": picks.ties.distinct,
+         "tie_break": picks.tie_break, "acquisition": picks.acquisition, "fallback": False},
+    )  # fmt: skip

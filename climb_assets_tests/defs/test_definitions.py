@@ -26,6 +26,7 @@ SEARCH_ASSETS = {
     "proxy_checkpoints",
     "proxy_evaluations",
     "predictor_models",
+    "confirmation_proxy",
     "climbmix_manifest",
     "climbmix_exports",
 }
@@ -62,6 +63,17 @@ def test_gpu_steps_carry_routing_tags_and_pool():
     assert "climb/gpu" not in doremi.node_named("gather_doremi").definition.tags
     parents = {k.to_user_string() for k in graph.get(dg.AssetKey("doremi_mixture")).parent_keys}
     assert parents == {"cluster_tokens", "search_targets"}
+    # the confirmation proxy trains and scores on the GPU; choosing and recording it do not
+    confirm = graph.get(dg.AssetKey("confirmation_proxy"))
+    for op_name in ("train_proxy", "evaluate_proxy"):
+        op = confirm.assets_def.node_def.node_named(op_name).definition
+        assert dict(op.tags).items() >= GPU_OP_TAGS.items() and op.pool == GPU_POOL, op_name
+    for op_name in ("confirmation_pick", "record_confirmation"):
+        tags = confirm.assets_def.node_def.node_named(op_name).definition.tags
+        assert "climb/gpu" not in tags, op_name
+    assert {k.to_user_string() for k in confirm.parent_keys} == {"predictor_models"}
+    manifest_parents = graph.get(dg.AssetKey("climbmix_manifest")).parent_keys
+    assert dg.AssetKey("confirmation_proxy") in manifest_parents
 
 
 def test_per_shard_assets_are_partitioned_and_global_ones_are_not():

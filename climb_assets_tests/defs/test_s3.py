@@ -86,7 +86,8 @@ def test_every_output_is_on_s3_and_the_manifest_reads_back(s3_run, s3_server):
     assert {"run/kmeans/centroids.npy", "run/tokenizer/tokenizer.json", "run/catalog.duckdb",
             "run/manifest/megatron_blend.json"} <= keys  # fmt: skip
     done = [k for k in keys if k.startswith("run/proxies/") and k.endswith("/DONE")]
-    assert len(done) == 6
+    # the rounds' 6 proxies, round 1's noise replicate and the confirmation proxy
+    assert len(done) == 8
     for marker in done:
         folder = marker[: -len("DONE")]
         assert {f"{folder}model.safetensors", f"{folder}config.json"} <= keys
@@ -107,7 +108,8 @@ def test_catalog_on_s3_opens_in_plain_duckdb_with_an_fsspec_filesystem(s3_run, s
     con.register_filesystem(s3_server.filesystem())
     n_docs = con.execute("SELECT count(*) FROM documents WHERE cluster_id IS NOT NULL").fetchone()
     assert n_docs[0] == 180
-    assert con.execute("SELECT count(*) FROM mixtures").fetchone()[0] == 6
+    assert con.execute("SELECT count(*) FROM mixtures").fetchone()[0] == 7  # with the replicate
+    assert con.execute("SELECT count(*) FROM confirmation").fetchone()[0] == 1
     total = con.execute("SELECT sum(weight) FROM manifest_weights").fetchone()[0]
     assert abs(total - 1.0) < 1e-6
     shard = con.execute("SELECT min(shard) FROM documents").fetchone()[0]
@@ -167,7 +169,7 @@ def test_climb_catalog_command_queries_the_s3_catalog(s3_run, s3_server, monkeyp
 
     sql = "SELECT count(*) * 1000 + 7 AS n FROM proxy_runs"
     assert main(["--profile", climb.profile, "catalog", sql]) == 0
-    assert "6007" in capsys.readouterr().out
+    assert "7007" in capsys.readouterr().out  # 6 proxies and the noise replicate
 
 
 def test_gpu_step_runs_on_s3_through_the_multiprocess_executor(s3_run, s3_server, tmp_path):

@@ -142,7 +142,7 @@ def test_dagster_dev_tells_the_story(story):
             port, "{ assetNodes { assetKey { path } isPartitioned description kinds } }"
         )["data"]["assetNodes"]
         assets = {n["assetKey"]["path"][-1]: n for n in nodes}
-        assert len(assets) == 20
+        assert len(assets) == 21
         assert (
             assets["embeddings"]["isPartitioned"] and not assets["super_clusters"]["isPartitioned"]
         )
@@ -176,11 +176,11 @@ def test_dagster_dev_tells_the_story(story):
         assert dependencies & {"super_clusters", "corpus_documents"}, manifest["staleCauses"]
         entries = manifest["assetMaterializations"][0]["metadataEntries"]
         labels = [e["label"] for e in entries]
-        assert labels[:7] == [
+        assert labels[:8] == [
             "chosen_mixture", "rule", "predicted_objective", "predicted_objective_band",
-            "measured_objective", "best_proxy", "super_clusters",
+            "measured_objective", "best_proxy", "predicted_for_best_proxy", "super_clusters",
         ]  # fmt: skip
-        rows = [json.loads(r) for r in entries[6]["table"]["records"]]
+        rows = [json.loads(r) for r in entries[7]["table"]["records"]]
         assert [r["super_cluster_id"] for r in rows] == list(range(4))
         assert sum(r["climbmix_weight"] for r in rows) == pytest.approx(1.0, abs=1e-3)
         assert all(r["top_terms"] for r in rows)

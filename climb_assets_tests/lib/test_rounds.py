@@ -143,3 +143,61 @@ def test_auto_uses_only_trusted_kinds_and_says_when_none_is():
     assert fit.best_spearman is None or fit.best_spearman < 0.9
     # without a rule every kind may steer, as before
     assert auto.fit_search_predictor("auto", _data(x, -noise), 0).trusted
+
+
+def test_round_one_trains_the_anchors_first_then_the_design():
+    prior = np.array([0.4, 0.3, 0.2, 0.05, 0.05])
+    target = np.array([0.0, 0.0, 0.1, 0.45, 0.45])
+    proposal = rounds.first_round(prior, 8, 7, np.ones(5), alignment=target)
+    assert proposal.designs == ["reference", "reference"] + ["cover"] * 6
+    assert proposal.references[:2] == ["target_aligned", "natural"]
+    assert proposal.weights[0] == pytest.approx(target)
+    assert proposal.weights[1] == pytest.approx(prior)
+    assert len({mixture_key(w) for w in proposal.weights}) == 8
+    assert 0 <= proposal.metadata["interior_share"] <= 1
+    assert proposal.metadata["design_target_coverage"] > 0
+    assert "anchored on target_aligned, natural" in proposal.method
+    bare = rounds.first_round(prior, 8, 7, np.ones(5), alignment=None)
+    assert bare.references[:1] == ["natural"] and bare.designs.count("reference") == 1
+    assert any("anchor target_aligned skipped" in n for n in bare.notes)
+    none = rounds.first_round(prior, 8, 7, np.ones(5), anchors=())
+    assert none.designs == ["cover"] * 8 and none.metadata["anchors"] == "none"
+
+
+class _Constant:
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        return np.asarray(x)[:, 0]
+
+    def predict_std(self, x: np.ndarray) -> None:
+        return None
+
+
+def test_a_later_round_follows_a_trusted_predictor_and_falls_back_without_one():
+    x, y = _measured()
+    trained = ({mixture_key(w) for w in x}, x)
+    pool_calls = []
+
+    def pool() -> np.ndarray:
+        pool_calls.append(1)
+        from climb_assets.lib.mixture import candidate_pool
+
+        return candidate_pool(PRIOR, 2_000, 0)
+
+    how = rounds.LaterRound(top=16)
+    steered = rounds.later_round(
+        "iter_001", pool, _Constant(), None, (x, y), 4, 5, trained, OPEN, how
+    )
+    assert pool_calls and steered.designs == ["exploit", "cover", "cover", "cover"]
+    assert steered.predicted[0] == pytest.approx(steered.weights[0, 0])
+    assert not steered.metadata["fallback"]
+    pool_calls.clear()
+    fallback = rounds.later_round(
+        "iter_001", pool, _Constant(), "best CV -0.12", (x, y), 4, 5, trained, OPEN, how
+    )
+    assert not pool_calls, "no candidate pool is scored by an untrusted predictor"
+    assert fallback.notes == [
+        "no predictor is trusted after iter_001 (best CV -0.12); proposing around the best "
+        "measured mixtures"
+    ]
+    assert fallback.metadata["fallback"] and fallback.predicted == [None] * 4
+    assert set(fallback.designs) <= {"incumbent_blend", "local_move"}

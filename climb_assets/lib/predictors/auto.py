@@ -236,6 +236,14 @@ class SearchFit:
         return self.reports.get(self.used)
 
     @property
+    def trust_note(self) -> str | None:
+        """Why the fit is not trusted, in a few words (None when it is)."""
+        if self.trusted:
+            return None
+        best = self.best_spearman
+        return "no kind cross-validated" if best is None else f"best CV {best:.2f}"
+
+    @property
     def best_spearman(self) -> float | None:
         """The best cross-validated Spearman of any kind (None when none was scored)."""
         values = [r.spearman for r in self.reports.values() if r.spearman is not None]
