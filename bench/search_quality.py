@@ -860,9 +860,9 @@ def main(argv: Sequence[str] | None = None, quick: bool = False) -> dict[str, An
             elif name == "blend":
                 prepared = prepare_blend(root / "blend", args.demo_docs)
             else:  # the held-out corpora (bench/heldout_sources.py)
-                from bench import corpora
+                from bench import corpora as builders
 
-                prepare_heldout = getattr(corpora, f"prepare_{name}")
+                prepare_heldout = getattr(builders, f"prepare_{name}")
                 prepared = prepare_heldout(root / name, args.demo_docs)
             prep_seconds = time.perf_counter() - start
             print(
