@@ -742,6 +742,10 @@ def main(argv: Sequence[str] | None = None, quick: bool = False) -> dict[str, An
         help="the corpora to run, in order (overrides --demo/--third/--skip-planted); "
         "libraries and two_target are held out: the defaults were chosen on the other three",
     )  # fmt: skip
+    parser.add_argument(
+        "--without", nargs="+", default=(), choices=tuple(VARIANTS)[1:],
+        help="leave these reference variants out (saves their proxies; climb always runs)",
+    )  # fmt: skip
     parser.add_argument("--workdir", help="keep the corpora and stores here (default: temporary)")
     parser.add_argument(
         "--results-dir", help="write the result here (default bench/results, quick: results/quick)"
@@ -786,7 +790,14 @@ def main(argv: Sequence[str] | None = None, quick: bool = False) -> dict[str, An
         efficiency_random=eff_random,
         efficiency_seeds=eff_seeds,
         device=args.device,
-        variants={**VARIANTS, **(CHOICE_VARIANTS if args.choose_defaults else {})},
+        variants={
+            name: variant
+            for name, variant in {
+                **VARIANTS,
+                **(CHOICE_VARIANTS if args.choose_defaults else {}),
+            }.items()
+            if name not in args.without
+        },
     )
     if args.wait_quiet:
         wait_for_quiet(timeout_s=args.wait_quiet)
