@@ -25,7 +25,6 @@ build into the same folder with the same parameters and package versions reuses 
 
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
 import json
 import logging
@@ -49,14 +48,12 @@ from climb_assets.lib import demo_corpus
 from climb_assets.lib.demo_corpus import (
     MAX_CHARS,
     MIN_CHARS,
-    MIN_FRACTION,
     TARGET_CHARS,
-    _atomic_write,
     _is_complete,
-    _jsonl_bytes,
-    _parquet_bytes,
     _read_manifest,
-    _stable_int,
+    split_sources,
+    write_manifest,
+    write_shards_and_targets,
 )
 
 logger = logging.getLogger(__name__)
@@ -413,71 +410,9 @@ def build_library_corpus(
         collected = dict(zip(chosen, pool.map(collect_library_chunks, chosen), strict=True))
     collect_seconds = time.perf_counter() - started
 
-    want = int(docs_per_source) + int(heldout_per_source)
-    rows: list[tuple[str, str, str]] = []
-    heldout: dict[str, list[str]] = {}
-    per_source: dict[str, dict[str, int]] = {}
-    seen: set[str] = set()
-    for source in chosen:
-        candidates = [(i, t) for i, t in enumerate(collected[source]) if t not in seen]
-        available = len(candidates)
-        if available < MIN_FRACTION * want:
-            raise ValueError(
-                f"library source {source!r} has only {available} chunks, less than half of the "
-                f"{want} requested; ask for fewer documents"
-            )
-        n_heldout, n_corpus = int(heldout_per_source), int(docs_per_source)
-        if available < want:
-            n_heldout = max(1, (int(heldout_per_source) * available) // want)
-            n_corpus = available - n_heldout
-            logger.warning(
-                "library source %s has %d chunks, fewer than the %d requested; %d corpus, %d held",
-                source,
-                available,
-                want,
-                n_corpus,
-                n_heldout,
-            )
-        rng = np.random.default_rng([int(seed), _stable_int(source)])
-        picked = rng.permutation(available)[: n_heldout + n_corpus]
-        for pos in sorted(picked[n_heldout:].tolist()):
-            index, text = candidates[pos]
-            rows.append((f"{source}-{index:05d}", text, source))
-        heldout[source] = [candidates[pos][1] for pos in sorted(picked[:n_heldout].tolist())]
-        seen.update(t for _, t in candidates)
-        per_source[source] = {"available": available, "corpus": n_corpus, "heldout": n_heldout}
-
-    if int(n_shards) > len(rows):
-        raise ValueError(f"n_shards={n_shards} is more than the {len(rows)} corpus documents")
-    order = np.random.default_rng([int(seed), _stable_int("shuffle")]).permutation(len(rows))
-    shuffled = [rows[i] for i in order.tolist()]
-    bounds = np.linspace(0, len(shuffled), int(n_shards) + 1).round().astype(int).tolist()
-
-    files: dict[str, dict[str, Any]] = {}
-    shard_entries: list[dict[str, Any]] = []
-    for k in range(int(n_shards)):
-        part = shuffled[bounds[k] : bounds[k + 1]]
-        if k % 2 == 0:
-            rel, fmt, data = f"corpus/shard-{k:03d}.parquet", "parquet", _parquet_bytes(part)
-        else:
-            records = ({"doc_id": d, "text": t, "source": s} for d, t, s in part)
-            rel, fmt, data = f"corpus/shard-{k:03d}.jsonl", "jsonl", _jsonl_bytes(records)
-        _atomic_write(root / rel, data)
-        files[rel] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
-        shard_entries.append({"path": rel, "format": fmt, "n_documents": len(part)})
-
-    target_entries: dict[str, dict[str, Any]] = {}
-    for source, texts in heldout.items():
-        jsonl_rel, txt_rel = f"targets/{source}.jsonl", f"targets/{source}.txt"
-        for rel, data in (
-            (jsonl_rel, _jsonl_bytes({"text": t} for t in texts)),
-            (txt_rel, ("\n\n".join(texts) + "\n").encode("utf-8")),
-        ):
-            _atomic_write(root / rel, data)
-            files[rel] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
-        target_entries[source] = {"jsonl": jsonl_rel, "txt": txt_rel, "n_documents": len(texts)}
-
-    _remove_stale(root, set(files))
+    split = split_sources(collected, chosen, docs_per_source, heldout_per_source, seed, "library")
+    written = write_shards_and_targets(root, split, n_shards, seed)
+    _remove_stale(root, set(written["files"]))
     manifest = {
         "description": (
             "CLIMB held-out library corpus: chunks of docstrings of installed third-party "
@@ -486,24 +421,19 @@ def build_library_corpus(
         ),
         "params": params,
         "versions": versions,
-        "n_documents": len(rows),
-        "per_source": per_source,
-        "shards": shard_entries,
-        "targets": target_entries,
-        "files": files,
+        "n_documents": len(split.rows),
+        "per_source": split.per_source,
+        **written,
         "build_seconds": {
             "collect": round(collect_seconds, 2),
             "total": round(time.perf_counter() - started, 2),
         },
     }
-    _atomic_write(
-        root / "manifest.json",
-        (json.dumps(manifest, indent=2, ensure_ascii=False) + "\n").encode("utf-8"),
-    )
+    write_manifest(root, manifest)
     logger.info(
         "built library corpus at %s: %d documents from %d sources in %.1f s",
         root,
-        len(rows),
+        len(split.rows),
         len(chosen),
         time.perf_counter() - started,
     )

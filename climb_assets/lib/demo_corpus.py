@@ -52,7 +52,7 @@ import tempfile
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -871,6 +871,127 @@ def _remove_stale(root: Path, keep: set[str]) -> None:
                     (root / rel).unlink(missing_ok=True)
 
 
+@dataclass(frozen=True)
+class SourceSplit:
+    """Each source's chunks split into corpus rows and held-out target texts."""
+
+    rows: list[tuple[str, str, str]]
+    """(doc_id, text, source) of the corpus, grouped by source, in each source's order."""
+    heldout: dict[str, list[str]]
+    per_source: dict[str, dict[str, int]]
+
+
+def split_sources(
+    collected: Mapping[str, Sequence[str]],
+    sources: Sequence[str],
+    docs_per_source: int,
+    heldout_per_source: int,
+    seed: int,
+    kind: str,
+) -> SourceSplit:
+    """Draw each source's corpus and held-out chunks without replacement (seeded per source).
+
+    A chunk already taken by an earlier source in `sources` is not a candidate of a later one.
+    A source with fewer chunks than requested gives what it has (both parts shrunk in
+    proportion), as long as that is at least half the request; `kind` names the corpus in the
+    messages.
+
+    Raises:
+        ValueError: a source has fewer than half the chunks requested.
+    """
+    want = int(docs_per_source) + int(heldout_per_source)
+    rows: list[tuple[str, str, str]] = []
+    heldout: dict[str, list[str]] = {}
+    per_source: dict[str, dict[str, int]] = {}
+    seen: set[str] = set()
+    for source in sources:
+        candidates = [(i, t) for i, t in enumerate(collected[source]) if t not in seen]
+        available = len(candidates)
+        if available < MIN_FRACTION * want:
+            raise ValueError(
+                f"{kind} source {source!r} has only {available} chunks of "
+                f"{MIN_CHARS}..{MAX_CHARS} characters, less than half of the "
+                f"{want} requested (docs_per_source={docs_per_source} + "
+                f"heldout_per_source={heldout_per_source}); ask for fewer documents"
+            )
+        n_heldout, n_corpus = int(heldout_per_source), int(docs_per_source)
+        if available < want:
+            n_heldout = max(1, (int(heldout_per_source) * available) // want)
+            n_corpus = available - n_heldout
+            logger.warning(
+                "%s source %s has %d chunks, fewer than the %d requested; using %d for the "
+                "corpus and %d held out",
+                kind,
+                source,
+                available,
+                want,
+                n_corpus,
+                n_heldout,
+            )
+        rng = np.random.default_rng([int(seed), _stable_int(source)])
+        picked = rng.permutation(available)[: n_heldout + n_corpus]
+        for pos in sorted(picked[n_heldout:].tolist()):
+            index, text = candidates[pos]
+            rows.append((f"{source}-{index:05d}", text, source))
+        heldout[source] = [candidates[pos][1] for pos in sorted(picked[:n_heldout].tolist())]
+        seen.update(t for _, t in candidates)
+        per_source[source] = {"available": available, "corpus": n_corpus, "heldout": n_heldout}
+    return SourceSplit(rows=rows, heldout=heldout, per_source=per_source)
+
+
+def write_shards_and_targets(
+    root: Path, split: SourceSplit, n_shards: int, seed: int
+) -> dict[str, Any]:
+    """Shuffle the rows (seeded) into `n_shards` files and write each source's targets.
+
+    Even shards are Parquet, odd shards JSONL, each with `doc_id`, `text` and `source`; each
+    source's held-out texts go to `targets/<source>.jsonl` and `.txt`. Every write is atomic.
+    Returns the manifest's `shards`, `targets` and `files` entries.
+
+    Raises:
+        ValueError: more shards than rows.
+    """
+    rows = split.rows
+    if int(n_shards) > len(rows):
+        raise ValueError(f"n_shards={n_shards} is more than the {len(rows)} corpus documents")
+    order = np.random.default_rng([int(seed), _stable_int("shuffle")]).permutation(len(rows))
+    shuffled = [rows[i] for i in order.tolist()]
+    bounds = np.linspace(0, len(shuffled), int(n_shards) + 1).round().astype(int).tolist()
+
+    files: dict[str, dict[str, Any]] = {}
+    shard_entries: list[dict[str, Any]] = []
+    for k in range(int(n_shards)):
+        part = shuffled[bounds[k] : bounds[k + 1]]
+        if k % 2 == 0:
+            rel, fmt, data = f"corpus/shard-{k:03d}.parquet", "parquet", _parquet_bytes(part)
+        else:
+            records = ({"doc_id": d, "text": t, "source": s} for d, t, s in part)
+            rel, fmt, data = f"corpus/shard-{k:03d}.jsonl", "jsonl", _jsonl_bytes(records)
+        _atomic_write(root / rel, data)
+        files[rel] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+        shard_entries.append({"path": rel, "format": fmt, "n_documents": len(part)})
+
+    target_entries: dict[str, dict[str, Any]] = {}
+    for source, texts in split.heldout.items():
+        jsonl_rel, txt_rel = f"targets/{source}.jsonl", f"targets/{source}.txt"
+        for rel, data in (
+            (jsonl_rel, _jsonl_bytes({"text": t} for t in texts)),
+            (txt_rel, ("\n\n".join(texts) + "\n").encode("utf-8")),
+        ):
+            _atomic_write(root / rel, data)
+            files[rel] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+        target_entries[source] = {"jsonl": jsonl_rel, "txt": txt_rel, "n_documents": len(texts)}
+    return {"shards": shard_entries, "targets": target_entries, "files": files}
+
+
+def write_manifest(root: Path, manifest: dict[str, Any]) -> None:
+    """Write `manifest.json` last (atomically): its presence marks a complete build."""
+    _atomic_write(
+        root / "manifest.json",
+        (json.dumps(manifest, indent=2, ensure_ascii=False) + "\n").encode("utf-8"),
+    )
+
+
 def build_demo_corpus(
     out_dir: str | Path,
     docs_per_source: int = 1000,
@@ -935,76 +1056,10 @@ def build_demo_corpus(
         (root / "manifest.json").unlink(missing_ok=True)
 
     started = time.perf_counter()
-    want = int(docs_per_source) + int(heldout_per_source)
-    rows: list[tuple[str, str, str]] = []
-    heldout: dict[str, list[str]] = {}
-    per_source: dict[str, dict[str, int]] = {}
-    seen: set[str] = set()  # a text found in an earlier source is not used again
     collected = _collect_many(chosen)
-    for source in chosen:
-        candidates = list(enumerate(collected[source]))
-        candidates = [(i, t) for i, t in candidates if t not in seen]
-        available = len(candidates)
-        if available < MIN_FRACTION * want:
-            raise ValueError(
-                f"demo source {source!r} has only {available} chunks of "
-                f"{MIN_CHARS}..{MAX_CHARS} characters, less than half of the "
-                f"{want} requested (docs_per_source={docs_per_source} + "
-                f"heldout_per_source={heldout_per_source}); ask for fewer documents"
-            )
-        n_heldout, n_corpus = int(heldout_per_source), int(docs_per_source)
-        if available < want:
-            n_heldout = max(1, (int(heldout_per_source) * available) // want)
-            n_corpus = available - n_heldout
-            logger.warning(
-                "demo source %s has %d chunks, fewer than the %d requested; using %d for the "
-                "corpus and %d held out",
-                source,
-                available,
-                want,
-                n_corpus,
-                n_heldout,
-            )
-        rng = np.random.default_rng([int(seed), _stable_int(source)])
-        picked = rng.permutation(available)[: n_heldout + n_corpus]
-        for pos in sorted(picked[n_heldout:].tolist()):
-            index, text = candidates[pos]
-            rows.append((f"{source}-{index:05d}", text, source))
-        heldout[source] = [candidates[pos][1] for pos in sorted(picked[:n_heldout].tolist())]
-        seen.update(t for _, t in candidates)
-        per_source[source] = {"available": available, "corpus": n_corpus, "heldout": n_heldout}
-
-    if int(n_shards) > len(rows):
-        raise ValueError(f"n_shards={n_shards} is more than the {len(rows)} corpus documents")
-    order = np.random.default_rng([int(seed), _stable_int("shuffle")]).permutation(len(rows))
-    shuffled = [rows[i] for i in order.tolist()]
-    bounds = np.linspace(0, len(shuffled), int(n_shards) + 1).round().astype(int).tolist()
-
-    files: dict[str, dict[str, Any]] = {}
-    shard_entries: list[dict[str, Any]] = []
-    for k in range(int(n_shards)):
-        part = shuffled[bounds[k] : bounds[k + 1]]
-        if k % 2 == 0:
-            rel, fmt, data = f"corpus/shard-{k:03d}.parquet", "parquet", _parquet_bytes(part)
-        else:
-            records = ({"doc_id": d, "text": t, "source": s} for d, t, s in part)
-            rel, fmt, data = f"corpus/shard-{k:03d}.jsonl", "jsonl", _jsonl_bytes(records)
-        _atomic_write(root / rel, data)
-        files[rel] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
-        shard_entries.append({"path": rel, "format": fmt, "n_documents": len(part)})
-
-    target_entries: dict[str, dict[str, Any]] = {}
-    for source, texts in heldout.items():
-        jsonl_rel, txt_rel = f"targets/{source}.jsonl", f"targets/{source}.txt"
-        for rel, data in (
-            (jsonl_rel, _jsonl_bytes({"text": t} for t in texts)),
-            (txt_rel, ("\n\n".join(texts) + "\n").encode("utf-8")),
-        ):
-            _atomic_write(root / rel, data)
-            files[rel] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
-        target_entries[source] = {"jsonl": jsonl_rel, "txt": txt_rel, "n_documents": len(texts)}
-
-    _remove_stale(root, set(files))
+    split = split_sources(collected, chosen, docs_per_source, heldout_per_source, seed, "demo")
+    written = write_shards_and_targets(root, split, n_shards, seed)
+    _remove_stale(root, set(written["files"]))
     manifest = {
         "description": (
             "CLIMB demo corpus: chunks of real documentation shipped with installed packages "
@@ -1015,20 +1070,15 @@ def build_demo_corpus(
         ),
         "params": params,
         "versions": versions,
-        "n_documents": len(rows),
-        "per_source": per_source,
-        "shards": shard_entries,
-        "targets": target_entries,
-        "files": files,
+        "n_documents": len(split.rows),
+        "per_source": split.per_source,
+        **written,
     }
-    _atomic_write(
-        root / "manifest.json",
-        (json.dumps(manifest, indent=2, ensure_ascii=False) + "\n").encode("utf-8"),
-    )
+    write_manifest(root, manifest)
     logger.info(
         "built demo corpus at %s: %d documents from %d sources in %.1f s",
         root,
-        len(rows),
+        len(split.rows),
         len(chosen),
         time.perf_counter() - started,
     )
