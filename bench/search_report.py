@@ -229,3 +229,63 @@ def goal_line(g: dict[str, Any]) -> str:
             f"5 {mark('5_measured_equals_confirmation')}",
         ]
     )
+
+
+TABLE_ROWS = (*RANKED, "climb_best_observed", "climb_topk_mean", "climb_unguarded", "oracle")
+
+
+def strategies_table(records: dict[str, dict[str, Any]]) -> str:
+    """A markdown table: one row per strategy, one column per corpus.
+
+    Cell: final BPB mean ± std over seeds and the paired difference to CLIMB (negative: the
+    strategy beat CLIMB); the last rows give the best found (the best final model of any
+    strategy, per seed) and which goals hold.
+    """
+    names = list(records)
+    head = "| mixture | " + " | ".join(
+        f"{n} (noise {records[n]['noise_floor']['bpb_std']:.4f}, {len(records[n]['per_seed'])} "
+        "seeds)"
+        for n in names
+    )
+    lines = [head + " |", "|---|" + "---|" * len(names)]
+    for key in TABLE_ROWS:
+        if not any(key in records[n]["strategies"] for n in names):
+            continue
+        label = records[names[0]]["strategies"].get(key, {}).get("label", key)
+        cells = []
+        for n in names:
+            row = records[n]["strategies"].get(key)
+            if row is None:
+                cells.append("")
+                continue
+            diff = "" if key == "climb" else f", {row['diff_vs_climb_mean']:+.3f}"
+            cells.append(f"{row['bpb_mean']:.3f} ± {row['bpb_std']:.3f}{diff}")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    best = [float(np.mean([best_found(run) for run in records[n]["per_seed"]])) for n in names]
+    lines.append("| best found (per seed) | " + " | ".join(f"{b:.3f}" for b in best) + " |")
+    marks = []
+    for n in names:
+        g = goals(records[n])
+        marks.append(" ".join(f"{k[0]}{'✓' if v['pass'] else '✗'}" for k, v in g.items()
+                              if isinstance(v, dict)))  # fmt: skip
+    lines.append("| goals 1-5 | " + " | ".join(marks) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Print the strategies table of result files: `python -m bench.search_report FILE...`."""
+    import argparse
+    import json
+    from pathlib import Path
+
+    parser = argparse.ArgumentParser(description="strategies table of search_quality results")
+    parser.add_argument("files", nargs="+", type=Path)
+    args = parser.parse_args(argv)
+    records: dict[str, dict[str, Any]] = {}
+    for path in args.files:
+        records.update(json.loads(path.read_text(encoding="utf-8"))["corpora"])
+    print(strategies_table(records))
+
+
+if __name__ == "__main__":
+    main()
