@@ -53,6 +53,7 @@ blend] [--quick]`.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import tempfile
 import time
@@ -636,8 +637,25 @@ def run_corpus(prepared: Prepared, plan: CorpusPlan) -> dict[str, Any]:
     for s in range(NOISE_SEEDS):
         cfg = replace(plan.proxy_cfg, train_tokens=final_tokens, seed=FINAL_SEED_OFFSET + s)
         noise_runs.append({"final_seed": cfg.seed, "bpb": scorer(cfg, prepared.prior)["bpb"]})
-    noise_mean, noise_std = mean_std([r["bpb"] for r in noise_runs])
+    record = corpus_record(prepared.details, final_tokens, per_seed, noise_runs)
+    record["models_trained"] = scorer.trained
+    record["training_seconds"] = round(scorer.seconds, 1)
+    record["curve_eval_seconds"] = round(scorer.curve_seconds, 1)
+    return record
 
+
+def corpus_record(
+    details: dict[str, Any],
+    final_tokens: int,
+    per_seed: list[dict[str, Any]],
+    noise_runs: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """The per-corpus record (strategy table, CV tables, noise floor, goals) of per-seed runs.
+
+    Also combines runs of one corpus from several invocations (`--merge`): the noise runs
+    depend only on the corpus and the proxy configuration, so they are the same in each.
+    """
+    noise_mean, noise_std = mean_std([r["bpb"] for r in noise_runs])
     table: dict[str, dict[str, Any]] = {}
     for name in (*RANKED, *REFERENCE):
         runs = [run for run in per_seed if name in run["strategies"]]
@@ -665,7 +683,7 @@ def run_corpus(prepared: Prepared, plan: CorpusPlan) -> dict[str, Any]:
             row["rank_per_seed"] = ranks
         table[name] = row
     record: dict[str, Any] = {
-        "corpus": prepared.details,
+        "corpus": details,
         "final_train_tokens": final_tokens,
         "per_seed": per_seed,
         "strategies": table,
@@ -681,12 +699,45 @@ def run_corpus(prepared: Prepared, plan: CorpusPlan) -> dict[str, Any]:
                 f"{[r['final_seed'] for r in noise_runs]}"
             ),
         },
-        "models_trained": scorer.trained,
-        "training_seconds": round(scorer.seconds, 1),
-        "curve_eval_seconds": round(scorer.curve_seconds, 1),
     }
     record["goals"] = goals(record)
     return record
+
+
+def merge_results(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """One result from several runs with the same settings and different seeds.
+
+    Each corpus's per-seed runs are pooled (a seed may appear once) and its record rebuilt;
+    the parameters and machine of the first result are kept, with the seeds of all.
+
+    Raises:
+        ValueError: a seed appears twice, or the noise runs differ (other settings).
+    """
+    merged = json.loads(json.dumps(results[0]))
+    for name in {n for r in results for n in r["corpora"]}:
+        parts = [r["corpora"][name] for r in results if name in r["corpora"]]
+        per_seed = sorted((run for p in parts for run in p["per_seed"]), key=lambda r: r["seed"])
+        seeds = [run["seed"] for run in per_seed]
+        if len(set(seeds)) != len(seeds):
+            raise ValueError(f"{name}: seed(s) run twice across the results: {seeds}")
+        noise = parts[0]["noise_floor"]["runs"]
+        if any(p["noise_floor"]["runs"] != noise for p in parts):
+            raise ValueError(f"{name}: the results' noise runs differ; were the settings the same?")
+        record = corpus_record(parts[0]["corpus"], parts[0]["final_train_tokens"], per_seed, noise)
+        for key in ("models_trained", "training_seconds", "curve_eval_seconds"):
+            record[key] = round(sum(p.get(key, 0) for p in parts), 1)
+        record["prepare_seconds"] = parts[0].get("prepare_seconds")
+        record["parameters"] = parts[0].get("parameters")
+        merged["corpora"][name] = record
+        merged["goals"][name] = record["goals"]
+    merged["params"]["seeds"] = sorted({s for r in results for s in r["params"]["seeds"]})
+    merged["summary"] = [
+        row for n, rec in merged["corpora"].items() for row in summary_rows(n, rec)
+    ]
+    merged["merged_from"] = [
+        {"seeds": r["params"]["seeds"], "wall_seconds": r["wall_seconds"]} for r in results
+    ]
+    return merged
 
 
 def main(argv: Sequence[str] | None = None, quick: bool = False) -> dict[str, Any]:
@@ -750,10 +801,20 @@ def main(argv: Sequence[str] | None = None, quick: bool = False) -> dict[str, An
     parser.add_argument(
         "--results-dir", help="write the result here (default bench/results, quick: results/quick)"
     )
+    parser.add_argument(
+        "--merge", nargs="+", type=Path,
+        help="run nothing: pool the seeds of these result files (same settings) into one result",
+    )  # fmt: skip
     add_run_options(parser)
     args = parser.parse_args(argv)
     quick = quick or args.quick
     out_dir = Path(args.results_dir) if args.results_dir else (QUICK_DIR if quick else RESULTS_DIR)
+    if args.merge:
+        merged = merge_results([json.loads(p.read_text(encoding="utf-8")) for p in args.merge])
+        write_result(NAME, merged, out_dir)
+        for name, record in merged["corpora"].items():
+            print(f"{name}: seeds {merged['params']['seeds']}; goals: {goal_line(record['goals'])}")
+        return merged
     seeds = tuple(args.seeds or ([0] if quick else [0, 1, 2]))
     proxy_tokens = args.proxy_tokens or (8192 if quick else 32_768)
     rounds = tuple(args.rounds or ((6, 2, 2) if quick else (6, 4, 2)))
