@@ -714,7 +714,7 @@ def merge_results(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
         ValueError: a seed appears twice, or the noise runs differ (other settings).
     """
     merged = json.loads(json.dumps(results[0]))
-    for name in {n for r in results for n in r["corpora"]}:
+    for name in dict.fromkeys(n for r in results for n in r["corpora"]):  # ordered
         parts = [r["corpora"][name] for r in results if name in r["corpora"]]
         per_seed = sorted((run for p in parts for run in p["per_seed"]), key=lambda r: r["seed"])
         seeds = [run["seed"] for run in per_seed]
