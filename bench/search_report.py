@@ -251,7 +251,8 @@ def strategies_table(records: dict[str, dict[str, Any]]) -> str:
     for key in TABLE_ROWS:
         if not any(key in records[n]["strategies"] for n in names):
             continue
-        label = records[names[0]]["strategies"].get(key, {}).get("label", key)
+        label = next(records[n]["strategies"][key]["label"] for n in names
+                     if key in records[n]["strategies"])  # fmt: skip
         cells = []
         for n in names:
             row = records[n]["strategies"].get(key)
@@ -263,11 +264,11 @@ def strategies_table(records: dict[str, dict[str, Any]]) -> str:
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     best = [float(np.mean([best_found(run) for run in records[n]["per_seed"]])) for n in names]
     lines.append("| best found (per seed) | " + " | ".join(f"{b:.3f}" for b in best) + " |")
-    marks = []
-    for n in names:
-        g = goals(records[n])
-        marks.append(" ".join(f"{k[0]}{'✓' if v['pass'] else '✗'}" for k, v in g.items()
-                              if isinstance(v, dict)))  # fmt: skip
+    marks = [
+        " ".join(f"{k[0]}{'✓' if v['pass'] else '✗'}" for k, v in records[n]["goals"].items()
+                 if isinstance(v, dict))
+        for n in names
+    ]  # fmt: skip
     lines.append("| goals 1-5 | " + " | ".join(marks) + " |")
     return "\n".join(lines)
 

@@ -891,7 +891,7 @@ def split_sources(
 ) -> SourceSplit:
     """Draw each source's corpus and held-out chunks without replacement (seeded per source).
 
-    A chunk already taken by an earlier source in `sources` is not a candidate of a later one.
+    A chunk that an earlier source in `sources` also has is not a candidate of a later one.
     A source with fewer chunks than requested gives what it has (both parts shrunk in
     proportion), as long as that is at least half the request; `kind` names the corpus in the
     messages.
