@@ -810,7 +810,10 @@ def main(argv: Sequence[str] | None = None, quick: bool = False) -> dict[str, An
     quick = quick or args.quick
     out_dir = Path(args.results_dir) if args.results_dir else (QUICK_DIR if quick else RESULTS_DIR)
     if args.merge:
-        merged = merge_results([json.loads(p.read_text(encoding="utf-8")) for p in args.merge])
+        try:
+            merged = merge_results([json.loads(p.read_text(encoding="utf-8")) for p in args.merge])
+        except (OSError, ValueError, KeyError) as exc:  # one line, not a traceback
+            parser.error(f"cannot merge {[str(p) for p in args.merge]}: {exc!r}")
         write_result(NAME, merged, out_dir)
         for name, record in merged["corpora"].items():
             print(f"{name}: seeds {merged['params']['seeds']}; goals: {goal_line(record['goals'])}")
