@@ -125,6 +125,11 @@ class QualitySettings:
     top_terms: int = 10
     sample_documents: int = 3
     """Representative documents per cluster: the ones nearest its centroid."""
+    term_documents: int = 2000
+    """Documents per cluster whose words give its top terms: a seeded uniform sample of a
+    larger cluster (every document of a smaller one)."""
+    seed: int = 42
+    """Seeds the top-term sample."""
 
 
 @dataclass(frozen=True)
@@ -262,6 +267,14 @@ class SearchSettings:
     With method doremi, DoReMi's mixture ships (argmax or doremi) unless a training-free
     reference is named."""
     final_top_k: int = 128
+    token_pool: int | None = None
+    """Tokens per super-cluster that `cluster_tokens` tokenizes for the proxies, as the
+    encoder's per-document counts measure them: a larger super-cluster is a seeded uniform
+    document sample of about this size (its token count, the natural prior and the caps still
+    count every document). None: four proxy budgets, at least 10 million. Must hold at least
+    one proxy's budget."""
+    token_pool_seed: int = 42
+    """Seeds which documents a sampled super-cluster's pool takes."""
     temperature: float = 0.5
     max_ratio: float = 15.0
     min_weight: float = 2e-4
@@ -438,6 +451,12 @@ def _check_ranges(p: Profile) -> None:
         "raise the round-1 budget",
     )
     need(p.search.candidates >= 1, "search.candidates", "must be >= 1")
+    need(
+        p.search.token_pool is None or p.search.token_pool >= 1,
+        "search.token_pool",
+        "must be >= 1 (tokens per super-cluster), or null for four proxy budgets",
+    )
+    need(p.quality.term_documents >= 1, "quality.term_documents", "must be >= 1")
     need(
         0 <= p.search.target_prior_weight < 1,
         "search.target_prior_weight",

@@ -87,6 +87,8 @@ def check_profile(
             attempt(key, lambda k=key, p=scorer.path, w=want: _local_kind(p, w, k))
     if search and profile.targets and profile.tokenizer.kind == "pretrained":
         attempt("tokenizer.path", lambda: _check_tokenizer(climb, str(profile.tokenizer.path)))
+    if search and profile.search.trains_proxies:
+        attempt("search.token_pool", lambda: _check_token_pool(profile))
     training = profile.manifest.tokenizer
     if search and profile.targets and "megatron" in profile.manifest.exports and training:
         attempt("manifest.tokenizer", lambda: _check_training_tokenizer(climb, training))
@@ -120,6 +122,13 @@ def _check_encoder(profile: Profile) -> str | None:
         local_files_only=local or os.environ.get("HF_HUB_OFFLINE") == "1",
         trust_remote_code=profile.encoder.trust_remote_code,
     )
+    return None
+
+
+def _check_token_pool(profile: Profile) -> str | None:
+    from climb_assets.defs.search import token_pool_size
+
+    token_pool_size(profile)
     return None
 
 

@@ -6,6 +6,7 @@ The per-round loop is in `search_round.py`, the manifest in `manifest.py`.
 import hashlib
 import json
 import time
+from pathlib import Path
 from typing import Any
 
 import dagster as dg
@@ -24,7 +25,7 @@ from climb_assets.defs.data_side import (
 )
 from climb_assets.defs.partitions import GPU_OP_TAGS, GPU_POOL
 from climb_assets.defs.resources import ClimbResource
-from climb_assets.lib import kmeans, mixture, proxy, tokens
+from climb_assets.lib import kmeans, mixture, proxy, sampling, tokens
 from climb_assets.lib.storage import Store
 from climb_assets.lib.targets import (
     Target,
@@ -33,6 +34,7 @@ from climb_assets.lib.targets import (
     target_documents,
     target_hashes,
 )
+from climb_assets.lib.token_pool import PoolStaging, estimate_tokens
 
 GROUP = "search_side"
 IO = "climb_io"
@@ -122,50 +124,185 @@ def proxy_tokenizer(
     )
 
 
+def proxy_budget(profile: Profile) -> int:
+    """Tokens one proxy trains on: its budget rounded up to whole steps."""
+    cfg = proxy_config(profile)
+    return cfg.steps * cfg.tokens_per_step
+
+
+DEFAULT_POOL_BUDGETS = 4
+MIN_DEFAULT_POOL = 10_000_000
+
+
+def token_pool_size(profile: Profile) -> int:
+    """`search.token_pool`, or its default; refuses a pool smaller than one proxy's budget."""
+    budget = proxy_budget(profile)
+    pool = profile.search.token_pool
+    if pool is None:
+        return max(DEFAULT_POOL_BUDGETS * budget, MIN_DEFAULT_POOL)
+    if pool < budget:
+        raise ValueError(
+            f"search.token_pool is {pool:,} tokens but one proxy trains on {budget:,}; set "
+            f"search.token_pool to at least {budget:,} (or null for {DEFAULT_POOL_BUDGETS} "
+            "budgets)"
+        )
+    return pool
+
+
+POOL_BATCH_ROWS = 2048
+"""Corpus rows read (and tokenized) at a time while building the pools."""
+
+
+def _kept_members(store: Store, shards: list[str], seed: int) -> pl.DataFrame:
+    """Every kept document's ids, per-shard token count and pool key; no text."""
+    frames = []
+    for j, shard in enumerate(shards):
+        members = store.read_parquet(shard_file("super_clusters/members", shard))
+        counted = store.read_parquet(
+            shard_file("cluster_assignments", shard), ["doc_id", "n_tokens"]
+        )
+        if not members.column("doc_id").equals(counted.column("doc_id")):
+            raise ValueError(
+                f"shard {shard}: super_clusters and cluster_assignments list different "
+                "documents; re-materialize super_clusters"
+            )
+        frames.append(
+            pl.from_arrow(members)
+            .with_columns(
+                pl.Series("counted", counted.column("n_tokens").to_numpy()),
+                pl.Series("key", sampling.row_keys(seed, shard, members.num_rows)),
+                pl.lit(j, pl.Int32).alias("shard"),
+                pl.int_range(members.num_rows, dtype=pl.Int64).alias("row"),
+            )
+            .filter(pl.col("super_cluster_id").is_not_null())
+        )
+    schema = {"doc_id": pl.String, "cluster_id": pl.Int32, "super_cluster_id": pl.Int32}
+    return pl.concat(frames) if frames else pl.DataFrame(schema=schema)
+
+
 @dg.asset(group_name=GROUP, deps=[proxy_tokenizer, super_clusters], kinds={"numpy"})
 def cluster_tokens(context: dg.AssetExecutionContext, climb: ClimbResource) -> dg.MaterializeResult:
-    """Each super-cluster's documents tokenized (EOS after each) into arrays proxies sample from."""
-    store = climb.store()
+    """Each super-cluster's token pool (EOS after each document), which the proxies sample from.
+
+    A super-cluster holding more than `search.token_pool` tokens (per-shard counts) is pooled
+    as a seeded uniform document sample of about that size; a smaller one whole. Texts are read
+    and tokenized one batch of one shard at a time. `sc_<i>.docs.parquet` lists every document of
+    the super-cluster with its proxy-token count (exact when pooled, else estimated from the
+    pool's ratio); `summary.json` gives both the pools' and the super-clusters' tokens.
+    """
+    profile, store = climb.settings(), climb.store()
+    s = profile.search
+    limit = token_pool_size(profile)
     tok = tokens.load_tokenizer(str(store.local_copy("tokenizer/tokenizer.json")))
     eos = tokens.eos_id(tok)
-    members, texts = [], []
-    for shard in registered_shards(context):
-        m = pl.from_arrow(store.read_parquet(shard_file("super_clusters/members", shard)))
-        d = pl.from_arrow(
-            store.read_parquet(shard_file("corpus_documents", shard), ["doc_id", "text"])
-        )
-        joined = m.join(d, on="doc_id").filter(pl.col("super_cluster_id").is_not_null())
-        members.append(joined.select("doc_id", "cluster_id", "super_cluster_id"))
-        texts += joined.get_column("text").to_list()
-    table = pl.concat(members).with_row_index("row")
-    n_super = int(table.get_column("super_cluster_id").max()) + 1
-    counts = []
-    for sc in range(n_super):
-        part = table.filter(pl.col("super_cluster_id") == sc).sort("doc_id", "row")
-        ids, offsets = tokens.tokenize_documents(
-            tok, [texts[i] for i in part.get_column("row").to_list()], eos
-        )
-        store.write_npy(f"cluster_tokens/sc_{sc:03d}.tokens.npy", ids)
-        store.write_parquet(
-            f"cluster_tokens/sc_{sc:03d}.docs.parquet",
-            pa.table(
-                {
-                    "doc_id": part.get_column("doc_id").to_arrow(),
-                    "cluster_id": part.get_column("cluster_id").to_arrow(),
-                    "n_tokens": pa.array(np.diff(offsets), pa.int64()),
-                }
+    shards = registered_shards(context)
+    kept = _kept_members(store, shards, s.token_pool_seed)
+    groups = kept.get_column("super_cluster_id").to_numpy()
+    n_super = int(groups.max()) + 1 if kept.height else 0
+    kept = kept.with_columns(
+        pl.Series(
+            "pooled",
+            sampling.fill_per_group(
+                groups, kept.get_column("key").to_numpy(),
+                kept.get_column("counted").to_numpy(), limit,
             ),
         )
-        counts.append(len(ids))
-    digest = hashlib.sha256(json.dumps(counts).encode()).hexdigest()[:16]
+    )  # fmt: skip
+    dtype = tokens.token_dtype(tok.get_vocab_size(with_added_tokens=True))
+    staging_rel = "cluster_tokens/_staging"
+    local = store.local_path(staging_rel) or store.cache_path(staging_rel)
+    store.remove(staging_rel)
+    staging = PoolStaging(Path(local), n_super, dtype)
+    start = time.perf_counter()
+    try:
+        for j, shard in enumerate(shards):
+            wanted = kept.filter(pl.col("pooled") & (pl.col("shard") == j))
+            if not wanted.height:
+                continue
+            wanted = wanted.sort("row")
+            rows = wanted.get_column("row").to_numpy()
+            groups_of_rows = wanted.get_column("super_cluster_id").to_numpy()
+            base = 0
+            rel = shard_file("corpus_documents", shard)
+            for batch in store.iter_parquet(rel, ["doc_id", "text"], POOL_BATCH_ROWS):
+                lo, hi = np.searchsorted(rows, [base, base + batch.num_rows])
+                picked = batch.take(rows[lo:hi] - base)
+                base += batch.num_rows
+                ids, texts = picked.column("doc_id").to_pylist(), picked.column("text").to_pylist()
+                for sc in np.unique(groups_of_rows[lo:hi]).tolist():
+                    at = np.flatnonzero(groups_of_rows[lo:hi] == sc).tolist()
+                    flat, offsets = tokens.tokenize_documents(tok, [texts[i] for i in at], eos)
+                    staging.add(sc, [ids[i] for i in at], flat, offsets)
+            context.log.info(f"pooled {wanted.height} documents of {shard}")
+        staging.close()
+        available, pool_sizes, documents, pool_documents = [], [], [], []
+        for sc in range(n_super):
+            pool_ids, pool_lengths = staging.documents(sc)
+            store.write_npy_chunks(
+                f"cluster_tokens/sc_{sc:03d}.tokens.npy",
+                dtype,
+                staging.size(sc),
+                staging.tokens(sc),
+            )
+            staging.remove(sc)
+            part = kept.filter(pl.col("super_cluster_id") == sc).sort("doc_id", "shard", "row")
+            pooled = part.get_column("pooled").to_numpy()
+            counted = part.get_column("counted").to_numpy()
+            n_tokens = estimate_tokens(
+                counted, pooled, staging.size(sc), int(counted[pooled].sum())
+            )
+            n_tokens[pooled] = pool_lengths
+            store.write_parquet(
+                f"cluster_tokens/sc_{sc:03d}.docs.parquet",
+                pa.table(
+                    {
+                        "doc_id": part.get_column("doc_id").to_arrow(),
+                        "cluster_id": part.get_column("cluster_id").to_arrow(),
+                        "n_tokens": pa.array(n_tokens, pa.int64()),
+                        "pooled": pa.array(pooled),
+                    }
+                ),
+            )
+            available.append(int(n_tokens.sum()))
+            pool_sizes.append(staging.size(sc))
+            documents.append(part.height)
+            pool_documents.append(len(pool_ids))
+    finally:
+        staging.close()
+        store.remove(staging_rel)
+    sampled = [sc for sc in range(n_super) if pool_documents[sc] < documents[sc]]
     tok_hash = tokens.tokenizer_hash(tok)
-    summary = {"tokens": counts, "tokenizer_hash": tok_hash, "digest": f"{tok_hash}-{digest}"}
+    # Unsampled, the digest is the one of the whole super-clusters' tokens (as before pools);
+    # sampled, it names the pool's size and seed too, so proxies of another pool are not reused.
+    identity: object = pool_sizes
+    if sampled:
+        identity = {"pool": pool_sizes, "tokens": available, "limit": limit,
+                    "seed": s.token_pool_seed}  # fmt: skip
+    digest = hashlib.sha256(json.dumps(identity).encode()).hexdigest()[:16]
+    summary = {
+        "tokens": available,
+        "pool_tokens": pool_sizes,
+        "documents": documents,
+        "pool_documents": pool_documents,
+        "token_pool": limit,
+        "token_pool_seed": s.token_pool_seed,
+        "sampled_super_clusters": sampled,
+        "tokenizer_hash": tok_hash,
+        "digest": f"{tok_hash}-{digest}",
+    }
     store.write_json("cluster_tokens/summary.json", summary)
-    prior = mixture.natural_prior(counts)
+    prior = mixture.natural_prior(available)
     return dg.MaterializeResult(
         metadata={
             "super_clusters": n_super,
-            "tokens": int(sum(counts)),
+            "tokens": int(sum(available)),
+            "pool_tokens": int(sum(pool_sizes)),
+            "token_pool": limit,
+            "token_pool_seed": s.token_pool_seed,
+            "sampled_super_clusters": len(sampled),
+            "pooled_documents": int(sum(pool_documents)),
+            "documents": int(sum(documents)),
+            "seconds": round(time.perf_counter() - start, 2),
             "tokenizer_hash": tok_hash,
             "natural_prior": [round(float(x), 4) for x in prior],
         }

@@ -21,7 +21,7 @@ import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
@@ -172,14 +172,23 @@ class Store:
     def read_json(self, rel: str) -> Any:
         return json.loads(self.read_bytes(rel))
 
-    def write_parquet(self, rel: str, table: pa.Table) -> str:
+    def write_parquet(self, rel: str, table: pa.Table, row_group_rows: int | None = None) -> str:
+        """Writes `table` as zstd Parquet; `row_group_rows` bounds what a batched reader holds."""
         with self.open_write(rel) as fh:
-            pq.write_table(table, fh, compression="zstd")
+            pq.write_table(table, fh, compression="zstd", row_group_size=row_group_rows)
         return self.uri(rel)
 
     def read_parquet(self, rel: str, columns: list[str] | None = None) -> pa.Table:
         with self.fs.open(self.path(rel), "rb") as fh:
             return pq.read_table(fh, columns=columns)
+
+    def iter_parquet(
+        self, rel: str, columns: list[str] | None = None, batch_rows: int = 4096
+    ) -> Iterator[pa.Table]:
+        """`rel`'s rows in order, `batch_rows` at a time: memory holds one row group at most."""
+        with self.fs.open(self.path(rel), "rb") as fh:
+            for batch in pq.ParquetFile(fh).iter_batches(batch_size=batch_rows, columns=columns):
+                yield pa.Table.from_batches([batch])
 
     def parquet_rows(self, rel: str) -> int:
         with self.fs.open(self.path(rel), "rb") as fh:
@@ -188,6 +197,26 @@ class Store:
     def write_npy(self, rel: str, array: np.ndarray) -> str:
         with self.open_write(rel) as fh:
             np.save(fh, np.ascontiguousarray(array), allow_pickle=False)
+        return self.uri(rel)
+
+    def write_npy_chunks(
+        self, rel: str, dtype: np.dtype, length: int, chunks: Iterable[np.ndarray]
+    ) -> str:
+        """Writes a 1-D `.npy` of `length` items from `chunks` as `np.save` would, chunk by chunk.
+
+        Raises:
+            ValueError: The chunks hold another number of items than `length`.
+        """
+        dtype = np.dtype(dtype)
+        header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False}
+        written = 0
+        with self.open_write(rel) as fh:
+            np.lib.format.write_array_header_1_0(fh, {**header, "shape": (int(length),)})
+            for chunk in chunks:
+                fh.write(np.ascontiguousarray(chunk, dtype=dtype).tobytes())
+                written += int(np.asarray(chunk).size)
+            if written != length:
+                raise ValueError(f"{rel}: {written} items written, {length} announced")
         return self.uri(rel)
 
     def read_npy(self, rel: str, mmap: bool = True) -> np.ndarray:

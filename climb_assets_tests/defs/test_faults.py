@@ -195,12 +195,14 @@ def test_preflight_lists_every_wrong_path_before_any_work(tmp_path, corpus, caps
         storage={"root": str(tmp_path / "root-is-a-file")},
         encoder={"model": str(tmp_path / "no-encoder") + "/"},
         targets=[{"name": "t", "kind": "text", "path": str(tmp_path)}],
+        search={"token_pool": 1000},
     )  # fmt: skip
     start = time.perf_counter()
     assert main(["--profile", str(profile), "run"]) == 2
     err = capsys.readouterr().err
     assert time.perf_counter() - start < 30
-    assert "3 problem(s) found before any work started" in err, err
+    assert "4 problem(s) found before any work started" in err, err
+    assert "search.token_pool is 1,000 tokens but one proxy trains on" in err, err
     assert "storage.root" in err and "is a file, not a folder" in err
     assert "targets[t].path" in err and "is a folder, not a file" in err
     assert "encoder path" in err and "set encoder.model" in err

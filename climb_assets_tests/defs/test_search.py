@@ -11,6 +11,7 @@ from pathlib import Path
 import dagster as dg
 import duckdb
 import numpy as np
+import polars as pl
 import pytest
 
 from climb_assets.defs.resources import ClimbResource
@@ -513,3 +514,98 @@ def test_reference_final_that_cannot_be_computed_says_why(planted, tmp_path):
             dg.materialize([reference_mixtures], instance=instance, resources={"climb": other})
     finally:  # leave the module's references as the other tests expect them
         dg.materialize([reference_mixtures], instance=instance, resources={"climb": climb})
+
+
+def _whole_super_clusters(store) -> dict[int, tuple[np.ndarray, pl.DataFrame]]:
+    """Every kept document of every super-cluster tokenized in doc_id order, all texts at once
+    (cluster_tokens before token pools): the reference the streamed pools are checked against."""
+    tok = tokens.load_tokenizer(str(store.local_copy("tokenizer/tokenizer.json")))
+    frames = []
+    for rel in store.list("super_clusters/members"):
+        members = pl.from_arrow(store.read_parquet(rel))
+        texts = rel.replace("super_clusters/members", "corpus_documents")
+        docs = pl.from_arrow(store.read_parquet(texts, ["doc_id", "text"]))
+        frames.append(members.join(docs, on="doc_id").drop_nulls("super_cluster_id"))
+    table = pl.concat(frames)
+    out = {}
+    for (sc,), part in table.partition_by("super_cluster_id", as_dict=True).items():
+        part = part.sort("doc_id")
+        ids, offsets = tokens.tokenize_documents(
+            tok, part.get_column("text").to_list(), tokens.eos_id(tok)
+        )
+        out[int(sc)] = (ids, part.select("doc_id", "cluster_id").with_columns(
+            pl.Series("n_tokens", np.diff(offsets))))  # fmt: skip
+    return out
+
+
+def test_unsampled_token_pools_are_the_whole_super_clusters(planted):
+    _, _, climb, _ = planted
+    store = climb.store()
+    reference = _whole_super_clusters(store)
+    summary = store.read_json("cluster_tokens/summary.json")
+    assert summary["sampled_super_clusters"] == []
+    assert summary["tokens"] == summary["pool_tokens"]
+    for sc, (ids, docs) in reference.items():
+        stored = store.read_npy(f"cluster_tokens/sc_{sc:03d}.tokens.npy")
+        assert stored.dtype == ids.dtype and np.array_equal(stored, ids)
+        listed = pl.from_arrow(store.read_parquet(f"cluster_tokens/sc_{sc:03d}.docs.parquet"))
+        assert listed.get_column("pooled").all()
+        assert listed.drop("pooled").equals(docs)
+        assert summary["tokens"][sc] == ids.size
+
+
+def test_token_pool_samples_large_super_clusters_and_still_counts_every_token(planted, tmp_path):
+    import shutil
+
+    from climb_assets.defs.search import cluster_tokens
+
+    _, corpus, climb, instance = planted
+    reference = _whole_super_clusters(climb.store())
+    pooled_ids = {}
+    for name, seed in (("a", 1), ("b", 1), ("c", 2)):
+        root = tmp_path / name
+        shutil.copytree(climb.store().uri(), root)
+        profile = planted_profile(
+            tmp_path / f"profile_{name}", corpus, root,
+            proxy={**PROXY, "train_tokens": 1000, "lr": 0.01},
+            search={"rounds": [6, 4], "token_pool": 2000, "token_pool_seed": seed},
+        )  # fmt: skip
+        other = ClimbResource(profile=str(profile))
+        dg.materialize([cluster_tokens], instance=instance, resources={"climb": other})
+        store = other.store()
+        summary = store.read_json("cluster_tokens/summary.json")
+        assert summary["sampled_super_clusters"] == sorted(reference)
+        pooled_ids[name] = []
+        for sc, (ids, docs) in reference.items():
+            listed = pl.from_arrow(store.read_parquet(f"cluster_tokens/sc_{sc:03d}.docs.parquet"))
+            assert listed.get_column("doc_id").to_list() == docs.get_column("doc_id").to_list()
+            pooled = listed.filter(pl.col("pooled"))
+            assert 0 < pooled.height < docs.height
+            exact = docs.filter(pl.col("doc_id").is_in(pooled.get_column("doc_id").implode()))
+            assert pooled.get_column("n_tokens").to_list() == exact.get_column("n_tokens").to_list()
+            # The pool is the pooled documents' tokens, in doc_id order.
+            offsets = np.r_[0, np.cumsum(docs.get_column("n_tokens").to_numpy())]
+            keep = listed.get_column("pooled").to_numpy()
+            expected = np.concatenate(
+                [ids[offsets[i] : offsets[i + 1]] for i in np.flatnonzero(keep)]
+            )
+            assert np.array_equal(
+                store.read_npy(f"cluster_tokens/sc_{sc:03d}.tokens.npy"), expected
+            )
+            assert summary["pool_tokens"][sc] == expected.size
+            # Every document counts toward the super-cluster's tokens, estimated when not pooled.
+            assert abs(summary["tokens"][sc] / ids.size - 1) < 0.15
+            pooled_ids[name] += pooled.get_column("doc_id").to_list()
+    assert pooled_ids["a"] == pooled_ids["b"] and pooled_ids["a"] != pooled_ids["c"]
+
+
+def test_token_pool_smaller_than_a_proxy_budget_is_refused_with_the_size_needed(planted, tmp_path):
+    from climb_assets.defs.search import cluster_tokens
+
+    _, corpus, _, instance = planted
+    root = tmp_path / "small"
+    profile = planted_profile(tmp_path, corpus, root, search={"rounds": [6, 4], "token_pool": 5000})
+    other = ClimbResource(profile=str(profile))
+    with pytest.raises(Exception, match=r"search.token_pool to at least 12,288"):
+        dg.materialize([cluster_tokens], instance=instance, resources={"climb": other})
+    assert not (root / "cluster_tokens").exists()
