@@ -28,7 +28,7 @@ from climb_assets.defs.common import (
 )
 from climb_assets.defs.partitions import GPU_OP_TAGS, GPU_POOL, shard_partitions
 from climb_assets.defs.resources import ClimbResource
-from climb_assets.lib import plots
+from climb_assets.lib import plots, sampling
 from climb_assets.lib.corpus import CorpusError, ingest_shard, shard_stem
 from climb_assets.lib.embed import TextEncoder
 from climb_assets.lib.kmeans import (
@@ -51,6 +51,7 @@ from climb_assets.lib.prune import (
     prune_clusters,
 )
 from climb_assets.lib.quality import build_scorer
+from climb_assets.lib.sampling import SmallestPerGroup
 from climb_assets.lib.storage import Store
 
 GROUP = "data_side"
@@ -446,7 +447,13 @@ def cluster_quality(
 def pruned_clusters(
     context: dg.AssetExecutionContext, climb: ClimbResource
 ) -> dg.MaterializeResult:
-    """Per-cluster size, tokens, mean quality, kept flag with reason, top terms and samples."""
+    """Per-cluster size, tokens, mean quality, kept flag with reason, top terms and samples.
+
+    Reads shard by shard: first the assignments and scores (no text), which give the statistics
+    and pick the rows that describe each cluster (a seeded sample of `quality.term_documents`
+    for its top terms, the `quality.sample_documents` nearest its centroid); then only those
+    rows' texts, in batches. Label families (`corpus.extra_columns`) are counted per shard.
+    """
     profile, store = climb.settings(), climb.store()
     q = profile.quality
     shards = registered_shards(context)
@@ -457,14 +464,15 @@ def pruned_clusters(
     k = store.read_npy("kmeans/centroids.npy").shape[0]
     names = [s.name for s in q.scorers]
     stats = ClusterStats.empty(k, names)
-    terms = TermCounter(k)
-    nearest = NearestDocuments(k, q.sample_documents)
     families = FamilyCounter(k)
+    term_rows = SmallestPerGroup(q.term_documents)
+    nearest_rows = SmallestPerGroup(q.sample_documents)
     id_hashes = []
-    for shard in shards:
+    # Pass 1, no text: the statistics, and which rows describe each cluster (a seeded sample
+    # for the top terms, the nearest to the centroid for the representative documents).
+    for j, shard in enumerate(shards):
         assigned = store.read_parquet(shard_file("cluster_assignments", shard))
         quality = store.read_parquet(shard_file("cluster_quality", shard))
-        docs = store.read_parquet(shard_file("corpus_documents", shard))
         if not (assigned.column("doc_id").equals(quality.column("doc_id"))):
             raise ValueError(
                 f"shard {shard}: cluster_assignments and cluster_quality list different documents; "
@@ -474,20 +482,44 @@ def pruned_clusters(
         dist = assigned.column("distance").to_numpy()
         scores = {n: quality.column(n).to_numpy() for n in names}
         stats.add(cids, assigned.column("n_tokens").to_numpy(), dist, scores)
-        texts = docs.column("text").to_pylist()
-        doc_ids = docs.column("doc_id").to_pylist()
-        terms.add(texts, cids)
-        for column in profile.corpus.extra_columns:
-            if column in docs.column_names:
+        doc_ids = assigned.column("doc_id").to_pylist()
+        term_rows.add(j, cids, sampling.row_keys(q.seed, shard, len(cids)))
+        nearest_rows.add(j, cids, dist, np.asarray(doc_ids))
+        rel = shard_file("corpus_documents", shard)
+        labels = [c for c in profile.corpus.extra_columns if c in store.parquet_schema(rel).names]
+        if labels:
+            docs = store.read_parquet(rel, labels)
+            for column in labels:
                 families.add(column, docs.column(column).to_pylist(), cids)
-        nearest.add(doc_ids, texts, cids, dist)
         id_hashes.append(pl.Series(doc_ids, dtype=pl.String).hash(seed=0).to_numpy())
+    # Pass 2: the texts of those rows only, read in batches.
+    terms = TermCounter(k, q.term_documents)
+    nearest = NearestDocuments(k, q.sample_documents)
+    for j, shard in enumerate(shards):
+        wanted = np.union1d(term_rows.rows(j), nearest_rows.rows(j))
+        if not wanted.size:
+            continue
+        counted = np.isin(wanted, term_rows.rows(j))
+        assigned = store.read_parquet(shard_file("cluster_assignments", shard))
+        cids = assigned.column("cluster_id").to_numpy()[wanted]
+        dist = assigned.column("distance").to_numpy()[wanted]
+        doc_ids = assigned.column("doc_id").take(wanted).to_pylist()
+        rel = shard_file("corpus_documents", shard)
+        texts = store.take_parquet_rows(rel, wanted, ["text"]).column("text").to_pylist()
+        terms.add([t for t, c in zip(texts, counted, strict=True) if c], cids[counted])
+        near = np.isin(wanted, nearest_rows.rows(j))
+        nearest.add(
+            [d for d, n in zip(doc_ids, near, strict=True) if n],
+            [t for t, n in zip(texts, near, strict=True) if n],
+            cids[near], dist[near],
+        )  # fmt: skip
     _check_unique_ids(store, shards, np.concatenate(id_hashes) if id_hashes else np.zeros(0))
     means = stats.means()
     kept, reasons = prune_clusters(
         stats.size, means, {s.name: s.threshold for s in q.scorers}, q.min_cluster_size
     )
     top = terms.top_terms(q.top_terms)
+    term_documents = term_rows.group_sizes(k)
     samples = nearest.result()
     table = pa.table(
         {
@@ -546,6 +578,9 @@ def pruned_clusters(
                 else "not checked: list a label column (e.g. language) in corpus.extra_columns"
             ),
             "thresholds": {s.name: s.threshold for s in q.scorers},
+            "term_documents": int(term_documents.sum()),
+            "term_sampled_clusters": int((term_documents < stats.size).sum()),
+            "term_sample_seed": q.seed,
             "dropped_clusters": metadata_table(dropped),
             **sizes_chart,
             "path": dg.MetadataValue.path(path),

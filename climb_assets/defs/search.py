@@ -84,6 +84,43 @@ def load_targets(store: Store) -> list[Target]:
     ]
 
 
+POOL_BATCH_ROWS = 2048
+"""Corpus rows read (and tokenized) at a time by the steps that sample the corpus."""
+
+
+def sampled_kept_texts(store: Store, shards: list[str], n: int, seed: int) -> list[str]:
+    """A seeded uniform sample of `n` kept documents' texts, in corpus order, read in batches.
+
+    Memory holds the kept flags of one shard at a time and the sampled texts; every kept
+    document is taken, in corpus order, when there are at most `n`.
+    """
+    kept_rows = []
+    for shard in shards:
+        members = store.read_parquet(shard_file("super_clusters/members", shard))
+        kept = members.column("super_cluster_id").is_valid().to_numpy(zero_copy_only=False)
+        kept_rows.append(int(kept.sum()))
+    total = sum(kept_rows)
+    rng = np.random.default_rng(seed)
+    picks = np.sort(rng.choice(total, size=min(n, total), replace=False))
+    texts: list[str] = []
+    first = 0
+    for shard, count in zip(shards, kept_rows, strict=True):
+        lo, hi = np.searchsorted(picks, [first, first + count])
+        first += count
+        if lo == hi:
+            continue
+        members = store.read_parquet(shard_file("super_clusters/members", shard))
+        kept = members.column("super_cluster_id").is_valid().to_numpy(zero_copy_only=False)
+        rows = np.flatnonzero(kept)[picks[lo:hi] - (first - count)]
+        base = 0
+        rel = shard_file("corpus_documents", shard)
+        for batch in store.iter_parquet(rel, ["text"], POOL_BATCH_ROWS):
+            a, b = np.searchsorted(rows, [base, base + batch.num_rows])
+            texts += batch.column("text").take(rows[a:b] - base).to_pylist()
+            base += batch.num_rows
+    return texts
+
+
 @dg.asset(group_name=GROUP, deps=[super_clusters], kinds={"tokenizers"})
 def proxy_tokenizer(
     context: dg.AssetExecutionContext, climb: ClimbResource
@@ -95,17 +132,10 @@ def proxy_tokenizer(
         tok = tokens.load_tokenizer(climb.fetch(str(t.path)))
         sampled = 0
     else:
-        texts = []
-        for shard in registered_shards(context):
-            members = store.read_parquet(shard_file("super_clusters/members", shard))
-            docs = store.read_parquet(shard_file("corpus_documents", shard), ["text"])
-            kept = members.column("super_cluster_id").is_valid().to_numpy(zero_copy_only=False)
-            texts += [x for x, k in zip(docs.column("text").to_pylist(), kept, strict=True) if k]
-        rng = np.random.default_rng(t.seed)
-        pick = np.sort(rng.permutation(len(texts))[: t.sample_documents])
-        sampled = len(pick)
+        texts = sampled_kept_texts(store, registered_shards(context), t.sample_documents, t.seed)
+        sampled = len(texts)
         start = time.perf_counter()
-        tok = tokens.train_bpe_tokenizer([texts[i] for i in pick], vocab_size=t.vocab_size)
+        tok = tokens.train_bpe_tokenizer(texts, vocab_size=t.vocab_size)
         context.log.info(
             f"trained BPE on {sampled} documents in {time.perf_counter() - start:.1f}s"
         )
@@ -147,10 +177,6 @@ def token_pool_size(profile: Profile) -> int:
             "budgets)"
         )
     return pool
-
-
-POOL_BATCH_ROWS = 2048
-"""Corpus rows read (and tokenized) at a time while building the pools."""
 
 
 def _kept_members(store: Store, shards: list[str], seed: int) -> pl.DataFrame:
@@ -315,15 +341,20 @@ def search_targets(context: dg.AssetExecutionContext, climb: ClimbResource) -> d
     profile, store = climb.settings(), climb.store()
     if not profile.targets:
         raise ValueError("the profile lists no targets; add targets: [{name, kind, path}]")
-    hashes: set[str] = set()
-    for shard in registered_shards(context):
-        docs = store.read_parquet(shard_file("corpus_documents", shard), ["text_hash"])
-        hashes.update(docs.column("text_hash").to_pylist())
-    loaded, metadata = [], {}
+    loaded, metadata, targets = [], {}, []
     for t in profile.targets:
         path = climb.fetch(resolve_location(t.path))
         target = load_target(t.name, t.kind, path, t.weight, t.text_column, t.max_documents)
-        overlap = len(target_hashes(target) & hashes)
+        targets.append((t, target, pl.Series(sorted(target_hashes(target)), dtype=pl.String)))
+    # A hash join per shard: memory holds one shard's hash column and the targets' hashes.
+    found: dict[str, set[str]] = {t.name: set() for t in profile.targets}
+    for shard in registered_shards(context):
+        docs = store.read_parquet(shard_file("corpus_documents", shard), ["text_hash"])
+        shard_hashes = pl.from_arrow(docs).get_column("text_hash")
+        for t, _, hashes in targets:
+            found[t.name].update(hashes.filter(hashes.is_in(shard_hashes.implode())).to_list())
+    for t, target, _ in targets:
+        overlap = len(found[t.name])
         metadata[f"{t.name}_size"] = target.size
         metadata[f"{t.name}_overlap"] = overlap
         if overlap:

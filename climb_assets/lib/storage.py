@@ -190,6 +190,28 @@ class Store:
             for batch in pq.ParquetFile(fh).iter_batches(batch_size=batch_rows, columns=columns):
                 yield pa.Table.from_batches([batch])
 
+    def take_parquet_rows(
+        self, rel: str, rows: np.ndarray, columns: list[str] | None = None, batch_rows: int = 4096
+    ) -> pa.Table:
+        """The rows of `rel` at the increasing positions `rows`, read `batch_rows` at a time."""
+        rows = np.asarray(rows, dtype=np.int64)
+        parts, base = [], 0
+        for batch in self.iter_parquet(rel, columns, batch_rows):
+            lo, hi = np.searchsorted(rows, [base, base + batch.num_rows])
+            if hi > lo:
+                parts.append(batch.take(rows[lo:hi] - base))
+            base += batch.num_rows
+            if hi == rows.size:
+                break
+        if not parts:
+            return self.parquet_schema(rel, columns).empty_table()
+        return pa.concat_tables(parts)
+
+    def parquet_schema(self, rel: str, columns: list[str] | None = None) -> pa.Schema:
+        with self.fs.open(self.path(rel), "rb") as fh:
+            schema = pq.ParquetFile(fh).schema_arrow
+        return schema if columns is None else pa.schema([schema.field(c) for c in columns])
+
     def parquet_rows(self, rel: str) -> int:
         with self.fs.open(self.path(rel), "rb") as fh:
             return pq.ParquetFile(fh).metadata.num_rows

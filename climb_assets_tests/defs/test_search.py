@@ -14,6 +14,7 @@ import numpy as np
 import polars as pl
 import pytest
 
+from climb_assets.defs.data_side import shard_file
 from climb_assets.defs.resources import ClimbResource
 from climb_assets.defs.search_round import build_search_round
 from climb_assets.lib import proxy, tokens
@@ -609,3 +610,67 @@ def test_token_pool_smaller_than_a_proxy_budget_is_refused_with_the_size_needed(
     with pytest.raises(Exception, match=r"search.token_pool to at least 12,288"):
         dg.materialize([cluster_tokens], instance=instance, resources={"climb": other})
     assert not (root / "cluster_tokens").exists()
+
+
+def test_tokenizer_sample_is_seeded_uniform_and_whole_when_small(planted):
+    from climb_assets.defs.search import sampled_kept_texts
+
+    _, _, climb, instance = planted
+    store = climb.store()
+    shards = sorted(instance.get_dynamic_partitions("corpus_shards"))
+    every = []
+    for shard in shards:
+        members = store.read_parquet(shard_file("super_clusters/members", shard))
+        texts = store.read_parquet(shard_file("corpus_documents", shard), ["text"])
+        kept = members.column("super_cluster_id").is_valid().to_pylist()
+        every += [x for x, k in zip(texts.column("text").to_pylist(), kept, strict=True) if k]
+    assert sampled_kept_texts(store, shards, len(every) + 5, 42) == every
+    sample = sampled_kept_texts(store, shards, 40, 42)
+    assert len(sample) == 40 and sample == sampled_kept_texts(store, shards, 40, 42)
+    positions = [every.index(x) for x in sample]
+    assert positions == sorted(positions), "the sample keeps the corpus order"
+    assert sample != sampled_kept_texts(store, shards, 40, 43)
+
+
+def test_cluster_descriptions_read_shard_by_shard_equal_the_all_texts_ones(planted, tmp_path):
+    import shutil
+
+    from climb_assets.defs.data_side import pruned_clusters
+    from climb_assets.lib.prune import NearestDocuments, TermCounter
+
+    _, corpus, climb, instance = planted
+    store = climb.store()
+    shards = sorted(instance.get_dynamic_partitions("corpus_shards"))
+    clusters = pl.from_arrow(store.read_parquet("clusters/clusters.parquet"))
+    k = clusters.height
+    terms, nearest = TermCounter(k), NearestDocuments(k, 3)
+    for shard in shards:  # every text of the corpus at once, as before the streamed step
+        assigned = store.read_parquet(shard_file("cluster_assignments", shard))
+        docs = store.read_parquet(shard_file("corpus_documents", shard), ["doc_id", "text"])
+        cids = assigned.column("cluster_id").to_numpy()
+        texts = docs.column("text").to_pylist()
+        terms.add(texts, cids)
+        nearest.add(docs.column("doc_id").to_pylist(), texts, cids,
+                    assigned.column("distance").to_numpy())  # fmt: skip
+    assert clusters.get_column("top_terms").to_list() == terms.top_terms(10)
+    assert clusters.get_column("sample_doc_ids").to_list() == [
+        [s[1] for s in c] for c in nearest.result()
+    ]
+    # A small seeded term sample: about that many documents per cluster, the same each time.
+    root = tmp_path / "sampled"
+    shutil.copytree(store.uri(), root)
+    quality = {"scorers": [{"name": "heuristic", "threshold": 1.0}], "term_documents": 4}
+    other = ClimbResource(profile=str(planted_profile(tmp_path, corpus, root, quality=quality)))
+    results = [
+        dg.materialize([pruned_clusters], instance=instance, resources={"climb": other})
+        for _ in range(2)
+    ]
+    meta = results[0].asset_materializations_for_node("pruned_clusters")[0].metadata
+    sizes = clusters.get_column("size").to_numpy()
+    assert meta["term_documents"].value == int(np.minimum(sizes, 4).sum())
+    assert meta["term_sampled_clusters"].value == int((sizes > 4).sum()) > 0
+    sampled = pl.from_arrow(other.store().read_parquet("clusters/clusters.parquet"))
+    assert sampled.get_column("top_terms").to_list() != terms.top_terms(10)
+    assert sampled.get_column("sample_doc_ids").equals(clusters.get_column("sample_doc_ids"))
+    again = results[1].asset_materializations_for_node("pruned_clusters")[0].metadata
+    assert again["term_documents"].value == meta["term_documents"].value
