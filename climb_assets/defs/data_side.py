@@ -496,10 +496,12 @@ def pruned_clusters(
     terms = TermCounter(k, q.term_documents)
     nearest = NearestDocuments(k, q.sample_documents)
     for j, shard in enumerate(shards):
-        wanted = np.union1d(term_rows.rows(j), nearest_rows.rows(j))
+        for_terms, for_samples = term_rows.rows(j), nearest_rows.rows(j)
+        wanted = np.union1d(for_terms, for_samples)
         if not wanted.size:
             continue
-        counted = np.isin(wanted, term_rows.rows(j))
+        counted, near = np.isin(wanted, for_terms), np.isin(wanted, for_samples)
+        # Read again rather than kept from pass 1, so memory holds one shard's columns.
         assigned = store.read_parquet(shard_file("cluster_assignments", shard))
         cids = assigned.column("cluster_id").to_numpy()[wanted]
         dist = assigned.column("distance").to_numpy()[wanted]
@@ -507,7 +509,6 @@ def pruned_clusters(
         rel = shard_file("corpus_documents", shard)
         texts = store.take_parquet_rows(rel, wanted, ["text"]).column("text").to_pylist()
         terms.add([t for t, c in zip(texts, counted, strict=True) if c], cids[counted])
-        near = np.isin(wanted, nearest_rows.rows(j))
         nearest.add(
             [d for d, n in zip(doc_ids, near, strict=True) if n],
             [t for t, n in zip(texts, near, strict=True) if n],

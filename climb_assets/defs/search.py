@@ -112,12 +112,8 @@ def sampled_kept_texts(store: Store, shards: list[str], n: int, seed: int) -> li
         members = store.read_parquet(shard_file("super_clusters/members", shard))
         kept = members.column("super_cluster_id").is_valid().to_numpy(zero_copy_only=False)
         rows = np.flatnonzero(kept)[picks[lo:hi] - (first - count)]
-        base = 0
         rel = shard_file("corpus_documents", shard)
-        for batch in store.iter_parquet(rel, ["text"], POOL_BATCH_ROWS):
-            a, b = np.searchsorted(rows, [base, base + batch.num_rows])
-            texts += batch.column("text").take(rows[a:b] - base).to_pylist()
-            base += batch.num_rows
+        texts += store.take_parquet_rows(rel, rows, ["text"], POOL_BATCH_ROWS).column(0).to_pylist()
     return texts
 
 
@@ -248,15 +244,12 @@ def cluster_tokens(context: dg.AssetExecutionContext, climb: ClimbResource) -> d
             wanted = wanted.sort("row")
             rows = wanted.get_column("row").to_numpy()
             groups_of_rows = wanted.get_column("super_cluster_id").to_numpy()
-            base = 0
             rel = shard_file("corpus_documents", shard)
-            for batch in store.iter_parquet(rel, ["doc_id", "text"], POOL_BATCH_ROWS):
-                lo, hi = np.searchsorted(rows, [base, base + batch.num_rows])
-                picked = batch.take(rows[lo:hi] - base)
-                base += batch.num_rows
+            read = store.iter_parquet_rows(rel, rows, ["doc_id", "text"], POOL_BATCH_ROWS)
+            for span, picked in read:
                 ids, texts = picked.column("doc_id").to_pylist(), picked.column("text").to_pylist()
-                for sc in np.unique(groups_of_rows[lo:hi]).tolist():
-                    at = np.flatnonzero(groups_of_rows[lo:hi] == sc).tolist()
+                for sc in np.unique(groups_of_rows[span]).tolist():
+                    at = np.flatnonzero(groups_of_rows[span] == sc).tolist()
                     flat, offsets = tokens.tokenize_documents(tok, [texts[i] for i in at], eos)
                     staging.add(sc, [ids[i] for i in at], flat, offsets)
             context.log.info(f"pooled {wanted.height} documents of {shard}")

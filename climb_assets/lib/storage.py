@@ -172,10 +172,9 @@ class Store:
     def read_json(self, rel: str) -> Any:
         return json.loads(self.read_bytes(rel))
 
-    def write_parquet(self, rel: str, table: pa.Table, row_group_rows: int | None = None) -> str:
-        """Writes `table` as zstd Parquet; `row_group_rows` bounds what a batched reader holds."""
+    def write_parquet(self, rel: str, table: pa.Table) -> str:
         with self.open_write(rel) as fh:
-            pq.write_table(table, fh, compression="zstd", row_group_size=row_group_rows)
+            pq.write_table(table, fh, compression="zstd")
         return self.uri(rel)
 
     def read_parquet(self, rel: str, columns: list[str] | None = None) -> pa.Table:
@@ -190,19 +189,31 @@ class Store:
             for batch in pq.ParquetFile(fh).iter_batches(batch_size=batch_rows, columns=columns):
                 yield pa.Table.from_batches([batch])
 
+    def iter_parquet_rows(
+        self, rel: str, rows: np.ndarray, columns: list[str] | None = None, batch_rows: int = 4096
+    ) -> Iterator[tuple[slice, pa.Table]]:
+        """The rows of `rel` at the increasing positions `rows`, one read batch at a time.
+
+        Yields `(span, table)`: `table` holds the rows at `rows[span]`. Batches holding none of
+        them are skipped, and reading stops after the last one.
+        """
+        rows = np.asarray(rows, dtype=np.int64)
+        if rows.size == 0:
+            return
+        base = 0
+        for batch in self.iter_parquet(rel, columns, batch_rows):
+            lo, hi = (int(i) for i in np.searchsorted(rows, [base, base + batch.num_rows]))
+            if hi > lo:
+                yield slice(lo, hi), batch.take(rows[lo:hi] - base)
+            base += batch.num_rows
+            if hi == rows.size:
+                return
+
     def take_parquet_rows(
         self, rel: str, rows: np.ndarray, columns: list[str] | None = None, batch_rows: int = 4096
     ) -> pa.Table:
         """The rows of `rel` at the increasing positions `rows`, read `batch_rows` at a time."""
-        rows = np.asarray(rows, dtype=np.int64)
-        parts, base = [], 0
-        for batch in self.iter_parquet(rel, columns, batch_rows):
-            lo, hi = np.searchsorted(rows, [base, base + batch.num_rows])
-            if hi > lo:
-                parts.append(batch.take(rows[lo:hi] - base))
-            base += batch.num_rows
-            if hi == rows.size:
-                break
+        parts = [table for _, table in self.iter_parquet_rows(rel, rows, columns, batch_rows)]
         if not parts:
             return self.parquet_schema(rel, columns).empty_table()
         return pa.concat_tables(parts)

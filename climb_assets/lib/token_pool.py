@@ -33,6 +33,7 @@ class PoolStaging:
         self._starts: list[list[np.ndarray]] = [[] for _ in range(n_groups)]
         self._lengths: list[list[np.ndarray]] = [[] for _ in range(n_groups)]
         self._size = [0] * n_groups
+        self._order: dict[int, tuple[list[str], np.ndarray, np.ndarray]] = {}
 
     def add(self, group: int, doc_ids: list[str], tokens: np.ndarray, offsets: np.ndarray) -> None:
         """Appends documents of one group: `tokens[offsets[i]:offsets[i+1]]` is `doc_ids[i]`'s."""
@@ -55,11 +56,15 @@ class PoolStaging:
         return self._size[group]
 
     def _ordered(self, group: int) -> tuple[list[str], np.ndarray, np.ndarray]:
+        if group in self._order:
+            return self._order[group]
         ids = self._ids[group]
         starts = np.concatenate(self._starts[group]) if ids else np.zeros(0, np.int64)
         lengths = np.concatenate(self._lengths[group]) if ids else np.zeros(0, np.int64)
         order = sorted(range(len(ids)), key=ids.__getitem__)
-        return [ids[i] for i in order], starts[order], lengths[order]
+        # Sorted once per group, after every shard was added (`documents`, then `tokens`).
+        self._order[group] = ([ids[i] for i in order], starts[order], lengths[order])
+        return self._order[group]
 
     def tokens(self, group: int, chunk_tokens: int = 1 << 24) -> Iterator[np.ndarray]:
         """The group's tokens in `doc_id` order, about `chunk_tokens` at a time."""
@@ -80,6 +85,7 @@ class PoolStaging:
 
     def remove(self, group: int) -> None:
         os.remove(self.folder / f"sc_{group:03d}.bin")
+        self._order.pop(group, None)
 
 
 def estimate_tokens(
