@@ -6,7 +6,8 @@ manifest parts) into megatron-core indexed datasets with the same tokenizer (a b
 
 - ours: `climb_assets.lib.exports.megatron.MegatronExport`: one manifest part at a time, each
   super-cluster's documents tokenized with `Tokenizer.encode_batch` (the Rust library's own
-  threads), written with megatron-core's `IndexedDatasetBuilder`;
+  threads), written by `IndexedDatasetWriter` (byte for byte megatron-core's
+  `IndexedDatasetBuilder`; `bench/export_parallel.py` measures its worker processes);
 - baseline: megatron-core's preprocessing loop on one worker: every document encoded on its own
   (`Tokenizer.encode`), `add_document(ids + [eod])`, one builder per super-cluster.
 

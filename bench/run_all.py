@@ -21,6 +21,7 @@ BENCHMARKS: tuple[str, ...] = (
     "proxy_overhead",
     "ingestion",
     "megatron_export",
+    "export_parallel",
     "search_quality",
     "reference_mixtures",
 )

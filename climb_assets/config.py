@@ -339,6 +339,9 @@ class ManifestSettings:
     tokenizer: str | None = None
     """The training tokenizer of the megatron export: a tokenizer.json, a model folder or a hub
     id. Unset: the proxy tokenizer (fine for a try; a production run names its own)."""
+    export_workers: int | None = None
+    """Processes the megatron export writes super-clusters with (each owns whole ones). Unset:
+    the usable CPUs (in-process below 2M granted tokens); 1: in-process. Output is the same."""
 
 
 @dataclass(frozen=True)
@@ -541,6 +544,11 @@ def _check_ranges(p: Profile) -> None:
     )
     need(p.manifest.total_tokens > 0, "manifest.total_tokens", "must be > 0 (tokens to train on)")
     need(p.manifest.max_epochs > 0, "manifest.max_epochs", "must be > 0")
+    need(
+        p.manifest.export_workers is None or p.manifest.export_workers >= 1,
+        "manifest.export_workers",
+        "must be >= 1, or null for the usable CPUs",
+    )
     known_exports = ("megatron", "hf", "climblab")
     for name in p.manifest.exports:
         need(name in known_exports, "manifest.exports", f"has '{name}'; allowed: {known_exports}")

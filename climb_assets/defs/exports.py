@@ -78,6 +78,7 @@ def climbmix_exports(
         tokenizer=tokenizer,
         tokenizer_note=note,
         seed=profile.manifest.seed,
+        export_workers=profile.manifest.export_workers,
     )
     records = {name: run_export(EXPORTERS[name](), ctx, context.log.info) for name in names}
     rows = [

@@ -14,7 +14,14 @@ from climb_assets.lib import tokens
 from climb_assets.lib.corpus import shard_stem
 from climb_assets.lib.demo_corpus import build_demo_corpus
 from climb_assets.lib.exports import EXPORTERS, ExportContext, ExportError, run_export
-from climb_assets.lib.exports.megatron import index_dtype
+from climb_assets.lib.exports.megatron import (
+    DTYPE_CODES,
+    IndexedDatasetWriter,
+    MegatronExport,
+    balanced_groups,
+    index_dtype,
+    prefix_name,
+)
 from climb_assets.lib.storage import Store
 
 WEIGHTS = np.array([0.5, 0.0, 0.3, 0.2])
@@ -202,6 +209,143 @@ def test_bad_export_input_is_refused_clearly(exported):
     missing = ExportContext(**{**ctx.__dict__, "manifest_digest": "x", "tokenizer": "/no/tok.json"})
     with pytest.raises(tokens.TokenizerError, match="does not exist"):
         run_export(EXPORTERS["megatron"](), missing, lambda _: None)
+
+
+def _megatron_builder_reference(ctx, out: Path) -> None:
+    """The export as megatron-core's own `IndexedDatasetBuilder` writes it (the old path)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from megatron.core.datasets import indexed_dataset as md
+    tok = tokens.load_tokenizer(ctx.tokenizer)
+    eod, dtype = tokens.eos_id(tok), index_dtype(tok.get_vocab_size())
+    builders = {}
+    for part in ctx.read_parts(["super_cluster_id", "text"]):
+        groups = part.column("super_cluster_id").to_numpy()
+        texts = part.column("text").to_pylist()
+        for sc in np.unique(groups).tolist():
+            if ctx.weights[sc] <= 0:
+                continue
+            prefix = str(out / prefix_name(sc))
+            if sc not in builders:
+                builders[sc] = md.IndexedDatasetBuilder(md.get_bin_path(prefix), dtype=dtype)
+            for encoding in tok.encode_batch([texts[i] for i in np.flatnonzero(groups == sc)]):
+                ids = [*encoding.ids, eod]
+                builders[sc].add_document(ids, [len(ids)])
+    for sc, builder in builders.items():
+        builder.finalize(md.get_idx_path(str(out / prefix_name(sc))))
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def test_megatron_export_is_byte_identical_for_any_worker_count(exported, tmp_path):
+    _, ctx, table, tok, eos, records = exported
+    assert records["megatron"]["workers"] == 1  # unset, and too small to start workers for
+    written = {}
+    for workers in (1, 2):
+        out = tmp_path / f"w{workers}"
+        out.mkdir()
+        job = ExportContext(**{**ctx.__dict__, "export_workers": workers})
+        summary = MegatronExport().write(job, out, lambda _: None)
+        assert summary["workers"] == workers
+        written[workers] = _files(out)
+    assert sorted(written[1]) == ["blend.absolute.txt", "blend.json", "blend.txt", "sc_000.bin",
+                                  "sc_000.idx", "sc_002.bin", "sc_002.idx", "sc_003.bin",
+                                  "sc_003.idx"]  # fmt: skip
+    assert written[1] == written[2]
+    reference = tmp_path / "builder"
+    reference.mkdir()
+    _megatron_builder_reference(ctx, reference)
+    assert {k: v for k, v in written[2].items() if k.startswith("sc_")} == _files(reference)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from megatron.core.datasets.indexed_dataset import IndexedDataset
+    groups = table.column("super_cluster_id").to_numpy()
+    for sc in (0, 2, 3):
+        ds = IndexedDataset(str(tmp_path / "w2" / prefix_name(sc)))
+        texts = table.column("text").to_numpy(zero_copy_only=False)[groups == sc]
+        assert len(ds) == len(texts)
+        assert [ds[i].tolist() for i in range(len(ds))] == [
+            [*e.ids, eos] for e in tok.encode_batch(list(texts))
+        ]
+
+
+def test_indexed_dataset_writer_matches_megatron_core_for_both_dtypes(tmp_path):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from megatron.core.datasets import indexed_dataset as md
+    assert {d.name: d.value for d in md.DType} == DTYPE_CODES
+    rng = np.random.default_rng(3)
+    docs = [rng.integers(0, 60_000, size=n).tolist() for n in (0, 1, 7, 300, 2)]
+    for dtype in (np.uint16, np.int32):
+        ours, theirs = tmp_path / f"ours_{dtype.__name__}", tmp_path / f"megatron_{dtype.__name__}"
+        writer = IndexedDatasetWriter(ours, dtype)
+        writer.add_documents(docs[:2], 5)
+        writer.add_documents([], 5)
+        writer.add_documents(docs[2:], 5)
+        assert not ours.with_suffix(".idx").exists()  # published only when complete
+        writer.finalize()
+        builder = md.IndexedDatasetBuilder(md.get_bin_path(str(theirs)), dtype=dtype)
+        for doc in docs:
+            builder.add_document([*doc, 5], [len(doc) + 1])
+        builder.finalize(md.get_idx_path(str(theirs)))
+        for ext in (".bin", ".idx"):
+            assert Path(f"{ours}{ext}").read_bytes() == Path(f"{theirs}{ext}").read_bytes()
+        assert (writer.documents, writer.tokens) == (5, sum(map(len, docs)) + 5)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_megatron_worker_error_is_one_line_naming_the_super_cluster(exported, tmp_path, workers):
+    _, ctx, table, _, _, _ = exported
+    store = Store(str(tmp_path / "out"))
+    store.write_bytes("tokenizer.json", Path(ctx.tokenizer).read_bytes())
+    texts = table.column("text").to_pylist()
+    bad = int(np.flatnonzero(table.column("super_cluster_id").to_numpy() == 2)[-1])
+    texts[bad] = None  # a document without text, in super-cluster 2 of the second part
+    broken = table.set_column(table.schema.get_field_index("text"), "text", pa.array(texts))
+    half = table.num_rows // 2
+    store.write_parquet("manifest/shards/part-00000.parquet", broken.slice(0, half))
+    store.write_parquet("manifest/shards/part-00001.parquet", broken.slice(half))
+    job = ExportContext(**{**ctx.__dict__, "store": store, "parts": store.list("manifest/shards"),
+                           "tokenizer": str(store.local_path("tokenizer.json")),
+                           "export_workers": workers})  # fmt: skip
+    out = tmp_path / "export"
+    out.mkdir()
+    with pytest.raises(ExportError) as caught:
+        MegatronExport().write(job, out, lambda _: None)
+    message = str(caught.value)
+    assert "\n" not in message
+    assert message.startswith(
+        "megatron export of super-cluster sc_002 (part manifest/shards/part-00001.parquet) "
+        "failed: TypeError"
+    )
+    assert not any(p.name.startswith((".", "sc_002")) for p in out.iterdir())  # no partial file
+
+
+def test_worker_death_and_worker_count_are_reported_clearly(exported):
+    from concurrent.futures import Future
+    from concurrent.futures.process import BrokenProcessPool
+
+    from climb_assets.config import ProfileError, profile_from_dict
+    from climb_assets.lib.exports.megatron import _worker_error
+
+    died, other = Future(), Future()
+    died.set_exception(BrokenProcessPool("a process terminated abruptly"))
+    other.set_exception(BrokenProcessPool("a process terminated abruptly"))
+    error = _worker_error([died, other], {died: [0, 3], other: [2]})
+    assert str(error).startswith(
+        "megatron export of super-clusters sc_000, sc_002, sc_003 failed: a worker process died"
+    )
+    assert balanced_groups({0: 50, 2: 30, 3: 20}, 2) == [[0], [2, 3]]
+    assert balanced_groups({0: 5, 1: 5}, 8) == [[0], [1]]
+    _, ctx, _, _, _, _ = exported
+    with pytest.raises(ExportError, match="export_workers is 0; use 1 or more"):
+        ExportContext(**{**ctx.__dict__, "export_workers": 0})
+    with pytest.raises(ProfileError, match="manifest.export_workers must be >= 1"):
+        profile_from_dict({"name": "x", "manifest": {"export_workers": 0}})
+    assert profile_from_dict({"name": "x"}).manifest.export_workers is None
 
 
 def test_climblab_groups_every_kept_document(tmp_path):

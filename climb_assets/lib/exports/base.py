@@ -51,6 +51,9 @@ class ExportContext:
         tokenizer: Local path of the training tokenizer (`tokenizer.json` or a model folder).
         tokenizer_note: Where that tokenizer comes from, for the records.
         seed: The manifest's seed.
+        export_workers: Processes an export may write with (megatron: super-clusters shared
+            out among them); None: the usable CPUs (megatron: in this process below
+            `PARALLEL_MIN_TOKENS` granted tokens); 1: in this process.
     """
 
     store: Store
@@ -63,8 +66,13 @@ class ExportContext:
     tokenizer: str | None = None
     tokenizer_note: str = ""
     seed: int = 0
+    export_workers: int | None = None
 
     def __post_init__(self) -> None:
+        if self.export_workers is not None and self.export_workers < 1:
+            raise ExportError(
+                f"export_workers is {self.export_workers}; use 1 or more, or None for every CPU"
+            )
         if sum(self.granted_tokens) <= 0:
             raise ExportError(
                 "the manifest grants no tokens, so there is nothing to export; raise "
