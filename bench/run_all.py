@@ -22,6 +22,7 @@ BENCHMARKS: tuple[str, ...] = (
     "ingestion",
     "megatron_export",
     "export_parallel",
+    "static_encoder",
     "search_quality",
     "reference_mixtures",
 )

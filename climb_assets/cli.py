@@ -1,4 +1,5 @@
-"""`climb`: run the pipeline from a shell (demo, run, register-shards, profile, plan, catalog)."""
+"""`climb`: run the pipeline from a shell (demo, run, register-shards, profile, plan, catalog,
+distill-static)."""
 
 import argparse
 import contextlib
@@ -272,6 +273,64 @@ def _add_plan_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
 
 
+def _add_distill_parser(sub: argparse._SubParsersAction) -> None:
+    from climb_assets.lib.static_encoder import DEFAULT_DIM, DEFAULT_MODEL, DEFAULT_SIF
+
+    p = sub.add_parser(
+        "distill-static",
+        help="build a static encoder (model2vec's format) from a transformers encoder, for "
+        "encoder.kind: static",
+    )
+    p.add_argument("--out", required=True, help="folder to write (one that exists: --overwrite)")
+    p.add_argument("--model", default=DEFAULT_MODEL, help=f"encoder (default {DEFAULT_MODEL})")
+    p.add_argument(
+        "--dim", type=int, default=DEFAULT_DIM, help=f"PCA dimensions (default {DEFAULT_DIM})"
+    )
+    p.add_argument(
+        "--sif",
+        type=float,
+        default=DEFAULT_SIF,
+        metavar="A",
+        help="scale each row by the SIF weight A / (A + p), p the token's Zipf frequency from its "
+        "id (model2vec uses 1e-4; default: no weighting)",
+    )
+    p.add_argument("--batch-size", type=int, default=1024, help="tokens per forward pass")
+    p.add_argument("--device", choices=["cpu", "cuda", "auto"], default="cpu")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+
+
+def _distill_static(args: argparse.Namespace) -> int:
+    from climb_assets.lib.static_encoder import distill_static
+
+    step = {"next": 0.0}
+
+    def progress(done: int, total: int) -> None:
+        if done / total >= step["next"] or done == total:
+            print(f"  {done:,}/{total:,} tokens", flush=True)
+            step["next"] = done / total + 0.1
+
+    print(f"distilling {args.model}: every token of its vocabulary through the encoder", flush=True)
+    result = distill_static(
+        args.out,
+        model=args.model,
+        dim=args.dim,
+        sif_coefficient=args.sif,
+        batch_size=args.batch_size,
+        device=args.device,
+        threads=args.threads,
+        overwrite=args.overwrite,
+        progress=progress,
+    )
+    print(
+        f"wrote {result.folder}: {result.vocab_size:,} tokens x {result.dim} dims "
+        f"({result.explained_variance:.1%} of the variance) from {args.model} "
+        f"({result.source_revision}) in {result.seconds:.0f}s\n"
+        f"use it with  encoder: {{kind: static, model: {result.folder}}}"
+    )
+    return 0
+
+
 def _plan(args: argparse.Namespace) -> int:
     corpus = CorpusSize.of(args.tokens, args.documents, args.tokens_per_doc)
     options = PlanOptions(
@@ -325,6 +384,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     sub.add_parser("profile", help="print the resolved profile")
     _add_plan_parser(sub)
+    _add_distill_parser(sub)
     cat = sub.add_parser("catalog", help="query the DuckDB catalog (local or on S3), read-only")
     cat.add_argument("sql", nargs="?", help="a query; without one, the views are listed")
     cat.add_argument("--max-rows", type=int, default=40)
@@ -336,6 +396,8 @@ def main(argv: list[str] | None = None) -> int:
 def _dispatch(args: argparse.Namespace) -> int:
     """Runs one command; every expected failure becomes one line on stderr and an exit code."""
     try:
+        if args.command == "distill-static":
+            return _distill_static(args)
         if args.command == "plan":
             return _plan(args)
         if args.command == "catalog":

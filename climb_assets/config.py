@@ -74,10 +74,17 @@ class CorpusSettings:
 class EncoderSettings:
     """The pretrained text encoder used for document embeddings."""
 
+    kind: Literal["transformers", "static"] = "transformers"
+    """transformers: `model` is a hub id or folder run through transformers; static: `model` is a
+    local folder in model2vec's format (`climb distill-static --out FOLDER` builds one from
+    MiniLM), a mean of token vectors on the CPU; only `max_tokens` of the settings below apply."""
     model: str = "sentence-transformers/all-MiniLM-L6-v2"
     revision: str | None = None
     max_tokens: int = 128
     batch_size: int = 64
+    read_batch_rows: int = 8192
+    """Documents the embeddings step reads, tokenizes and encodes at a time (its memory); a
+    larger shard takes longer, never more memory. Batches are length-sorted within this."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
     """auto: float16 on cuda, float32 on cpu."""
@@ -408,6 +415,17 @@ def _check_ranges(p: Profile) -> None:
 
     need(p.encoder.max_tokens > 0, "encoder.max_tokens", "must be > 0")
     need(p.encoder.batch_size > 0, "encoder.batch_size", "must be > 0")
+    need(p.encoder.read_batch_rows > 0, "encoder.read_batch_rows", "must be > 0")
+    need(
+        p.encoder.kind == "transformers" or p.encoder.revision is None,
+        "encoder.revision",
+        "does not apply to encoder.kind static (a local folder); remove it",
+    )
+    need(
+        p.encoder.kind == "transformers" or "://" not in p.encoder.model,
+        "encoder.model",
+        "must be a local folder for encoder.kind static (model2vec's format)",
+    )
     need(p.kmeans.k >= 1, "kmeans.k", "must be >= 1")
     need(p.kmeans.niter >= 1, "kmeans.niter", "must be >= 1")
     need(p.kmeans.max_points_per_centroid >= 1, "kmeans.max_points_per_centroid", "must be >= 1")

@@ -109,7 +109,13 @@ def _is_local(location: str) -> bool:
 
 
 def _check_encoder(profile: Profile) -> str | None:
-    """The encoder's folder (or bundled copy) exists and its tokenizer loads."""
+    """The encoder's folder (or bundled copy) exists and its tokenizer loads; for a static
+    encoder, the folder is in model2vec's format (its files and the table's header)."""
+    if profile.encoder.kind == "static":
+        from climb_assets.lib.static_encoder import check_static_folder
+
+        check_static_folder(resolve_location(profile.encoder.model))
+        return None
     from transformers import AutoTokenizer
 
     from climb_assets.lib.embed import resolve_model_source

@@ -10,13 +10,14 @@ import collections
 import datetime
 import logging
 import time
+from collections.abc import Iterator
 
 import dagster as dg
 import numpy as np
 import polars as pl
 import pyarrow as pa
 
-from climb_assets.config import Profile
+from climb_assets.config import Profile, resolve_location
 from climb_assets.defs.common import (
     chart,
     marker_path,
@@ -52,6 +53,7 @@ from climb_assets.lib.prune import (
 )
 from climb_assets.lib.quality import build_scorer
 from climb_assets.lib.sampling import SmallestPerGroup
+from climb_assets.lib.static_encoder import StaticEncoder
 from climb_assets.lib.storage import Store
 
 GROUP = "data_side"
@@ -125,9 +127,11 @@ def shard_source(store: Store, key: str) -> str | None:
     return marker_source(store, "corpus_documents", key)
 
 
-def text_encoder(profile: Profile) -> TextEncoder:
+def text_encoder(profile: Profile) -> TextEncoder | StaticEncoder:
     """The profile's document encoder (shared by the corpus and the targets)."""
     e = profile.encoder
+    if e.kind == "static":
+        return StaticEncoder(resolve_location(e.model), e.max_tokens)
     return TextEncoder(
         e.model, e.revision, e.max_tokens, e.batch_size, e.device, e.dtype, e.threads,
         e.trust_remote_code,
@@ -146,31 +150,45 @@ def embeddings(context: dg.AssetExecutionContext, climb: ClimbResource) -> dg.Ma
     """Unit-length document embeddings of one shard from the profile's transformers encoder."""
     profile, store, key = climb.settings(), climb.store(), context.partition_key
     require_files(store, {key: shard_file("corpus_documents", key)}, "corpus_documents")
-    docs = store.read_parquet(shard_file("corpus_documents", key), columns=["doc_id", "text"])
-    texts = docs.column("text").to_pylist()
+    rel = shard_file("corpus_documents", key)
+    n = store.parquet_rows(rel)
     e = profile.encoder
     encoder = text_encoder(profile)
+    dim = encoder.info.dim
     start = time.perf_counter()
-    n_tokens = encoder.token_counts(texts)
-    step = max(1, len(texts) // 10)
+    step, done, tokens, truncated = max(1, n // 10), 0, 0, 0
 
-    def progress(done: int, total: int) -> None:
-        if done % step < e.batch_size or done == total:
-            context.log.info(f"embedded {done}/{total} documents of {key}")
+    def progress(batch_done: int, _: int) -> None:
+        if (done + batch_done) % step < e.batch_size or done + batch_done == n:
+            context.log.info(f"embedded {done + batch_done}/{n} documents of {key}")
 
-    vectors = encoder.encode(texts, n_tokens, progress)
+    schema = pa.schema([("doc_id", pa.string()), ("n_tokens", pa.int64())])
+    counts_rel = shard_file("embeddings", key, ".tokens.parquet")
+    # One read batch of texts, its ids and vectors at a time: memory does not grow with the shard.
+    with store.parquet_writer(counts_rel, schema) as counts_out:
+
+        def vectors() -> Iterator[np.ndarray]:
+            nonlocal done, tokens, truncated
+            for batch in store.iter_parquet(rel, ["doc_id", "text"], e.read_batch_rows):
+                batch_vectors, n_tokens = encoder.encode_counted(
+                    batch.column("text").to_pylist(), progress
+                )
+                ids = batch.column("doc_id").cast(pa.string())
+                counts_out.write_table(pa.table({"doc_id": ids, "n_tokens": n_tokens}, schema))
+                done, tokens = done + batch.num_rows, tokens + int(n_tokens.sum())
+                truncated += int((n_tokens > e.max_tokens - 2).sum())
+                yield batch_vectors
+
+        path = store.write_npy_chunks(
+            shard_file("embeddings", key, ".npy"), np.float32, (n, dim), vectors()
+        )
     seconds = time.perf_counter() - start
-    path = store.write_npy(shard_file("embeddings", key, ".npy"), vectors)
-    store.write_parquet(
-        shard_file("embeddings", key, ".tokens.parquet"),
-        pa.table({"doc_id": docs.column("doc_id"), "n_tokens": pa.array(n_tokens, pa.int64())}),
-    )
     write_marker(store, profile, "embeddings", key, shard_source(store, key))
     info = encoder.info
     store.write_json("embeddings/_encoder.json", info.to_dict())
     return dg.MaterializeResult(
         metadata={
-            "dagster/row_count": len(texts),
+            "dagster/row_count": n,
             "path": dg.MetadataValue.path(path),
             "encoder": info.model,
             "encoder_source": info.source,
@@ -180,11 +198,10 @@ def embeddings(context: dg.AssetExecutionContext, climb: ClimbResource) -> dg.Ma
             "device": info.device,
             "dtype": info.dtype,
             "seconds": round(seconds, 2),
-            "docs_per_second": round(len(texts) / max(seconds, 1e-9), 1),
-            "tokens": int(n_tokens.sum()),
-            "truncated_fraction": round(float((n_tokens > e.max_tokens - 2).mean()), 4)
-            if len(texts)
-            else 0.0,
+            "docs_per_second": round(n / max(seconds, 1e-9), 1),
+            "tokens": tokens,
+            "read_batch_rows": e.read_batch_rows,
+            "truncated_fraction": round(truncated / n, 4) if n else 0.0,
         }
     )
 

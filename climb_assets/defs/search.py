@@ -405,7 +405,7 @@ def target_alignment(
     total_weight = 0.0
     for target in load_targets(store):
         texts = target_documents(target)
-        vectors = encoder.encode(texts, encoder.token_counts(texts))
+        vectors, _ = encoder.encode_counted(texts)
         nearest, _ = kmeans.assign(vectors, centroids[kept])
         shares = super_cluster_distribution(kept[nearest], mapping, n_super)
         nearest_any, _ = kmeans.assign(vectors, centroids)

@@ -233,24 +233,38 @@ class Store:
         return self.uri(rel)
 
     def write_npy_chunks(
-        self, rel: str, dtype: np.dtype, length: int, chunks: Iterable[np.ndarray]
+        self,
+        rel: str,
+        dtype: np.dtype,
+        shape: int | tuple[int, ...],
+        chunks: Iterable[np.ndarray],
     ) -> str:
-        """Writes a 1-D `.npy` of `length` items from `chunks` as `np.save` would, chunk by chunk.
+        """Writes a `.npy` of `shape` (C order) from `chunks` of whole leading-axis rows, as
+        `np.save` would write the concatenated array, one chunk at a time.
 
         Raises:
-            ValueError: The chunks hold another number of items than `length`.
+            ValueError: The chunks hold another number of items than `shape` announces.
         """
         dtype = np.dtype(dtype)
+        shape = (int(shape),) if isinstance(shape, int | np.integer) else tuple(map(int, shape))
         header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False}
+        length = int(np.prod(shape))
         written = 0
         with self.open_write(rel) as fh:
-            np.lib.format.write_array_header_1_0(fh, {**header, "shape": (int(length),)})
+            np.lib.format.write_array_header_1_0(fh, {**header, "shape": shape})
             for chunk in chunks:
                 fh.write(np.ascontiguousarray(chunk, dtype=dtype).tobytes())
                 written += int(np.asarray(chunk).size)
             if written != length:
                 raise ValueError(f"{rel}: {written} items written, {length} announced")
         return self.uri(rel)
+
+    @contextmanager
+    def parquet_writer(self, rel: str, schema: pa.Schema) -> Iterator[pq.ParquetWriter]:
+        """A Parquet writer for `rel` that takes a table at a time (one row group each); the
+        file appears only if the block completes."""
+        with self.open_write(rel) as fh, pq.ParquetWriter(fh, schema, compression="zstd") as out:
+            yield out
 
     def read_npy(self, rel: str, mmap: bool = True) -> np.ndarray:
         """Loads a `.npy` file, memory-mapped (read-only) when `mmap` is set.

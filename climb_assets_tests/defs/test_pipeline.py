@@ -250,3 +250,34 @@ def test_readme_queries_run_on_the_catalog(pipeline):
     climb, _ = pipeline
     ran, _ = run_readme_queries(_catalog(climb))
     assert ran >= 3
+
+
+def test_embeddings_stream_a_shard_in_read_batches(pipeline, instance, tmp_path):
+    climb, _ = pipeline
+    store = climb.store()
+    key = "shard-000.parquet"
+    small = write_profile(
+        tmp_path, storage={"root": str(tmp_path / "out")},
+        corpus={"path": climb.settings().corpus.path}, encoder={"read_batch_rows": 7},
+    )  # fmt: skip
+    resources = {"climb": ClimbResource(profile=str(small))}
+    dg.materialize([corpus_documents], partition_key=key, instance=instance, resources=resources)
+    result = dg.materialize([embeddings], partition_key=key, instance=instance, resources=resources)
+    meta = result.asset_materializations_for_node("embeddings")[0].metadata
+    batched = ClimbResource(profile=str(small)).store()
+    whole = store.read_npy("embeddings/shard-000.npy")
+    assert meta["read_batch_rows"].value == 7 and whole.shape[0] > 7
+    counts = pq.read_metadata(batched.local_path("embeddings/shard-000.tokens.parquet"))
+    assert counts.num_row_groups == -(-whole.shape[0] // 7)  # one row group per read batch
+    # The same counts and ids; the vectors within float noise (batches are length-sorted
+    # within a read batch, so their padding differs from the whole shard's).
+    assert batched.read_parquet("embeddings/shard-000.tokens.parquet").equals(
+        store.read_parquet("embeddings/shard-000.tokens.parquet")
+    )
+    np.testing.assert_allclose(batched.read_npy("embeddings/shard-000.npy"), whole, atol=1e-5)
+    assert meta["tokens"].value == int(
+        store.read_parquet("embeddings/shard-000.tokens.parquet")
+        .column("n_tokens")
+        .to_numpy()
+        .sum()
+    )

@@ -62,3 +62,46 @@ def test_model_folder_saved_by_a_test_loads_by_path(tmp_path, encoder):
     encoder.tokenizer.save_pretrained(tmp_path / "m")
     other = TextEncoder(str(tmp_path / "m"), max_tokens=64)
     np.testing.assert_allclose(other.encode(TEXTS[:2]), encoder.encode(TEXTS[:2]), atol=1e-5)
+
+
+def _two_pass_reference(encoder: TextEncoder, texts: list[str]) -> np.ndarray:
+    """The embedding as the encoder computed it before its single pass: the tokenizer called
+    again on each batch, with truncation and padding, in the same length order."""
+    import torch
+
+    counts = encoder.token_counts(texts)
+    out = np.zeros((len(texts), encoder.info.dim), dtype=np.float32)
+    with torch.inference_mode():
+        for idx in encoder._batches(counts):
+            batch = encoder.tokenizer(
+                [texts[i] for i in idx],
+                padding=True,
+                truncation=True,
+                max_length=encoder.max_tokens,
+                return_tensors="pt",
+            )
+            hidden = encoder.model(**batch).last_hidden_state
+            mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
+            out[idx] = torch.nn.functional.normalize(pooled.float(), p=2, dim=1).numpy()
+    return out
+
+
+def test_one_tokenization_gives_the_truncated_ids_and_the_same_vectors(encoder):
+    texts = [*TEXTS, "word " * 500, "Ünïcödé  and\ttabs\n" * 20, "", "[SEP] [CLS] special tokens"]
+    counting, finishing = encoder._backends
+    for text, encoding in zip(
+        texts, counting.encode_batch(texts, add_special_tokens=False), strict=True
+    ):
+        done = finishing.post_process(encoding, None, True)
+        expected = encoder.tokenizer(text, truncation=True, max_length=encoder.max_tokens)
+        assert done.ids == expected["input_ids"]
+        assert done.type_ids == expected["token_type_ids"]
+    vectors, counts = encoder.encode_counted(texts)
+    np.testing.assert_array_equal(counts, encoder.token_counts(texts))
+    assert counts[5] == 500 and counts[7] == 0
+    # Same inputs, same batches: the same bytes as the two-pass path, not merely close.
+    np.testing.assert_array_equal(vectors, _two_pass_reference(encoder, texts))
+    np.testing.assert_array_equal(encoder.encode(texts), vectors)
+    empty_vectors, empty_counts = encoder.encode_counted([])
+    assert empty_vectors.shape == (0, 384) and empty_counts.shape == (0,)

@@ -36,3 +36,23 @@ def test_npy_refuses_pickled_objects(tmp_path):
 
 def test_safe_name_flattens_nested_keys():
     assert safe_name("2024/part-1.parquet") == "2024__part-1.parquet"
+
+
+def test_chunked_writes_match_whole_writes(tmp_path):
+    store = Store(str(tmp_path))
+    matrix = np.arange(30, dtype=np.float32).reshape(10, 3)
+    store.write_npy("whole.npy", matrix)
+    store.write_npy_chunks("chunks.npy", np.float32, (10, 3), [matrix[:4], matrix[4:]])
+    assert store.read_bytes("chunks.npy") == store.read_bytes("whole.npy")
+    with pytest.raises(ValueError, match="9 items written, 30 announced"):
+        store.write_npy_chunks("short.npy", np.float32, (10, 3), [matrix[:3]])
+    assert not store.exists("short.npy")
+    schema = pa.schema([("x", pa.int64())])
+    with store.parquet_writer("t.parquet", schema) as out:
+        out.write_table(pa.table({"x": [1, 2]}, schema))
+        out.write_table(pa.table({"x": [3]}, schema))
+    assert store.read_parquet("t.parquet").column("x").to_pylist() == [1, 2, 3]
+    with pytest.raises(RuntimeError), store.parquet_writer("u.parquet", schema) as out:
+        out.write_table(pa.table({"x": [1]}, schema))
+        raise RuntimeError("killed")
+    assert not store.exists("u.parquet")
