@@ -147,7 +147,8 @@ def text_encoder(profile: Profile) -> TextEncoder | StaticEncoder:
     kinds={"pytorch", "numpy"},
 )
 def embeddings(context: dg.AssetExecutionContext, climb: ClimbResource) -> dg.MaterializeResult:
-    """Unit-length document embeddings of one shard from the profile's transformers encoder."""
+    """Unit-length document embeddings of one shard from the profile's encoder, a read batch at a
+    time (`encoder.read_batch_rows`), each document tokenized once."""
     profile, store, key = climb.settings(), climb.store(), context.partition_key
     require_files(store, {key: shard_file("corpus_documents", key)}, "corpus_documents")
     rel = shard_file("corpus_documents", key)
