@@ -137,7 +137,8 @@ def main(argv: Sequence[str] | None = None, quick: bool = False) -> dict[str, An
     if args.wait_quiet:
         wait_for_quiet(timeout_s=args.wait_quiet)
     from climb_assets.lib.exports import ExportContext
-    from climb_assets.lib.exports.megatron import MegatronExport, index_dtype, usable_cpus
+    from climb_assets.lib.exports.megatron import MegatronExport, index_dtype
+    from climb_assets.lib.machine import usable_cpus
 
     cpus = usable_cpus()
     counts = list(dict.fromkeys(args.workers or [1, 2, cpus]))

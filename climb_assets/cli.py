@@ -198,11 +198,28 @@ def _interrupts_routed() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous_term)
 
 
+def _only_steps(profile_ref: str, names: str) -> set[str]:
+    """The steps `--only` names, checked against the code location's assets."""
+    from climb_assets.definitions import build_definitions
+
+    graph = build_definitions(profile_ref).resolve_asset_graph()
+    known = {k.path[-1] for k in graph.get_all_asset_keys()} | {"search_round"}
+    steps = {n.strip() for n in names.split(",") if n.strip()}
+    unknown = sorted(steps - known)
+    if unknown or not steps:
+        raise ProfileError(
+            f"--only {names!r}: unknown step(s) {', '.join(unknown) or '(none given)'}; "
+            f"name some of {', '.join(sorted(known))}"
+        )
+    return steps
+
+
 def _run(args: argparse.Namespace) -> int:
     from climb_assets.runner import exclusive_instance, run_all, run_data_side
 
     climb = climb_resource(args.profile)
     profile = climb.settings()
+    only = _only_steps(args.profile, args.only) if args.only else None
     if args.command == "demo":
         from climb_assets.lib.demo_corpus import build_demo_corpus
 
@@ -225,10 +242,11 @@ def _run(args: argparse.Namespace) -> int:
         quiet = contextlib.nullcontext()
     with exclusive_instance(climb, wait=args.wait) as instance, quiet:
         if args.data_only or not profile.targets:
-            timings = run_data_side(climb, instance, force=args.force)
+            timings = run_data_side(climb, instance, force=args.force, only=only)
         else:
-            timings = run_all(climb, instance, force=args.force)
-            _print_manifest(climb)
+            timings = run_all(climb, instance, force=args.force, only=only)
+            if only is None or "climbmix_manifest" in only:
+                _print_manifest(climb)
     print(f"\ndone in {time.perf_counter() - start:.0f}s; step seconds: "
           f"{json.dumps({k: round(v, 1) for k, v in timings.items()})}")  # fmt: skip
     _summary(climb)
@@ -375,6 +393,12 @@ def main(argv: list[str] | None = None) -> int:
     for p in (demo, run):
         p.add_argument("--force", action="store_true", help="recompute finished steps too")
         p.add_argument("--data-only", action="store_true", help="stop after the data side")
+        p.add_argument(
+            "--only",
+            metavar="STEP[,STEP]",
+            help="run just these steps (asset names, or search_round), taking every other "
+            "step's output as it is",
+        )
     for p in (demo, run, register):
         p.add_argument(
             "--wait",

@@ -137,6 +137,11 @@ class QualitySettings:
     larger cluster (every document of a smaller one)."""
     seed: int = 42
     """Seeds the top-term sample."""
+    workers: int | None = None
+    """Processes the heuristic scorer uses per shard (unset: the usable CPUs; 1: in-process).
+    Scores do not depend on it."""
+    read_batch_rows: int = 16384
+    """Documents read and scored at a time: memory holds one batch of texts, not the shard."""
 
 
 @dataclass(frozen=True)
@@ -416,6 +421,12 @@ def _check_ranges(p: Profile) -> None:
     need(p.encoder.max_tokens > 0, "encoder.max_tokens", "must be > 0")
     need(p.encoder.batch_size > 0, "encoder.batch_size", "must be > 0")
     need(p.encoder.read_batch_rows > 0, "encoder.read_batch_rows", "must be > 0")
+    need(p.quality.read_batch_rows > 0, "quality.read_batch_rows", "must be > 0")
+    need(
+        p.quality.workers is None or p.quality.workers >= 1,
+        "quality.workers",
+        "must be >= 1 (or unset for the usable CPUs)",
+    )
     need(
         p.encoder.kind == "transformers" or p.encoder.revision is None,
         "encoder.revision",

@@ -8,7 +8,7 @@ skipped, and anything downstream of a step that ran is recomputed.
 import os
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
@@ -127,6 +127,7 @@ class Materializer:
         resources: dict,
         log: Callable[[str], None],
         log_level: str,
+        only: Collection[str] | None = None,
     ) -> None:
         self.instance, self.resources, self.log, self.log_level = (
             instance,
@@ -134,11 +135,18 @@ class Materializer:
             log,
             log_level,
         )
+        self.only = None if only is None else set(only)
         self.timings: dict[str, float] = {}
 
     def __call__(
         self, assets: list, name: str, partition: str | None = None, checks: tuple = ()
-    ) -> None:
+    ) -> bool:
+        """Materializes `assets` (those in `only`, when set); False when none was asked for."""
+        if self.only is not None and name not in self.only:
+            assets = [a for a in assets if {k.path[-1] for k in a.keys} & self.only]
+            if not assets:
+                return False
+            name = "+".join(k.path[-1] for a in assets for k in a.keys)
         start = time.perf_counter()
         self.log(f"  materializing {name}{f' [{partition}]' if partition else ''}")
         tags = cli_run_tags()
@@ -190,8 +198,13 @@ def run_data_side(
     force: bool = False,
     log: Callable[[str], None] = print,
     log_level: str = "WARNING",
+    only: Collection[str] | None = None,
 ) -> dict[str, float]:
-    """Materializes every data-side asset in order; returns seconds spent per step."""
+    """Materializes every data-side asset in order; returns seconds spent per step.
+
+    `only` (asset names) runs just those steps, taking every other step's output as it is
+    (`climb run --only`; the scale benchmark times each step in its own process this way).
+    """
     warnings.filterwarnings("ignore", category=dg.PreviewWarning)
     warnings.filterwarnings("ignore", category=dg.BetaWarning)
     profile, store, corpus = climb.settings(), climb.store(), climb.corpus_store()
@@ -199,7 +212,7 @@ def run_data_side(
     changes = register_shards(instance, climb, log)
     shards = sorted(instance.get_dynamic_partitions(shard_partitions.name))
     log(f"{len(shards)} shard(s) registered ({changes.describe()}) under {corpus.uri()}")
-    materialize = Materializer(instance, {"climb": climb}, log, log_level)
+    materialize = Materializer(instance, {"climb": climb}, log, log_level, only)
     timings = materialize.timings
     if changes.removed:  # the global steps and the search must forget those documents
         timings["unregister_shards"] = time.perf_counter() - start
@@ -247,12 +260,14 @@ def run_search(
     log: Callable[[str], None] = print,
     log_level: str = "WARNING",
     data_changed: bool = False,
+    only: Collection[str] | None = None,
 ) -> dict[str, float]:
     """Materializes the search side: tokenizer, cluster tokens, targets, every round, manifest.
 
     `data_changed` (the data side recomputed something) redoes everything after it. Rounds run
     in order; a round whose predictor exists with the same settings is skipped, and
     inside a round every proxy whose checkpoint is complete is reused rather than retrained.
+    `only` runs just the named steps (see `run_data_side`).
     """
     from climb_assets.config import search_trade_offs
     from climb_assets.defs.confirmation import confirmation_proxy
@@ -274,7 +289,7 @@ def run_search(
     profile, store = climb.settings(), climb.store()
     search_round = build_search_round(len(profile.search.rounds))
     resources = {"climb": climb, IO: JsonIOManager(climb=climb)}
-    materialize = Materializer(instance, resources, log, log_level)
+    materialize = Materializer(instance, resources, log, log_level, only)
     timings = materialize.timings
 
     for line in search_trade_offs(profile):
@@ -283,8 +298,9 @@ def run_search(
     for asset, name in ((proxy_tokenizer, "proxy_tokenizer"), (cluster_tokens, "cluster_tokens"),
                         (search_targets, "search_targets"),
                         (target_alignment, "target_alignment")):  # fmt: skip
-        if upstream_changed or not is_done(store, profile, name, None):
-            materialize([asset], name)
+        if (upstream_changed or not is_done(store, profile, name, None)) and materialize(
+            [asset], name
+        ):
             write_marker(store, profile, name, None)
             upstream_changed = True
     materialize([reference_mixtures], "reference_mixtures")  # seconds; reads the manifest budget
@@ -296,9 +312,9 @@ def run_search(
         if not upstream_changed and is_done(store, profile, "search_round", key):
             log(f"  round {key} already finished with these settings")
             continue
-        materialize([search_round], "search_round", key)
-        write_marker(store, profile, "search_round", key)
-        upstream_changed = True
+        if materialize([search_round], "search_round", key):
+            write_marker(store, profile, "search_round", key)
+            upstream_changed = True
     if profile.search.runs_rounds and profile.search.final == "confirmed":
         # Content-addressed: a finished confirmation of the same pick is reused in seconds.
         materialize([confirmation_proxy], "confirmation_proxy")
@@ -316,10 +332,13 @@ def run_all(
     instance: dg.DagsterInstance,
     force: bool = False,
     log: Callable[[str], None] = print,
+    only: Collection[str] | None = None,
 ) -> dict[str, float]:
     """The data side, then (when the profile has targets) the search and the manifest."""
-    timings = run_data_side(climb, instance, force=force, log=log)
+    timings = run_data_side(climb, instance, force=force, log=log, only=only)
     if climb.settings().targets:
-        changed = bool(set(timings) - ALWAYS_RECOMPUTED)
-        timings.update(run_search(climb, instance, force=force, log=log, data_changed=changed))
+        changed = only is None and bool(set(timings) - ALWAYS_RECOMPUTED)
+        timings.update(
+            run_search(climb, instance, force=force, log=log, data_changed=changed, only=only)
+        )
     return timings

@@ -41,6 +41,10 @@ ASSET_SECTIONS = {
 }
 
 
+# Settings that change how fast a step runs, never what it writes: left out of fingerprints, so
+# changing them redoes nothing.
+EXECUTION_ONLY = {"quality": ("workers", "read_batch_rows"), "manifest": ("export_workers",)}
+
 # Bumped when an asset's output format changes, so finished work from older code is redone.
 ASSET_VERSIONS = {"corpus_documents": 2, "embeddings": 2, "search_round": 2}
 
@@ -50,6 +54,9 @@ def fingerprint(profile: Profile, asset: str) -> str:
     data = profile.to_dict()
     sections = ASSET_SECTIONS.get(asset, tuple(sorted(data)))
     picked = {s: data[s] for s in sections if s != "name"}
+    for section, keys in EXECUTION_ONLY.items():
+        if section in picked:
+            picked[section] = {k: v for k, v in picked[section].items() if k not in keys}
     picked["_version"] = ASSET_VERSIONS.get(asset, 1)
     return hashlib.sha256(json.dumps(picked, sort_keys=True).encode()).hexdigest()[:16]
 

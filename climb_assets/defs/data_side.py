@@ -43,6 +43,7 @@ from climb_assets.lib.kmeans import (
     sample_indices,
     share_beyond,
 )
+from climb_assets.lib.machine import usable_cpus
 from climb_assets.lib.merge import merge_centroids
 from climb_assets.lib.prune import (
     ClusterStats,
@@ -51,7 +52,7 @@ from climb_assets.lib.prune import (
     TermCounter,
     prune_clusters,
 )
-from climb_assets.lib.quality import build_scorer
+from climb_assets.lib.quality import ScorerSpec, ShardScorer
 from climb_assets.lib.sampling import SmallestPerGroup
 from climb_assets.lib.static_encoder import StaticEncoder
 from climb_assets.lib.storage import Store
@@ -437,23 +438,39 @@ def shard_drift(key: str, dist: np.ndarray, baseline: dict | None, digest: str) 
 def cluster_quality(
     context: dg.AssetExecutionContext, climb: ClimbResource
 ) -> dg.MaterializeResult:
-    """Quality scores (1..5) of one shard's documents from each of the profile's scorers."""
+    """Quality scores (1..5) of one shard's documents from each of the profile's scorers, a read
+    batch at a time (`quality.read_batch_rows`), the heuristic scorer on `quality.workers`
+    processes."""
     profile, store, key = climb.settings(), climb.store(), context.partition_key
-    require_files(store, {key: shard_file("corpus_documents", key)}, "corpus_documents")
-    docs = store.read_parquet(shard_file("corpus_documents", key), columns=["doc_id", "text"])
-    texts = docs.column("text").to_pylist()
-    columns: dict[str, pa.Array] = {"doc_id": docs.column("doc_id")}
-    metadata: dict[str, dg.RawMetadataValue] = {"dagster/row_count": docs.num_rows}
-    for spec in profile.quality.scorers:
-        start = time.perf_counter()
-        scorer = build_scorer(spec.kind, spec.name, spec.path, spec.options)
-        scores = np.asarray(scorer.score(texts), dtype=np.float32)
-        columns[spec.name] = pa.array(scores, pa.float32())
-        metadata[f"{spec.name}_mean"] = round(float(scores.mean()), 3) if len(scores) else 0.0
-        metadata[f"{spec.name}_seconds"] = round(time.perf_counter() - start, 2)
-    path = store.write_parquet(shard_file("cluster_quality", key), pa.table(columns))
+    q = profile.quality
+    rel = shard_file("corpus_documents", key)
+    require_files(store, {key: rel}, "corpus_documents")
+    specs = [ScorerSpec(s.kind, s.name, s.path, s.options) for s in q.scorers]
+    workers = q.workers or usable_cpus()
+    schema = pa.schema([("doc_id", pa.string())] + [(s.name, pa.float32()) for s in specs])
+    sums, n = dict.fromkeys((s.name for s in specs), 0.0), 0
+    with (
+        ShardScorer(specs, workers) as scorer,
+        store.parquet_writer(shard_file("cluster_quality", key), schema) as out,
+    ):
+        for batch in store.iter_parquet(rel, ["doc_id", "text"], q.read_batch_rows):
+            scores = scorer.score(batch.column("text").to_pylist())
+            columns = {"doc_id": batch.column("doc_id").cast(pa.string()), **scores}
+            out.write_table(pa.table(columns, schema))
+            for name, values in scores.items():
+                sums[name] += float(values.sum(dtype=np.float64))
+            n += batch.num_rows
+            context.log.info(f"scored {n} documents of {key}")
     write_marker(store, profile, "cluster_quality", key, shard_source(store, key))
-    metadata["path"] = dg.MetadataValue.path(path)
+    metadata: dict[str, dg.RawMetadataValue] = {
+        "dagster/row_count": n,
+        "workers": workers,
+        "read_batch_rows": q.read_batch_rows,
+    }
+    for spec in specs:
+        metadata[f"{spec.name}_mean"] = round(sums[spec.name] / n, 3) if n else 0.0
+        metadata[f"{spec.name}_seconds"] = round(scorer.seconds[spec.name], 2)
+    metadata["path"] = dg.MetadataValue.path(store.uri(shard_file("cluster_quality", key)))
     return dg.MaterializeResult(metadata=metadata)
 
 

@@ -121,6 +121,33 @@ class BenchFigures:
     gpus: tuple[GpuFigures, ...]
     greedy_seeding: Rate | None = None
     """Greedy k-means++ seeding on a subsample (host CPU), where the benchmark recorded it."""
+    steps: tuple[StepCost, ...] = ()
+    """CPU seconds per document of the steps `bench/scale.py` timed, where it ran."""
+
+
+@dataclass(frozen=True)
+class StepCost:
+    """A step's CPU seconds per document (its workers included), from `bench/scale.py`."""
+
+    step: str
+    cpu_seconds_per_doc: float
+    source: str
+    detail: str
+
+
+SCALE_FILE = "scale.json"
+MEASURED_NOT_ESTIMATED = (
+    "the manifest and exports (they grow with manifest.total_tokens, not the corpus), predictor "
+    "fits and candidate scoring (seconds), queueing"
+)
+SCALED_STAGES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("ingestion", ("corpus_documents",)),
+    ("quality scoring", ("cluster_quality",)),
+    ("pruning, super-clusters, catalog", ("pruned_clusters", "super_clusters", "cluster_catalog")),
+    ("proxy tokenizer, token pools, targets",
+     ("proxy_tokenizer", "cluster_tokens", "search_targets", "target_alignment")),
+)  # fmt: skip
+"""Plan rows costed per document from the scale benchmark, and the steps each one sums."""
 
 
 def seeding_flops(init: str, sample: float, k: int, d: int) -> float:
@@ -239,6 +266,7 @@ class Plan:
         "quality scoring, proxy tokenizer training, tokenizing the kept clusters (all CPU), "
         "cluster merge, predictor fits and candidate scoring (seconds), storage I/O, queueing"
     )
+    """What the plan leaves out (`MEASURED_NOT_ESTIMATED` when the scale benchmark ran)."""
     gpu_hours: float = field(init=False)
     cpu_core_hours: float = field(init=False)
     wall_hours: float = field(init=False)
@@ -362,6 +390,17 @@ def _safetensors_counts(folder: Path) -> tuple[int, int] | None:
             if _EMBEDDING_TENSOR.search(name):
                 embedding += count
     return total, embedding
+
+
+def static_dim(model: str) -> int:
+    """The dimension of a static model folder (its config's `hidden_dim`), else 256."""
+    config = Path(model).expanduser() / "config.json"
+    if config.is_file():
+        try:
+            return int(json.loads(config.read_text(encoding="utf-8"))["hidden_dim"])
+        except (KeyError, TypeError, ValueError):
+            pass
+    return 256
 
 
 def encoder_size(model: str, params: float | None = None) -> EncoderSize:
@@ -578,6 +617,7 @@ def _figures(root: Path) -> BenchFigures:
     if px.get("contended"):
         warnings.append("proxy_overhead.json was recorded on a busy machine (contended: true)")
     gpus = tuple(_gpu_figures(path) for path in sorted(root.glob("gpu-*.json")))
+    steps = _step_costs(root / SCALE_FILE) if (root / SCALE_FILE).is_file() else ()
     return BenchFigures(
         _shown(root),
         encoder,
@@ -589,6 +629,24 @@ def _figures(root: Path) -> BenchFigures:
         tuple(warnings),
         gpus,
         greedy,
+        steps,
+    )
+
+
+def _step_costs(path: Path) -> tuple[StepCost, ...]:
+    """Each step's CPU seconds per document at the largest size `bench/scale.py` ran, less the
+    process baseline (imports, instance, shard registration), which does not grow."""
+    data = _read(path)
+    largest = max(data["sizes"], key=lambda size: size["documents"])
+    n, base = largest["documents"], largest["baseline"]["cpu_seconds"]
+    return tuple(
+        StepCost(
+            row["stage"],
+            max(row["cpu_seconds"] - base, 0.0) / n,
+            _shown(path),
+            f"{row['cpu_seconds']:.0f} CPU s ({base:.0f} s baseline) for {n:,} documents",
+        )
+        for row in largest["stages"]
     )
 
 
@@ -727,14 +785,32 @@ def plan(
             "tokens", "the encoder's and the proxies' tokenizers count the same", "assumption"
         )
     )
-    enc = encoder_size(profile.encoder.model, options.encoder_params)
-    a.append(
-        Assumption(
-            f"encoder {profile.encoder.model}",
-            f"{enc.params:,} parameters that multiply (of {enc.total_params:,}), dim {enc.dim}",
-            enc.source,
+    static = profile.encoder.kind == "static"
+    costs = {c.step: c for c in figures.steps}
+    if static:
+        enc = EncoderSize(0, 0, static_dim(profile.encoder.model), "static model config.json")
+        a.append(
+            Assumption(
+                f"encoder {profile.encoder.model} (static)",
+                f"a mean of token vectors on the CPU, dim {enc.dim}: costed per document from "
+                "the scale benchmark, not in FLOPs",
+                enc.source,
+            )
         )
-    )
+        if "embeddings" not in costs:
+            raise PlanError(
+                f"encoder.kind static is costed from {SCALE_FILE}, which {figures.folder} lacks; "
+                "run `python -m bench.scale` to measure it"
+            )
+    else:
+        enc = encoder_size(profile.encoder.model, options.encoder_params)
+        a.append(
+            Assumption(
+                f"encoder {profile.encoder.model}",
+                f"{enc.params:,} parameters that multiply (of {enc.total_params:,}), dim {enc.dim}",
+                enc.source,
+            )
+        )
     cfg = proxy_config(profile)
     if options.vocab_size:
         vocab, vocab_src = options.vocab_size, "--vocab-size"
@@ -816,26 +892,44 @@ def plan(
     stages: list[Stage] = []
     n_docs = corpus.documents
 
+    def per_document(name: str, steps: tuple[str, ...]) -> Stage | None:
+        """A CPU row costed from the scale benchmark's CPU seconds per document."""
+        measured = [costs[step] for step in steps if step in costs]
+        if not measured:
+            return None
+        core_h = sum(c.cpu_seconds_per_doc for c in measured) * n_docs / 3600
+        detail = "; ".join(
+            f"{c.step}: {c.cpu_seconds_per_doc * 1e3:.3g} CPU ms/doc" for c in measured
+        )
+        return Stage(name, "CPU", 0.0, core_h, core_h / cores, Path(measured[0].source).name,
+                     f"{detail} ({measured[0].detail.split(' for ')[-1]} measured)")  # fmt: skip
+
     # Embedding: truncated at max_tokens, padded as measured.
     t_enc = min(corpus.tokens_per_doc + SPECIAL_TOKENS, profile.encoder.max_tokens)
     t_model = t_enc / figures.padding_efficiency
     flops = 2.0 * enc.params * t_model * n_docs
     dev_h, one_h = run_on(flops, enc_rate)
     wall = one_h / (gpus if gpu_stage == "GPU" else 1)
-    stages.append(
-        Stage("embedding", gpu_stage, flops, dev_h, wall, src(enc_rate),
-              f"{t_model:.0f} tokens/doc through the encoder (max_tokens "
-              f"{profile.encoder.max_tokens}, padding efficiency {figures.padding_efficiency:.3f})")
-    )  # fmt: skip
-    a.append(
-        Assumption(
-            "encoder tokens per document",
-            f"min(tokens/doc + {SPECIAL_TOKENS}, max_tokens) = {t_enc:.0f} (an upper bound: the "
-            f"mean of truncated lengths is lower), / padding efficiency "
-            f"{figures.padding_efficiency:.3f}",
-            str(Path(figures.folder) / "embedding.json"),
+    static_row = per_document("embedding", ("embeddings",)) if static else None
+    if static_row is not None:
+        stages.append(static_row)
+    else:
+        stages.append(
+            Stage("embedding", gpu_stage, flops, dev_h, wall, src(enc_rate),
+                  f"{t_model:.0f} tokens/doc through the encoder (max_tokens "
+                  f"{profile.encoder.max_tokens}, padding efficiency "
+                  f"{figures.padding_efficiency:.3f})")
+        )  # fmt: skip
+    if not static:
+        a.append(
+            Assumption(
+                "encoder tokens per document",
+                f"min(tokens/doc + {SPECIAL_TOKENS}, max_tokens) = {t_enc:.0f} (an upper bound: "
+                f"the mean of truncated lengths is lower), / padding efficiency "
+                f"{figures.padding_efficiency:.3f}",
+                str(Path(figures.folder) / "embedding.json"),
+            )
         )
-    )
 
     # k-means fit: Lloyd on the sample (+ the final assignment of the sample), seeding on the host.
     km = profile.kmeans
@@ -876,6 +970,22 @@ def plan(
               "CPU FAISS index in lib/kmeans.assign"
               + (f"; a GPU at the Lloyd rate would take {on_gpu:.3g} GPU-h" if on_gpu else ""))
     )  # fmt: skip
+
+    # The other CPU steps that grow with the corpus, where the scale benchmark timed them.
+    for name, steps in SCALED_STAGES:
+        row = per_document(name, steps)
+        if row is not None:
+            stages.append(row)
+    if costs:
+        a.append(
+            Assumption(
+                "CPU steps per document",
+                "CPU seconds per document at the largest size the scale benchmark ran, less its "
+                "process baseline; linear in documents (measured within the benchmark's cost "
+                f"ratio across sizes) and in cores (--cpu-cores = {cores})",
+                str(Path(figures.folder) / SCALE_FILE),
+            )
+        )
 
     # Proxies.
     n_proxies = sum(profile.search.rounds)
@@ -926,4 +1036,7 @@ def plan(
             "assumption",
         )
     )
-    return Plan(profile.name, device, gpus, cores, corpus, tuple(stages), tuple(a))
+    if not costs:
+        return Plan(profile.name, device, gpus, cores, corpus, tuple(stages), tuple(a))
+    return Plan(profile.name, device, gpus, cores, corpus, tuple(stages), tuple(a),
+                not_estimated=MEASURED_NOT_ESTIMATED)  # fmt: skip

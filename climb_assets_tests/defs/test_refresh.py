@@ -247,3 +247,23 @@ def test_ingest_without_centroids_leaves_assignment_out(tmp_path):
             (request,) = corpus_shards_sensor(ctx).run_requests
         selected = {k.to_user_string() for k in request.asset_selection}
         assert selected == {"corpus_documents", "embeddings", "cluster_quality"}
+
+
+def test_run_only_materializes_just_the_named_steps(env, refreshed, instance):
+    steps = ("pruned_clusters", "super_clusters", "cluster_catalog", "cluster_assignments")
+    before = {a: _latest(instance, a) for a in steps}
+    timings = run_data_side(env.climb, instance, log=lambda _: None, only={"super_clusters"})
+    assert set(timings) == {"super_clusters"}
+    after = {a: _latest(instance, a) for a in steps}
+    assert after["super_clusters"] > before["super_clusters"]
+    for untouched in ("pruned_clusters", "cluster_catalog", "cluster_assignments"):
+        assert after[untouched] == before[untouched], untouched
+
+
+def test_run_only_refuses_an_unknown_step_in_one_line(capsys):
+    from climb_assets.cli import main
+
+    assert main(["--profile", "demo", "run", "--only", "super_clusters,embedingz"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("climb: error: --only") and "embedingz" in err
+    assert "embeddings" in err and len(err.splitlines()) == 1

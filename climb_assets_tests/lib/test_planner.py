@@ -219,3 +219,53 @@ def test_missing_results_name_make_bench_and_the_variable(paper, tmp_path, capsy
     assert main(["plan", "--profile", "paper", "--tokens", "1e9"]) == 2
     err = capsys.readouterr().err
     assert "lacks embedding.json" in err and "make bench" in err and "CLIMB_BENCH_RESULTS" in err
+
+
+def write_scale_result(folder: Path) -> None:
+    """A scale benchmark result: 2 sizes, CPU seconds per stage and the process baseline."""
+
+    def size(n: int, scale: float) -> dict:
+        stages = [
+            {"stage": "corpus_documents", "cpu_seconds": 10 + 20 * scale},
+            {"stage": "embeddings", "cpu_seconds": 10 + 40 * scale},
+            {"stage": "cluster_quality", "cpu_seconds": 10 + 80 * scale},
+            {"stage": "pruned_clusters", "cpu_seconds": 10 + 5 * scale},
+            {"stage": "cluster_tokens", "cpu_seconds": 10 + 3 * scale},
+        ]
+        return {"documents": n, "baseline": {"cpu_seconds": 10.0}, "stages": stages}
+
+    (folder / "scale.json").write_text(
+        json.dumps({"sizes": [size(100_000, 0.1), size(1_000_000, 1.0)]})
+    )
+
+
+def test_measured_scale_figures_cost_the_cpu_steps_per_document(paper, results):
+    corpus = CorpusSize.of(documents=1e9)
+    without = plan(paper, corpus, results=results)
+    assert not any(s.name == "quality scoring" for s in without.stages)
+    write_scale_result(results)
+    measured = plan(paper, corpus, PlanOptions(cpu_cores=4), results=results)
+    quality = measured.stage("quality scoring")
+    # 80 CPU s (beyond the 10 s baseline) per 1e6 documents, at the largest size: 8e4 s per 1e9.
+    assert quality.runs_on == "CPU"
+    assert quality.device_hours == pytest.approx(80e3 / 3600)
+    assert quality.wall_hours == pytest.approx(80e3 / 3600 / 4)
+    assert measured.stage("ingestion").device_hours == pytest.approx(20e3 / 3600)
+    assert "quality scoring" not in measured.not_estimated
+    both = measured.stage("pruning, super-clusters, catalog")
+    assert both.device_hours == pytest.approx(5e3 / 3600)  # the steps it found, summed
+    # A transformer encoder is still costed in FLOPs; the static one from the measured seconds.
+    assert measured.stage("embedding").runs_on == "GPU"
+    static = dataclasses.replace(
+        paper, encoder=dataclasses.replace(paper.encoder, kind="static", model="/nowhere")
+    )
+    row = plan(static, corpus, PlanOptions(cpu_cores=4), results=results).stage("embedding")
+    assert row.runs_on == "CPU" and row.device_hours == pytest.approx(40e3 / 3600)
+
+
+def test_a_static_encoder_without_scale_figures_names_the_benchmark(paper, results):
+    static = dataclasses.replace(
+        paper, encoder=dataclasses.replace(paper.encoder, kind="static", model="/nowhere")
+    )
+    with pytest.raises(PlanError, match="bench.scale"):
+        plan(static, CorpusSize.of(documents=1e6), results=results)

@@ -326,3 +326,47 @@ def test_hf_missing_path_and_bad_options(tmp_path) -> None:
         build_scorer("hf_classifier", "cls", path=str(tmp_path), options={"batch_size": 0})
     with pytest.raises(QualityError, match="cannot load a sequence-classification model"):
         build_scorer("hf_classifier", "cls", path=str(tmp_path))
+
+
+# ------------------------------------------------------------------------------------------
+# ShardScorer: the heuristic scorer on every core
+# ------------------------------------------------------------------------------------------
+
+
+def _mixed_documents(n: int, seed: int = 3) -> list[str]:
+    """Documents that pass, fail and half-pass the rules, in a seeded order."""
+    rng = random.Random(seed)
+    kinds = [PROSE, REPEATED_LINES, SYMBOLS, LINK_LIST, "", "short text"]
+    return [rng.choice(kinds) + " " + _words(rng.randint(5, 120)) for _ in range(n)]
+
+
+def test_shard_scorer_workers_give_the_in_process_scores(monkeypatch) -> None:
+    import climb_assets.lib.quality as quality
+
+    monkeypatch.setattr(quality, "PARALLEL_MIN_DOCS", 64)  # read in this process only
+    docs = _mixed_documents(301)
+    specs = [
+        quality.ScorerSpec("heuristic", "h"),
+        quality.ScorerSpec("heuristic", "relaxed", options={"min_words": 3}),
+    ]
+    with quality.ShardScorer(specs, workers=1) as alone:
+        expected = alone.score(docs)
+    with quality.ShardScorer(specs, workers=2) as pooled:
+        got = pooled.score(docs)
+        assert pooled._pool is not None  # the batch really went to the workers
+        small = pooled.score(docs[:10])  # below the threshold: in-process, same values
+    assert set(got) == {"h", "relaxed"}
+    for name in got:
+        assert got[name].dtype == np.float32 and got[name].shape == (301,)
+        np.testing.assert_array_equal(got[name], expected[name])
+        np.testing.assert_array_equal(small[name], expected[name][:10])
+    assert not np.array_equal(got["h"], got["relaxed"])  # the options reached the workers
+    direct = build_scorer("heuristic", "h").score(docs)
+    np.testing.assert_array_equal(got["h"], direct)
+
+
+def test_shard_scorer_refuses_a_bad_option_before_starting_workers() -> None:
+    from climb_assets.lib.quality import ScorerSpec, ShardScorer
+
+    with pytest.raises(QualityError, match="unknown option"):
+        ShardScorer([ScorerSpec("heuristic", "h", options={"min_wordz": 3})], workers=2)

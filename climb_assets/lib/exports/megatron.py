@@ -43,6 +43,7 @@ import numpy as np
 
 from climb_assets.lib import tokens
 from climb_assets.lib.exports.base import ExportContext, Exporter, ExportError
+from climb_assets.lib.machine import usable_cpus
 from climb_assets.lib.storage import Store
 
 PARALLEL_MIN_TOKENS = 2_000_000
@@ -83,13 +84,6 @@ def index_dtype(vocab_size: int) -> type[np.number]:
             "tokenizer with a smaller vocabulary"
         )
     return dtype
-
-
-def usable_cpus() -> int:
-    """The CPUs this process may run on (its affinity where the platform has one)."""
-    if hasattr(os, "sched_getaffinity"):
-        return max(1, len(os.sched_getaffinity(0)))
-    return max(1, os.cpu_count() or 1)
 
 
 class IndexedDatasetWriter:
