@@ -80,3 +80,21 @@ def test_catalog_names_each_file_by_its_shard_key(tmp_path):
     assert rejects == [("b/c.parquet", 3)]
     stems = query(tmp_path / "c.duckdb", "SELECT file_stem, shard FROM shards ORDER BY shard")
     assert stems == [(s, k) for k, s in sorted(docs.items())]
+
+
+def test_execution_only_settings_redo_nothing_and_the_others_do():
+    import dataclasses
+
+    from climb_assets.config import load_profile
+    from climb_assets.defs.common import fingerprint
+
+    demo = load_profile("demo")
+    faster = dataclasses.replace(
+        demo,
+        quality=dataclasses.replace(demo.quality, workers=1, read_batch_rows=7),
+        manifest=dataclasses.replace(demo.manifest, export_workers=3),
+    )
+    stricter = dataclasses.replace(demo, quality=dataclasses.replace(demo.quality, seed=7))
+    for asset in ("cluster_quality", "cluster_tokens", "search_round"):
+        assert fingerprint(faster, asset) == fingerprint(demo, asset), asset
+        assert fingerprint(stricter, asset) != fingerprint(demo, asset), asset
