@@ -23,6 +23,7 @@ BENCHMARKS: tuple[str, ...] = (
     "megatron_export",
     "export_parallel",
     "static_encoder",
+    "scale",
     "search_quality",
     "reference_mixtures",
 )

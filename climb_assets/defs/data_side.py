@@ -241,12 +241,15 @@ def kmeans_centroids(
     km = profile.kmeans
     shards = registered_shards(context)
     require_files(store, {s: shard_file("embeddings", s, ".npy") for s in shards}, "embeddings")
-    arrays = [store.read_npy(shard_file("embeddings", s, ".npy")) for s in shards]
-    sizes = [a.shape[0] for a in arrays]
+    # Memory-mapped for their shapes only: the sample is read row by row (read_npy_rows).
+    sizes = [store.read_npy(shard_file("embeddings", s, ".npy")).shape[0] for s in shards]
     check_k(km.k, sum(sizes))
     sample_size = min(sum(sizes), km.k * km.max_points_per_centroid)
     picks = sample_indices(sizes, sample_size, km.seed)
-    sample = np.concatenate([np.asarray(a[idx]) for a, idx in zip(arrays, picks, strict=True)])
+    sample = np.concatenate(
+        [store.read_npy_rows(shard_file("embeddings", s, ".npy"), idx)
+         for s, idx in zip(shards, picks, strict=True)]
+    )  # fmt: skip
     fit = fit_kmeans(sample, km.k, km.niter, km.seed, km.spherical, km.device, km.init)
     fitted, left_out = leave_one_out_distances(
         sample, fit.centroids, km.spherical, km.assign_chunk_size

@@ -143,8 +143,8 @@ MEASURED_NOT_ESTIMATED = (
 SCALED_STAGES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("ingestion", ("corpus_documents",)),
     ("quality scoring", ("cluster_quality",)),
-    ("pruning, super-clusters, catalog", ("pruned_clusters", "super_clusters", "cluster_catalog")),
-    ("proxy tokenizer, token pools, targets",
+    ("pruning + catalog", ("pruned_clusters", "super_clusters", "cluster_catalog")),
+    ("tokens + targets",
      ("proxy_tokenizer", "cluster_tokens", "search_targets", "target_alignment")),
 )  # fmt: skip
 """Plan rows costed per document from the scale benchmark, and the steps each one sums."""

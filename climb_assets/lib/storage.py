@@ -279,6 +279,34 @@ class Store:
             return np.load(local, mmap_mode="r" if mmap else None, allow_pickle=False)
         return np.load(io.BytesIO(self.read_bytes(rel)), allow_pickle=False)
 
+    def read_npy_rows(self, rel: str, rows: np.ndarray) -> np.ndarray:
+        """The increasing `rows` of a C-order `.npy` file, one seek and read each.
+
+        Memory holds just those rows: gathering them from a memory map would also pull each
+        row's read-ahead window into the process's resident set, up to the whole file for a
+        sample spread across it. A remote file is gathered from `read_npy`'s copy.
+        """
+        rows = np.asarray(rows, dtype=np.int64)
+        local = self.local_path(rel)
+        if local is None:
+            return np.asarray(self.read_npy(rel)[rows])
+        with open(local, "rb") as fh:
+            version = np.lib.format.read_magic(fh)
+            shape, fortran, dtype = (
+                np.lib.format.read_array_header_1_0(fh)
+                if version == (1, 0)
+                else np.lib.format.read_array_header_2_0(fh)
+            )
+            if fortran:
+                return np.asarray(self.read_npy(rel)[rows])
+            start, row_shape = fh.tell(), tuple(shape[1:])
+            row_bytes = int(np.prod(row_shape, dtype=np.int64)) * dtype.itemsize
+            out = np.empty((rows.size, *row_shape), dtype=dtype)
+            for i, row in enumerate(rows.tolist()):
+                fh.seek(start + row * row_bytes)
+                out[i] = np.frombuffer(fh.read(row_bytes), dtype=dtype).reshape(row_shape)
+        return out
+
     def cache_path(self, rel: str = "") -> Path:
         """Where the remote `rel` is mirrored on local disk."""
         if self.cache is None:

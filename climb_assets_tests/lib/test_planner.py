@@ -252,7 +252,7 @@ def test_measured_scale_figures_cost_the_cpu_steps_per_document(paper, results):
     assert quality.wall_hours == pytest.approx(80e3 / 3600 / 4)
     assert measured.stage("ingestion").device_hours == pytest.approx(20e3 / 3600)
     assert "quality scoring" not in measured.not_estimated
-    both = measured.stage("pruning, super-clusters, catalog")
+    both = measured.stage("pruning + catalog")
     assert both.device_hours == pytest.approx(5e3 / 3600)  # the steps it found, summed
     # A transformer encoder is still costed in FLOPs; the static one from the measured seconds.
     assert measured.stage("embedding").runs_on == "GPU"

@@ -56,3 +56,15 @@ def test_chunked_writes_match_whole_writes(tmp_path):
         out.write_table(pa.table({"x": [1]}, schema))
         raise RuntimeError("killed")
     assert not store.exists("u.parquet")
+
+
+def test_read_npy_rows_gathers_the_rows_a_memory_map_would(tmp_path):
+    store = Store(str(tmp_path / "out"))
+    data = np.random.default_rng(0).standard_normal((1000, 7)).astype(np.float32)
+    store.write_npy("x.npy", data)
+    rows = np.sort(np.random.default_rng(1).choice(1000, 50, replace=False))
+    got = store.read_npy_rows("x.npy", rows)
+    assert got.dtype == np.float32 and got.shape == (50, 7)
+    np.testing.assert_array_equal(got, data[rows])
+    assert store.read_npy_rows("x.npy", np.zeros(0, np.int64)).shape == (0, 7)
+    np.testing.assert_array_equal(store.read_npy_rows("x.npy", [0, 999]), data[[0, 999]])
