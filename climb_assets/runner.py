@@ -171,6 +171,7 @@ class Materializer:
                 f"asset check(s) failed after {name}: {names}; see the run in the UI, or run "
                 "again with `climb --verbose`"
             )
+        return True
 
 
 def register_shards(
