@@ -166,9 +166,6 @@ def embeddings(context: dg.AssetExecutionContext, climb: ClimbResource) -> dg.Ma
 
     schema = pa.schema([("doc_id", pa.string()), ("n_tokens", pa.int64())])
     counts_rel = shard_file("embeddings", key, ".tokens.parquet")
-    # A document's tokens that its vector sees: a transformer's window also holds [CLS] and
-    # [SEP]; the static encoder pools `max_tokens` of the text's own tokens.
-    fits = e.max_tokens if e.kind == "static" else e.max_tokens - 2
     # One read batch of texts, its ids and vectors at a time: memory does not grow with the shard.
     with store.parquet_writer(counts_rel, schema) as counts_out:
 
@@ -181,7 +178,7 @@ def embeddings(context: dg.AssetExecutionContext, climb: ClimbResource) -> dg.Ma
                 ids = batch.column("doc_id").cast(pa.string())
                 counts_out.write_table(pa.table({"doc_id": ids, "n_tokens": n_tokens}, schema))
                 done, tokens = done + batch.num_rows, tokens + int(n_tokens.sum())
-                truncated += int((n_tokens > fits).sum())
+                truncated += int((n_tokens > encoder.text_tokens).sum())
                 yield batch_vectors
 
         path = store.write_npy_chunks(

@@ -210,6 +210,11 @@ class TextEncoder:
         )
         return self._embed(inputs, np.asarray(lengths), progress)
 
+    @property
+    def text_tokens(self) -> int:
+        """Tokens of a text that its vector sees: the window less the special tokens."""
+        return self.max_tokens - self.tokenizer.num_special_tokens_to_add(pair=False)
+
     def encode_counted(
         self, texts: Sequence[str], progress: Callable[[int, int], None] | None = None
     ) -> tuple[np.ndarray, np.ndarray]:

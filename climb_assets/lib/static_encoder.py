@@ -183,6 +183,8 @@ class StaticEncoder:
         self.mapping = mapping
         self.weights = weights
         self.max_tokens = max_tokens
+        self.text_tokens = max_tokens
+        """Tokens of a text that its vector sees (no special tokens are added)."""
         self.batch_size = batch_size
         self.unk_id = _unk_id(self.tokenizer)
         self.config = layout.config

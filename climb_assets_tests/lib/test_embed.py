@@ -105,3 +105,8 @@ def test_one_tokenization_gives_the_truncated_ids_and_the_same_vectors(encoder):
     np.testing.assert_array_equal(encoder.encode(texts), vectors)
     empty_vectors, empty_counts = encoder.encode_counted([])
     assert empty_vectors.shape == (0, 384) and empty_counts.shape == (0,)
+
+
+def test_text_tokens_are_the_window_less_the_special_tokens(encoder):
+    ids = encoder.tokenizer("word " * 200, truncation=True, max_length=64)["input_ids"]
+    assert encoder.text_tokens == len(ids) - 2 == 62  # [CLS] ... [SEP]

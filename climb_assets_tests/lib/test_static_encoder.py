@@ -514,3 +514,7 @@ def test_cli_distills_a_folder_the_encoder_loads(tiny_bert, tmp_path, capsys):
         err.startswith("climb: error: distill-static: --dim 33 is larger than") and "\n" not in err
     )
     assert StaticEncoder(str(out)).info.dim == 6  # the folder it had is kept
+
+
+def test_static_vectors_see_max_tokens_of_the_text(encoder):
+    assert encoder.text_tokens == encoder.max_tokens == 12  # no special tokens added
