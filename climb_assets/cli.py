@@ -93,8 +93,9 @@ def _print_manifest(climb: ClimbResource) -> None:
                 sources.setdefault(sc, f"{source} {n / totals[sc]:.0%}")
     finally:
         con.close()
-    print("\nClimbMix weights (final) against natural token proportions:")
-    print(f"  {'super-cluster':>13} {'natural':>8} {'climbmix':>9}  dominant source   top terms")
+    label = "DoReMi" if doc["final"].get("method") == "doremi" else "ClimbMix"
+    print(f"\n{label} weights (final) against natural token proportions:")
+    print(f"  {'super-cluster':>13} {'natural':>8} {label.lower():>9}  dominant source   top terms")
     for row in doc["super_clusters"]:
         sc = row["super_cluster_id"]
         print(
@@ -118,7 +119,8 @@ def _print_manifest(climb: ClimbResource) -> None:
     else:
         print(f"final: predicted objective {final['predicted_objective']:.4f}{plus} "
               f"({final['method']} of {final['predictor_used']})")  # fmt: skip
-    print("predictors, cross-validated Spearman by kind (* = used):")
+    if doc["rounds"]:
+        print("predictors, cross-validated Spearman by kind (* = used):")
     for r in doc["rounds"]:
         kinds = ", ".join(
             f"{kind}{'*' if kind == r['used'] or f'{kind}=' in r['used'] else ''} "
@@ -133,6 +135,12 @@ def _print_manifest(climb: ClimbResource) -> None:
             kept = ", kept from an earlier run" if e.get("skipped") else ""
             print(f"export {name}: {e['files']} files, {e['bytes'] / 1e6:.2f} MB at "
                   f"{e['folder']}{kept}")  # fmt: skip
+    if store.exists("exports/megatron/megatron_args.txt"):
+        print(
+            f"train with Megatron-LM: cd {store.uri('exports/megatron')} && torchrun "
+            "--nproc-per-node <GPUs> <Megatron-LM>/pretrain_gpt.py $(cat megatron_args.txt) "
+            "<model and optimizer flags> (README: From `climb run` to the first training step)"
+        )
 
 
 DAGSTER_RECORD = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d [+-]\d{4} - ")

@@ -345,15 +345,28 @@ class ManifestSettings:
     max_epochs: float = 4.0
     seed: int = 42
     parquet_shards: int = 4
-    exports: tuple[str, ...] = ("megatron", "hf", "climblab")
-    """Written by `climbmix_exports`: megatron (.bin/.idx + blend), hf (Parquet folders + dataset
-    card), climblab (the kept corpus by super-cluster). Empty: none."""
+    exports: tuple[str, ...] = ("tokenizer", "megatron", "hf", "climblab")
+    """Written by `climbmix_exports`: tokenizer (the training tokenizer as a folder
+    `AutoTokenizer` loads; added whenever megatron or hf is), megatron (.bin/.idx, train and
+    validation blends), hf (pre-mixed train and validation Parquet splits + dataset card),
+    climblab (the kept corpus by super-cluster). Empty: none."""
     tokenizer: str | None = None
     """The training tokenizer of the megatron export: a tokenizer.json, a model folder or a hub
     id. Unset: the proxy tokenizer (fine for a try; a production run names its own)."""
     export_workers: int | None = None
     """Processes the megatron export writes super-clusters with (each owns whole ones). Unset:
     the usable CPUs (in-process below 2M granted tokens); 1: in-process. Output is the same."""
+    validation_share: float = 0.01
+    """Documents of each super-cluster held out for validation (seeded, at least one where it
+    has two, never all): `manifest/validation/`, the exports' validation prefixes and split.
+    They are never selected for training. 0: no validation split."""
+    license: str = "unknown: set manifest.license"
+    """The corpus's licence, stated in the manifest and the HF dataset card."""
+    seq_length: int = 2048
+    """The training run's sequence length: the megatron export states `--train-samples` (the
+    manifest's tokens in sequences of this length) and its command line with it."""
+    global_batch_size: int = 256
+    """Sequences per optimizer step of the training run: the export states `--train-iters`."""
 
 
 @dataclass(frozen=True)
@@ -578,7 +591,15 @@ def _check_ranges(p: Profile) -> None:
         "manifest.export_workers",
         "must be >= 1, or null for the usable CPUs",
     )
-    known_exports = ("megatron", "hf", "climblab")
+    need(
+        0 <= p.manifest.validation_share < 0.5,
+        "manifest.validation_share",
+        "must be in [0, 0.5) (a share of each super-cluster's documents; 0.01 holds out 1%)",
+    )
+    need(p.manifest.seq_length >= 8, "manifest.seq_length", "must be >= 8 (tokens a sequence)")
+    need(p.manifest.global_batch_size >= 1, "manifest.global_batch_size", "must be >= 1")
+    need(bool(p.manifest.license.strip()), "manifest.license", "must name the licence")
+    known_exports = ("megatron", "hf", "climblab", "tokenizer")
     for name in p.manifest.exports:
         need(name in known_exports, "manifest.exports", f"has '{name}'; allowed: {known_exports}")
     need(p.deployment.gpu.count >= 1, "deployment.gpu.count", "must be >= 1")

@@ -16,6 +16,7 @@ from climb_assets.defs import (
     search_round,
     sensors,
 )
+from climb_assets.defs.cli_jobs import cli_jobs
 from climb_assets.defs.io import JsonIOManager
 from climb_assets.defs.resources import climb_resource, default_profile_ref
 from climb_assets.lib.routing import GPU_TAG
@@ -53,27 +54,29 @@ def build_definitions(profile_ref: str) -> dg.Definitions:
     climb = climb_resource(profile_ref)
     profile = load_profile(profile_ref)
     n_rounds = len(profile.search.rounds)
+    assets = [
+        *dg.load_assets_from_modules([data_side]),
+        catalog.cluster_catalog,
+        search.proxy_tokenizer,
+        search.cluster_tokens,
+        search.search_targets,
+        search.target_alignment,
+        search_round.build_search_round(n_rounds),
+        confirmation.confirmation_proxy,
+        references.reference_mixtures,
+        doremi.doremi_mixture,
+        manifest.climbmix_manifest,
+        exports.climbmix_exports,
+    ]
     return dg.Definitions(
-        assets=[
-            *dg.load_assets_from_modules([data_side]),
-            catalog.cluster_catalog,
-            search.proxy_tokenizer,
-            search.cluster_tokens,
-            search.search_targets,
-            search.target_alignment,
-            search_round.build_search_round(n_rounds),
-            confirmation.confirmation_proxy,
-            references.reference_mixtures,
-            doremi.doremi_mixture,
-            manifest.climbmix_manifest,
-            exports.climbmix_exports,
-        ],
+        assets=assets,
         asset_checks=dg.load_asset_checks_from_modules([checks]),
         jobs=[
             sensors.ingest_shards_job,
             sensors.assign_shards_job,
             sensors.refresh_catalog_job,
             sensors.recluster_job,
+            *cli_jobs(assets),
         ],
         sensors=[
             sensors.corpus_shards_sensor,

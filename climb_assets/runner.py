@@ -20,6 +20,7 @@ from climb_assets.defs.checks import (
     every_document_assigned_once,
     no_empty_kept_cluster,
 )
+from climb_assets.defs.cli_jobs import CLI_JOB_DESCRIPTION, cli_job_name
 from climb_assets.defs.common import adopt_unsourced_markers, is_done, write_marker
 from climb_assets.defs.data_side import (
     cluster_assignments,
@@ -102,20 +103,6 @@ def exclusive_instance(
         if note:
             log(note)
         yield instance
-
-
-CLI_JOB_DESCRIPTION = (
-    "A step of `climb run` (or `climb demo`), run in the CLI's own process; the run's "
-    "climb/command tag says which command started it."
-)
-
-
-def cli_job_name(step: str) -> str:
-    """The job name a `climb run` step's Dagster run carries (`cli_ingest_shard`, ...).
-
-    A shard's ingestion runs several assets at once (named ``a+b+c``); it is one job.
-    """
-    return "cli_" + ("ingest_shard" if "+" in step else step)
 
 
 class Materializer:

@@ -95,6 +95,7 @@ def catalog_views(
         "doremi_trajectory": "doremi/trajectory.parquet",
         "manifest_weights": "manifest/weights.parquet",
         "manifest_documents": "manifest/shards/*.parquet",
+        "manifest_validation": "manifest/validation/*.parquet",
         "exports": "exports/files.parquet",
     }
     for name, pattern in search_views.items():

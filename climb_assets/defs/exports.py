@@ -17,7 +17,7 @@ from climb_assets.defs.manifest import climbmix_manifest
 from climb_assets.defs.resources import ClimbResource
 from climb_assets.defs.search import GROUP
 from climb_assets.lib import tokens
-from climb_assets.lib.exports import EXPORTERS, ExportContext, run_export
+from climb_assets.lib.exports import EXPORTERS, ExportContext, exports_to_build, run_export
 
 MANIFEST_FILE = "manifest/climbmix.json"
 FILES_TABLE = "exports/files.parquet"
@@ -46,13 +46,28 @@ def training_tokenizer_location(climb: ClimbResource, configured: str) -> str:
     return local if Path(local).exists() else configured
 
 
-@dg.asset(group_name=GROUP, deps=[climbmix_manifest], kinds={"parquet", "pytorch"})
+@dg.asset(
+    group_name=GROUP,
+    deps=[
+        climbmix_manifest,
+        # Read directly, as the manifest reads them (Dagster marks only direct children stale):
+        # the ClimbLab export is the kept corpus itself, and the proxy tokenizer is the default
+        # training tokenizer. A corpus refresh then marks the exports stale with the manifest.
+        "super_clusters",
+        "corpus_documents",
+        "cluster_quality",
+        "pruned_clusters",
+        "proxy_tokenizer",
+    ],
+    kinds={"parquet", "pytorch"},
+)
 def climbmix_exports(
     context: dg.AssetExecutionContext, climb: ClimbResource
 ) -> dg.MaterializeResult:
-    """The manifest as Megatron indexed datasets + blend, HF Parquet folders + card, ClimbLab."""
+    """The manifest as the training tokenizer, Megatron indexed datasets (train and validation)
+    with blends and `pretrain_gpt.py` arguments, HF train/validation splits + card, ClimbLab."""
     profile, store = climb.settings(), climb.store()
-    names = list(profile.manifest.exports)
+    names = exports_to_build(profile.manifest.exports)
     if not names:
         return dg.MaterializeResult(metadata={"exports": "none (manifest.exports is empty)"})
     if not store.exists(MANIFEST_FILE):
@@ -65,20 +80,25 @@ def climbmix_exports(
         )
     granted = [int(r["tokens"]) for r in doc["super_clusters"]]
     tokenizer, note = (None, "")
-    if "megatron" in names:
+    if "tokenizer" in names:
         tokenizer, note = training_tokenizer(climb, context.log)
+    m = profile.manifest
     ctx = ExportContext(
         store=store,
         manifest_digest=doc["manifest_digest"],
         weights=np.asarray([r["weight"] for r in doc["super_clusters"]], dtype=np.float64),
         parts=store.list("manifest/shards", (".parquet",)),
+        validation_parts=store.list("manifest/validation", (".parquet",)),
         granted_tokens=granted,
         shards=registered_shards(context),
         scorers=[s.name for s in profile.quality.scorers],
         tokenizer=tokenizer,
         tokenizer_note=note,
-        seed=profile.manifest.seed,
-        export_workers=profile.manifest.export_workers,
+        seed=m.seed,
+        license=m.license,
+        seq_length=m.seq_length,
+        global_batch_size=m.global_batch_size,
+        export_workers=m.export_workers,
     )
     records = {name: run_export(EXPORTERS[name](), ctx, context.log.info) for name in names}
     rows = [
@@ -113,7 +133,14 @@ def climbmix_exports(
     }
     if "megatron" in records:
         megatron = records["megatron"]
-        metadata["megatron_blend"] = dg.MetadataValue.json({"data_path": megatron["data_path"]})
-        metadata["megatron_tokens"] = megatron["tokens"]
-        metadata["training_tokenizer"] = megatron["tokenizer"]
+        metadata["megatron_blend"] = dg.MetadataValue.json(
+            {k: megatron[k] for k in ("train_data_path", "valid_data_path")}
+        )
+        metadata["megatron_training_tokens"] = megatron["training_tokens"]
+        metadata["train_samples"] = megatron["train_samples"]
+        metadata["pretrain_gpt_args"] = dg.MetadataValue.path(
+            store.uri("exports/megatron/megatron_args.absolute.txt")
+        )
+    if "tokenizer" in records:
+        metadata["training_tokenizer"] = records["tokenizer"]["tokenizer"]
     return dg.MaterializeResult(metadata=metadata)

@@ -17,6 +17,8 @@ from climb_assets.defs.search import (
     cluster_summary,
     cluster_tokens,
     proxy_config,
+    trainable_tokens,
+    validation_held_out,
 )
 from climb_assets.lib import manifest, mixture, plots
 from climb_assets.lib.storage import Store
@@ -37,6 +39,14 @@ def _rounds_chart(store: Store, rounds: list[dict]) -> dict:
         ),
         "best measured and best predicted objective after each round",
     )
+
+
+def largest_weights(weights: list[float], top: int = 3) -> str:
+    """A mixture in one short line: its `top` largest weights by super-cluster, and the rest."""
+    order = sorted(range(len(weights)), key=lambda i: (-weights[i], i))[:top]
+    shown = ", ".join(f"{i}: {weights[i]:.2f}" for i in order)
+    rest = 1.0 - sum(weights[i] for i in order)
+    return f"{shown}, others {rest:.2f}" if len(weights) > top else shown
 
 
 def super_cluster_terms(store: Store, n: int) -> list[list[str]]:
@@ -83,32 +93,43 @@ def climbmix_manifest(
     weights = choice.weights
     available = np.asarray(cluster_summary(store)["tokens"], dtype=np.int64)
     prior = mixture.natural_prior(available)
-    budget = manifest.token_budget(weights, available, m.total_tokens, m.max_epochs)
+
+    # The validation documents are held out before the budget: it is drawn on what is left.
+    trainable = trainable_tokens(store, profile)
+    held_tokens = available - trainable
+    budget = manifest.token_budget(weights, trainable, m.total_tokens, m.max_epochs)
     for idx in budget.capped:
         context.log.warning(
             f"super-cluster {idx}: {budget.requested[idx]} tokens requested but only "
             f"{budget.available[idx]} exist; capped at {m.max_epochs} epochs, excess redistributed"
         )
 
-    selected, dominated = [], {}
+    selected, validation, dominated = [], [], {}
     for sc in range(len(weights)):
-        docs = store.read_parquet(f"cluster_tokens/sc_{sc:03d}.docs.parquet")
-        ids = docs.column("doc_id").to_pylist()
-        held = manifest.dominated_by_few(docs.column("n_tokens").to_numpy())
-        if held is not None and weights[sc] > 0:
-            dominated[sc] = round(held, 3)
+        docs, held = validation_held_out(store, profile, sc)
+        frame = (
+            pl.from_arrow(docs)
+            .select("doc_id", "cluster_id", "n_tokens")
+            .with_columns(pl.lit(sc, pl.Int32).alias("super_cluster_id"))
+        )
+        validation.append(
+            frame.filter(pl.Series(held)).with_columns(pl.lit(0, pl.Int32).alias("pass"))
+        )
+        train = frame.filter(pl.Series(~held))
+        n_tokens = train.get_column("n_tokens").to_numpy()
+        share = manifest.dominated_by_few(n_tokens)
+        if share is not None and weights[sc] > 0:
+            dominated[sc] = round(share, 3)
             context.log.warning(
-                f"super-cluster {sc}: its 5 longest documents hold {held:.0%} of its tokens; "
+                f"super-cluster {sc}: its 5 longest documents hold {share:.0%} of its tokens; "
                 "its weight mostly buys those few documents (lower corpus.max_chars to split them)"
             )
         rows, passes = manifest.select_documents(
-            ids, docs.column("n_tokens").to_numpy(), int(budget.granted[sc]), m.seed
+            train.get_column("doc_id").to_list(), n_tokens, int(budget.granted[sc]), m.seed
         )
-        selected.append(
-            pl.from_arrow(docs).select("doc_id", "cluster_id", "n_tokens")[rows.tolist()]
-            .with_columns(pl.lit(sc, pl.Int32).alias("super_cluster_id"), pl.Series("pass", passes))
-        )  # fmt: skip
+        selected.append(train[rows.tolist()].with_columns(pl.Series("pass", passes)))
     chosen = pl.concat(selected)
+    held_out = pl.concat(validation)
     exported = (
         chosen.group_by("super_cluster_id").agg(pl.col("n_tokens").sum())
         .sort("super_cluster_id")
@@ -117,6 +138,9 @@ def climbmix_manifest(
     exported_tokens[exported.get_column("super_cluster_id").to_numpy()] = exported.get_column(
         "n_tokens"
     ).to_numpy()
+    held_documents = np.bincount(
+        held_out.get_column("super_cluster_id").to_numpy(), minlength=len(weights)
+    )
     accounting = manifest.check_token_accounting(budget.granted, exported_tokens)
     if not accounting["within_tolerance"]:
         context.log.warning(f"token accounting: {accounting['note']}")
@@ -125,10 +149,16 @@ def climbmix_manifest(
         rel = shard_file("corpus_documents", shard)
         return lambda: pl.from_arrow(store.read_parquet(rel, ["doc_id", "text"]))
 
-    shard_paths = manifest.write_shuffled_parts(
-        store, chosen, [texts_of(sh) for sh in registered_shards(context)], m.parquet_shards,
-        m.seed,
-    )  # fmt: skip
+    splits = {"manifest/shards": (chosen, m.parquet_shards)}
+    if held_out.height:
+        splits["manifest/validation"] = (held_out, 1)
+    else:
+        for old in store.list("manifest/validation"):
+            store.remove(old)
+    written = manifest.write_shuffled_splits(
+        store, splits, [texts_of(sh) for sh in registered_shards(context)], m.seed
+    )
+    shard_paths = written["manifest/shards"]
 
     rounds = choice.rounds
     terms = super_cluster_terms(store, len(weights))
@@ -140,9 +170,15 @@ def climbmix_manifest(
     )
     # The prefixes of the megatron export (`climbmix_exports`), relative to the storage root.
     prefixes = [f"exports/megatron/sc_{i:03d}" for i in range(len(weights))]
-    # A super-cluster whose budget selected no document has no dataset to point at.
-    blend = manifest.megatron_blend(np.where(exported_tokens > 0, weights, 0.0), prefixes)
-    digest = manifest.selection_digest(chosen, weights, m.seed)
+    # Weighted by the tokens each super-cluster ships (its passes included), as the export's
+    # train_blend.txt is: Megatron's epochs over each prefix then repeat what the budget asks.
+    # A super-cluster whose budget selected no document has no dataset and leaves the blend.
+    blend = manifest.megatron_blend(exported_tokens / max(1, exported_tokens.sum()), prefixes)
+    # Validation rows enter the digest as pass -1: a new hold-out is a new manifest.
+    digest = manifest.selection_digest(
+        pl.concat([chosen, held_out.with_columns(pl.lit(-1, pl.Int32).alias("pass"))]),
+        weights, m.seed,
+    )  # fmt: skip
     doc = {
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "profile": {"name": profile.name, "digest": profile.digest},
@@ -170,7 +206,8 @@ def climbmix_manifest(
         "reference_mixtures": choice.references,
         "rounds": [
             {"round": r["round"], "points": r["points"], "used": r["used"],
-             "cv_spearman": r["cv_spearman"], "cv_by_kind": r["cv_by_kind"],
+             "cv_spearman": _rounded(r["cv_spearman"], None),
+             "cv_by_kind": {k: _rounded(v, None) for k, v in r["cv_by_kind"].items()},
              "trusted": r.get("trusted", True), "noise_floor": r.get("noise_floor"),
              "best_observed": r["best_observed"], "best_predicted": r["best_predicted"]}
             for r in rounds
@@ -180,7 +217,9 @@ def climbmix_manifest(
              "natural": float(prior[i]),
              "available_tokens": int(available[i]), "requested_tokens": int(budget.requested[i]),
              "tokens": int(budget.granted[i]), "exported_tokens": int(exported_tokens[i]),
-             "epochs": float(budget.epochs[i])}
+             "epochs": float(budget.epochs[i]),
+             "validation_documents": int(held_documents[i]),
+             "validation_tokens": int(held_tokens[i])}
             for i in range(len(weights))
         ],
         "total_tokens": {"requested": m.total_tokens, "granted": int(budget.granted.sum()),
@@ -189,8 +228,16 @@ def climbmix_manifest(
                          "exported": int(exported_tokens.sum()), "accounting": accounting},
         "dominated_super_clusters": dominated,
         "max_epochs": m.max_epochs,
+        "license": m.license,
         "documents": chosen.height,
         "shards": shard_paths,
+        "validation": {
+            "share": m.validation_share, "documents": held_out.height,
+            "tokens": int(held_tokens.sum()),
+            "parts": written.get("manifest/validation", []),
+            "note": "held out of each super-cluster before selection (seeded by "
+                    "manifest.seed); never in a training part",
+        },
         "megatron_blend": blend,
     }  # fmt: skip
     store.write_json("manifest/climbmix.json", doc)
@@ -204,6 +251,7 @@ def climbmix_manifest(
                 "weight": weights,
                 "natural_share": prior,  # `natural` is a SQL keyword
                 "available_tokens": available,
+                "validation_tokens": held_tokens,
                 "tokens": budget.granted,
                 "epochs": budget.epochs,
             }
@@ -229,21 +277,23 @@ def climbmix_manifest(
             if best is None
             else f"{best['mixture_id']}: objective {best['objective']:.5f}",
             "predicted_for_best_proxy": _rounded(choice.predicted_for_best_proxy, "n/a"),
+            # Id, weight, tokens and natural share lead, so they fit the UI at 1600 px; the
+            # terms (three or four) come last.
             "super_clusters": metadata_table(
                 [
                     {
                         "super_cluster_id": i,
-                        "top_terms": " ".join(terms[i][:6]),
-                        "natural_share": round(float(prior[i]), 4),
                         "climbmix_weight": round(float(weights[i]), 4),
                         "tokens": int(budget.granted[i]),
+                        "natural_share": round(float(prior[i]), 4),
+                        "top_terms": " ".join(terms[i][:4]),
                     }
                     for i in range(len(weights))
                 ],
                 {
-                    "natural_share": "share of the kept corpus's tokens",
                     "climbmix_weight": "the final mixture's weight",
                     "tokens": "tokens granted in the manifest's budget",
+                    "natural_share": "share of the kept corpus's tokens",
                 },
             ),
             "reference_mixtures": metadata_table(
@@ -255,13 +305,14 @@ def climbmix_manifest(
                             r.get("predicted_gap_to_final"), None
                         ),
                         "within_repetition_caps": r["within_repetition_caps"],
-                        "weights": " ".join(f"{w:.3f}" for w in r["weights"][:16]),
+                        "largest_weights": largest_weights(r["weights"]),
                     }
                     for r in choice.references
                 ]
             ),
             "predictor_used": choice.predictor_used or "none",
             "documents": chosen.height,
+            "validation_documents": held_out.height,
             "tokens": int(budget.granted.sum()),
             "exported_tokens": int(exported_tokens.sum()),
             "token_accounting": accounting["note"],

@@ -16,7 +16,7 @@ import pyarrow as pa
 
 from climb_assets.defs.common import metadata_table
 from climb_assets.defs.resources import ClimbResource
-from climb_assets.defs.search import GROUP, cluster_summary, cluster_tokens, target_alignment
+from climb_assets.defs.search import GROUP, cluster_tokens, target_alignment, trainable_tokens
 from climb_assets.defs.search_round import current_alignment
 from climb_assets.lib.baselines import BaselineError, BaselineInputs, compute_references
 from climb_assets.lib.storage import Store
@@ -62,7 +62,7 @@ def reference_mixtures(
     context: dg.AssetExecutionContext, climb: ClimbResource
 ) -> dg.MaterializeResult:
     profile, store = climb.settings(), climb.store()
-    available = np.asarray(cluster_summary(store)["tokens"], dtype=np.int64)
+    available = trainable_tokens(store, profile)  # the validation documents held out
     k = available.size
     inputs = BaselineInputs(
         available_tokens=available,

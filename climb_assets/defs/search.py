@@ -25,7 +25,7 @@ from climb_assets.defs.data_side import (
 )
 from climb_assets.defs.partitions import GPU_OP_TAGS, GPU_POOL
 from climb_assets.defs.resources import ClimbResource
-from climb_assets.lib import kmeans, mixture, proxy, sampling, tokens
+from climb_assets.lib import kmeans, manifest, mixture, proxy, sampling, tokens
 from climb_assets.lib.storage import Store
 from climb_assets.lib.targets import (
     Target,
@@ -74,6 +74,28 @@ def proxy_device(profile: Profile) -> str:
 def cluster_summary(store: Store) -> dict[str, Any]:
     require_files(store, {"cluster_tokens": "cluster_tokens/summary.json"}, "cluster_tokens")
     return store.read_json("cluster_tokens/summary.json")
+
+
+def validation_held_out(store: Store, profile: Profile, sc: int) -> tuple[pa.Table, np.ndarray]:
+    """Super-cluster `sc`'s documents and the mask of those the manifest holds out for
+    validation (`manifest.validation_share`, seeded by `manifest.seed`)."""
+    docs = store.read_parquet(f"cluster_tokens/sc_{sc:03d}.docs.parquet")
+    ids = docs.column("doc_id").to_pylist()
+    m = profile.manifest
+    return docs, manifest.hold_out_validation(ids, m.validation_share, m.seed)
+
+
+def trainable_tokens(store: Store, profile: Profile) -> np.ndarray:
+    """Each super-cluster's tokens less the manifest's validation documents: what the
+    repetition caps of the search and the manifest's budget are drawn on."""
+    available = np.asarray(cluster_summary(store)["tokens"], dtype=np.int64)
+    if profile.manifest.validation_share <= 0:
+        return available
+    held = np.zeros_like(available)
+    for sc in range(available.size):
+        docs, mask = validation_held_out(store, profile, sc)
+        held[sc] = int(docs.column("n_tokens").to_numpy()[mask].sum())
+    return available - held
 
 
 def load_targets(store: Store) -> list[Target]:

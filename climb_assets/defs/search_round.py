@@ -39,6 +39,7 @@ from climb_assets.defs.search import (
     proxy_config,
     round_keys,
     sampler_settings,
+    trainable_tokens,
 )
 from climb_assets.lib import mixture, plots, proposals, rounds
 from climb_assets.lib.predictors import auto, report
@@ -115,7 +116,8 @@ def search_space(profile: Profile, store: Store) -> SearchSpace:
     available = np.asarray(cluster_summary(store)["tokens"], dtype=np.int64)
     prior = mixture.natural_prior(available)
     m = profile.manifest
-    caps = proposals.repetition_caps(available, m.total_tokens, m.max_epochs)
+    # Capped on what the manifest may train on: its validation documents are held out first.
+    caps = proposals.repetition_caps(trainable_tokens(store, profile), m.total_tokens, m.max_epochs)
     alignment = current_alignment(store, prior.size)
     center = None
     weight = profile.search.target_prior_weight
@@ -566,7 +568,7 @@ def build_search_round(n_rounds: int) -> dg.AssetsDefinition:
             ),
             "predictor_models": dg.AssetOut(
                 io_manager_key=IO,
-                kinds={"lightgbm", "json"},
+                kinds={"json"},  # the kind used (gp, lightgbm, ...) varies by round: metadata
                 description=(
                     "The predictor fitted on every proxy so far, each kind cross-validated; the "
                     "NEXT round's mixture_batches reads it, and the manifest reads the last one."

@@ -69,14 +69,39 @@ def token_budget(
     )
 
 
-def stable_order(doc_ids: Sequence[str], seed: int) -> np.ndarray:
-    """A seeded order of documents that depends only on each id (not on input order)."""
+def stable_order(doc_ids: Sequence[str], seed: int, salt: str = "") -> np.ndarray:
+    """A seeded order of documents that depends only on each id (not on input order).
+
+    A `salt` gives an order independent of the unsalted one for the same seed (the validation
+    hold-out is drawn with one, so it is not the head of the training order).
+    """
     # 8-byte digests compare as big-endian integers: a stable argsort of those is the order of
     # sorting the digests (ties by position), in 8 bytes a document rather than Python objects.
     keys = b"".join(
-        hashlib.blake2b(f"{seed}:{d}".encode(), digest_size=8).digest() for d in doc_ids
+        hashlib.blake2b(f"{salt}{seed}:{d}".encode(), digest_size=8).digest() for d in doc_ids
     )
     return np.argsort(np.frombuffer(keys, dtype=">u8"), kind="stable").astype(np.int64)
+
+
+def validation_count(n_documents: int, share: float) -> int:
+    """Documents of a super-cluster held out for validation: `share` of them, rounded, at least
+    one when there are two or more, never all (a super-cluster keeps a training document)."""
+    if share <= 0 or n_documents < 2:
+        return 0
+    return min(n_documents - 1, max(1, round(share * n_documents)))
+
+
+def hold_out_validation(doc_ids: Sequence[str], share: float, seed: int) -> np.ndarray:
+    """A mask of the documents held out for validation (`validation_count` of them, seeded).
+
+    The choice depends only on the ids, the share and the seed, not on the mixture's weights,
+    so every search over the same corpus validates on the same documents.
+    """
+    held = np.zeros(len(doc_ids), bool)
+    n = validation_count(len(doc_ids), share)
+    if n:
+        held[stable_order(doc_ids, seed, salt="validation:")[:n]] = True
+    return held
 
 
 def select_documents(
@@ -207,53 +232,82 @@ def write_shuffled_parts(
 ) -> list[str]:
     """Writes the selected documents with their text as `n_parts` shuffled Parquet files.
 
-    The rows of `chosen` (one per selected document and pass, with `doc_id`) are put in one
-    seeded random order and split into `n_parts` contiguous parts: the same files as joining
-    every text in memory, shuffling and splitting, but built one corpus shard at a time (each
-    `shard_texts` loader returns that shard's `doc_id` and `text`), so memory holds one corpus
-    shard or one output part, never the whole selection with its text. Rows go to per-part
+    One output of `write_shuffled_splits`; returns the URIs of the parts, in order.
+    """
+    splits = {folder: (chosen, n_parts)}
+    return write_shuffled_splits(store, splits, shard_texts, seed, staging)[folder]
+
+
+def write_shuffled_splits(
+    store: Store,
+    splits: dict[str, tuple[pl.DataFrame, int]],
+    shard_texts: Iterable[Callable[[], pl.DataFrame]],
+    seed: int,
+    staging: str = "manifest/_staging",
+) -> dict[str, list[str]]:
+    """Writes each selection with its text as shuffled Parquet parts, in one pass over the corpus.
+
+    `splits` maps an output folder to its selection (rows with `doc_id`, one per selected
+    document and pass) and its number of parts. Each selection is put in one seeded random
+    order and split into contiguous parts: the same files as joining every text in memory,
+    shuffling and splitting, but built one corpus shard at a time (each `shard_texts` loader
+    returns that shard's `doc_id` and `text`, read once for every output), so memory holds one
+    corpus shard or one output part, never a whole selection with its text. Rows go to per-part
     staging files first; each part is then sorted into place and written atomically.
 
     Returns:
-        The URIs of the parts, in order.
+        The URIs of each folder's parts, in order.
 
     Raises:
         ManifestError: A selected document has no text in the corpus (the corpus changed after
             the clusters were tokenized).
     """
-    n = chosen.height
-    if n_parts < 1:
-        raise ManifestError(f"manifest.parquet_shards = {n_parts}; write at least 1 part")
-    order = np.random.default_rng(seed).permutation(n)
-    position = np.empty(n, dtype=np.int64)
-    position[order] = np.arange(n)
-    part_of = np.empty(n, dtype=np.int32)
-    for i, span in enumerate(np.array_split(np.arange(n), n_parts)):
-        part_of[span] = i
-    keyed = chosen.with_columns(pl.Series("_pos", position), pl.Series("_part", part_of[position]))
+    keyed_splits = []
+    for out, (chosen, n_parts) in enumerate(splits.values()):
+        if n_parts < 1:
+            raise ManifestError(f"manifest.parquet_shards = {n_parts}; write at least 1 part")
+        n = chosen.height
+        order = np.random.default_rng(seed).permutation(n)
+        position = np.empty(n, dtype=np.int64)
+        position[order] = np.arange(n)
+        part_of = np.empty(n, dtype=np.int32)
+        for i, span in enumerate(np.array_split(np.arange(n), n_parts)):
+            part_of[span] = i
+        keyed_splits.append(
+            chosen.with_columns(
+                pl.Series("_pos", position),
+                pl.Series("_part", part_of[position]),
+                pl.lit(out, pl.Int32).alias("_out"),
+            )
+        )
+    keyed = pl.concat(keyed_splits) if keyed_splits else pl.DataFrame()
     store.remove(staging)
     found, schema = 0, None
     for j, load in enumerate(shard_texts):
         joined = keyed.join(load().select("doc_id", "text"), on="doc_id", how="inner")
         found += joined.height
-        schema = schema or joined.drop("_part").schema
-        for (i,), group in joined.partition_by("_part", as_dict=True).items():
-            rel = f"{staging}/part-{int(i):05d}/s{j:05d}.parquet"
-            store.write_parquet(rel, group.drop("_part").to_arrow())
-    if found != n:
+        schema = schema or joined.drop("_part", "_out").schema
+        for (out, i), group in joined.partition_by("_out", "_part", as_dict=True).items():
+            rel = f"{staging}/out-{int(out)}/part-{int(i):05d}/s{j:05d}.parquet"
+            store.write_parquet(rel, group.drop("_part", "_out").to_arrow())
+    if found != keyed.height:
         store.remove(staging)
         raise ManifestError(
-            f"{n - found} of {n} selected rows have no text in the corpus: the corpus changed "
-            "after cluster_tokens was built; re-run the data side and the search"
+            f"{keyed.height - found} of {keyed.height} selected rows have no text in the "
+            "corpus: the corpus changed after cluster_tokens was built; re-run the data side "
+            "and the search"
         )
-    for old in store.list(folder):
-        store.remove(old)
-    paths = []
-    for i in range(n_parts):
-        files = store.list(f"{staging}/part-{i:05d}")
-        frames = [pl.from_arrow(store.read_parquet(f)) for f in files]
-        part = pl.concat(frames) if frames else pl.DataFrame(schema=schema)
-        part = part.sort("_pos").drop("_pos")
-        paths.append(store.write_parquet(f"{folder}/part-{i:05d}.parquet", part.to_arrow()))
+    written: dict[str, list[str]] = {}
+    for out, (folder, (_, n_parts)) in enumerate(splits.items()):
+        for old in store.list(folder):
+            store.remove(old)
+        paths = []
+        for i in range(n_parts):
+            files = store.list(f"{staging}/out-{out}/part-{i:05d}")
+            frames = [pl.from_arrow(store.read_parquet(f)) for f in files]
+            part = pl.concat(frames) if frames else pl.DataFrame(schema=schema)
+            part = part.sort("_pos").drop("_pos")
+            paths.append(store.write_parquet(f"{folder}/part-{i:05d}.parquet", part.to_arrow()))
+        written[folder] = paths
     store.remove(staging)
-    return paths
+    return written

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
@@ -29,7 +30,8 @@ WEIGHTS = np.array([0.5, 0.0, 0.3, 0.2])
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    """A manifest-like store built from real demo text: 4 super-clusters, 2 parts, tokenizer."""
+    """A manifest-like store built from real demo text: 4 super-clusters (1 with weight 0), a
+    second pass over half of super-cluster 0, a validation split, 2 shuffled parts, tokenizer."""
     root = tmp_path_factory.mktemp("exports")
     build_demo_corpus(root / "demo", docs_per_source=40, heldout_per_source=2)
     texts = pl.concat(
@@ -41,93 +43,119 @@ def exported(tmp_path_factory):
     eos = tokens.eos_id(tok)
     rng = np.random.default_rng(0)
     sc = rng.choice([0, 2, 3], size=len(texts), p=[0.5, 0.3, 0.2])
-    n_tokens = [len(e.ids) + 1 for e in tok.encode_batch(texts)]
-    table = pa.table(
+    docs = pl.DataFrame(
         {
             "doc_id": [f"d{i}" for i in range(len(texts))],
-            "cluster_id": pa.array(sc * 3, pa.int32()),
-            "n_tokens": pa.array(n_tokens, pa.int64()),
-            "super_cluster_id": pa.array(sc, pa.int32()),
-            "pass": pa.array(np.zeros(len(texts)), pa.int32()),
+            "cluster_id": pl.Series(sc * 3, dtype=pl.Int32),
+            "n_tokens": [len(e.ids) + 1 for e in tok.encode_batch(texts)],
+            "super_cluster_id": pl.Series(sc, dtype=pl.Int32),
+            "pass": pl.Series(np.zeros(len(texts)), dtype=pl.Int32),
             "text": texts,
         }
     )
-    half = len(texts) // 2
+    held = rng.random(len(texts)) < 0.1
+    validation, first = docs.filter(pl.Series(held)), docs.filter(pl.Series(~held))
+    second = first.filter(pl.col("super_cluster_id") == 0).head(30)
+    rows = pl.concat([first, second.with_columns(pl.lit(1, pl.Int32).alias("pass"))])
+    table = rows[rng.permutation(rows.height).tolist()].to_arrow()  # the manifest's shuffle
+    half = table.num_rows // 2
     store.write_parquet("manifest/shards/part-00000.parquet", table.slice(0, half))
     store.write_parquet("manifest/shards/part-00001.parquet", table.slice(half))
-    granted = [int(np.asarray(n_tokens)[sc == i].sum()) for i in range(4)]
+    store.write_parquet("manifest/validation/part-00000.parquet", validation.to_arrow())
+    granted = [
+        int(rows.filter(pl.col("super_cluster_id") == i)["n_tokens"].sum()) for i in range(4)
+    ]
     ctx = ExportContext(
         store=store, manifest_digest="digest-1", weights=WEIGHTS,
         parts=store.list("manifest/shards"), granted_tokens=granted,
+        validation_parts=store.list("manifest/validation"),
         tokenizer=str(store.local_path("tokenizer/tokenizer.json")), tokenizer_note="test",
-        seed=5,
+        seed=5, license="cc-by-4.0", seq_length=32, global_batch_size=8,
     )  # fmt: skip
     records = {
-        name: run_export(EXPORTERS[name](), ctx, lambda _: None) for name in ("megatron", "hf")
+        name: run_export(EXPORTERS[name](), ctx, lambda _: None)
+        for name in ("tokenizer", "megatron", "hf")
     }
     return store, ctx, table, tok, eos, records
 
 
-def _adapter(tok, eos: int):
-    """The training tokenizer as megatron-core's dataset config wants one."""
-    from megatron.core.tokenizers.base_tokenizer import MegatronTokenizerBase
-
-    class Adapter(MegatronTokenizerBase):
-        def __init__(self) -> None:
-            super().__init__("test", {})
-            self.eod, self.pad = eos, -1
-            self.unique_identifiers = {"class": "climb-test", "vocab": tok.get_vocab_size()}
-
-        def tokenize(self, text):
-            return tok.encode(text).ids
-
-        def detokenize(self, ids):
-            return tok.decode(ids)
-
-        @property
-        def vocab(self):
-            return tok.get_vocab()
-
-        @property
-        def vocab_size(self):
-            return tok.get_vocab_size()
-
-        def apply_chat_template(self):
-            raise NotImplementedError
-
-    return Adapter()
+def _first_pass(table: pa.Table, sc: int) -> pa.Table:
+    """The rows of super-cluster `sc` the megatron export writes: its first pass, in order."""
+    groups, passes = table.column("super_cluster_id").to_numpy(), table.column("pass").to_numpy()
+    return table.filter(pa.array((groups == sc) & (passes == 0)))
 
 
-def test_megatron_prefixes_load_and_hold_the_manifest_budgets(exported):
+def test_megatron_prefixes_hold_each_document_once_and_the_blend_the_passes(exported):
     store, ctx, table, tok, eos, records = exported
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         from megatron.core.datasets.indexed_dataset import IndexedDataset
     folder = store.local_path("exports/megatron")
-    blend = (folder / "blend.txt").read_text().split()
+    blend = (folder / "train_blend.txt").read_text().split()
     prefixes = blend[1::2]
     assert prefixes == ["sc_000", "sc_002", "sc_003"]  # weight 0: no dataset
-    assert [float(w) for w in blend[0::2]] == pytest.approx([0.5, 0.3, 0.2])
-    groups = table.column("super_cluster_id").to_numpy()
+    # Blend weights are the shares of the granted tokens (passes included), not the weights.
+    granted = np.asarray(ctx.granted_tokens, np.float64)[[0, 2, 3]]
+    assert [float(w) for w in blend[0::2]] == pytest.approx(granted / granted.sum(), abs=1e-6)
+    summary = records["megatron"]
     for prefix in prefixes:
         sc = int(prefix[3:])
         ds = IndexedDataset(str(folder / prefix))
-        expected = table.filter(pa.array(groups == sc))
-        assert len(ds) == expected.num_rows
-        assert int(ds.sequence_lengths.sum()) == ctx.granted_tokens[sc]
-        first = ds[0]
-        assert int(first[-1]) == eos
-        assert tok.decode(first[:-1].tolist()) == expected.column("text")[0].as_py()
-    summary = records["megatron"]["super_clusters"]
-    assert {k: v["tokens"] for k, v in summary.items()} == {
-        p: ctx.granted_tokens[int(p[3:])] for p in prefixes
-    }
-    absolute = (folder / "blend.absolute.txt").read_text().split()
+        expected = _first_pass(table, sc)
+        assert len(ds) == expected.num_rows  # each document once
+        assert int(ds.sequence_lengths.sum()) == pc.sum(expected.column("n_tokens")).as_py()
+        assert int(ds[0][-1]) == eos
+        assert tok.decode(ds[0][:-1].tolist()) == expected.column("text")[0].as_py()
+        # Megatron's epochs over the prefix give back the granted tokens (same tokenizer here).
+        assert summary["super_clusters"][prefix]["training_tokens"] == ctx.granted_tokens[sc]
+    assert summary["super_clusters"]["sc_000"]["epochs"] > 1.2  # its second pass
+    assert summary["train_samples"] == sum(ctx.granted_tokens) // 32
+    assert summary["train_iters"] == -(-summary["train_samples"] // 8)
+    absolute = (folder / "train_blend.absolute.txt").read_text().split()
     assert absolute[1] == str(folder / "sc_000")
+    valid = (folder / "valid_blend.txt").read_text().split()
+    assert valid[1::2] == ["valid/sc_000", "valid/sc_002", "valid/sc_003"]
+    args = (folder / "megatron_args.txt").read_text().split()
+    assert "--split" not in args  # Megatron-LM refuses it beside per-split paths
+    assert args[args.index("--tokenizer-model") + 1] == "../tokenizer"
+    assert args[args.index("--train-samples") + 1] == str(summary["train_samples"])
 
 
-def test_megatron_blended_dataset_samples_each_super_cluster_by_weight(exported, tmp_path):
-    store, _, _, tok, eos, _ = exported
+def _megatron_tokenizer(folder: Path):
+    """The tokenizer `pretrain_gpt.py --tokenizer-type HuggingFaceTokenizer --tokenizer-model
+    <folder>` builds (megatron-core's own `build_tokenizer`, default non-legacy path)."""
+    from types import SimpleNamespace
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from megatron.core.tokenizers.text.utils.build_tokenizer import build_tokenizer
+    args = SimpleNamespace(
+        tokenizer_type="HuggingFaceTokenizer", tokenizer_model=str(folder), vocab_file=None,
+        merge_file=None, tokenizer_special_tokens=None, tokenizer_hf_use_fast=False,
+        trust_remote_code=False, tokenizer_hf_include_special_tokens=False,
+        tokenizer_metadata=None,
+    )  # fmt: skip
+    return build_tokenizer(args)
+
+
+def _sample_documents(blended) -> set[tuple[str, int]]:
+    """(prefix, document) of every document any sample of a blended dataset touches."""
+    touched = set()
+    for k in range(len(blended)):
+        ds = blended.datasets[int(blended.dataset_index[k])]
+        i = int(blended.dataset_sample_index[k])
+        begin, end = int(ds.sample_index[i][0]), int(ds.sample_index[i + 1][0])
+        prefix = Path(ds.dataset.path_prefix).name
+        parent = Path(ds.dataset.path_prefix).parent.name
+        for d in ds.document_index[begin : end + 1]:
+            touched.add((f"{parent}/{prefix}", int(d)))
+    return touched
+
+
+def test_megatron_blended_datasets_train_by_the_blend_and_never_validate_on_training(
+    exported, tmp_path
+):
+    store, ctx, table, _, eos, records = exported
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         from megatron.core.datasets.blended_megatron_dataset_builder import (
@@ -135,47 +163,77 @@ def test_megatron_blended_dataset_samples_each_super_cluster_by_weight(exported,
         )
         from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig
         from megatron.core.datasets.utils import get_blend_from_list
-    blend = (store.local_path("exports/megatron") / "blend.absolute.txt").read_text().split()
-    config = GPTDatasetConfig(
-        random_seed=7, sequence_length=32, blend=get_blend_from_list(blend), split="1,0,0",
-        path_to_cache=None, tokenizer=_adapter(tok, eos),  # no cache: no rank-0 protocol
+    tokenizer = _megatron_tokenizer(store.local_path("exports/tokenizer"))
+    assert tokenizer.eod == eos  # the id every document of the .bin files ends with
+    folder = store.local_path("exports/megatron")
+    train_blend = (folder / "train_blend.absolute.txt").read_text().split()
+    valid_blend = (folder / "valid_blend.absolute.txt").read_text().split()
+    config = GPTDatasetConfig(  # as pretrain_gpt.py builds it from megatron_args.txt
+        random_seed=7, sequence_length=ctx.seq_length, split=None,
+        blend_per_split=[get_blend_from_list(train_blend), get_blend_from_list(valid_blend), None],
+        path_to_cache=None, tokenizer=tokenizer,  # no cache: no rank-0 protocol
         reset_position_ids=False, reset_attention_mask=False, eod_mask_loss=False,
     )  # fmt: skip
-    train, _, _ = BlendedMegatronDatasetBuilder(
-        GPTDataset, [20_000, 0, 0], lambda: True, config
+    samples = records["megatron"]["train_samples"]
+    train, valid, _ = BlendedMegatronDatasetBuilder(
+        GPTDataset, [samples, 200, 0], lambda: True, config
     ).build()
+    weights = [float(w) for w in train_blend[0::2]]
     shares = np.bincount(np.asarray(train.dataset_index), minlength=3) / len(train)
-    assert shares == pytest.approx([0.5, 0.3, 0.2], abs=0.01)
-    sample = train[0]["tokens"]
-    assert len(sample) == 32
+    assert shares == pytest.approx(weights, abs=0.01)
+    assert len(train[0]["tokens"]) == ctx.seq_length
+    training, validating = _sample_documents(train), _sample_documents(valid)
+    assert {p for p, _ in training} == {"megatron/sc_000", "megatron/sc_002", "megatron/sc_003"}
+    assert {p for p, _ in validating} == {"valid/sc_000", "valid/sc_002", "valid/sc_003"}
+    # Map each sampled document back to its manifest id: no validation id is a training one.
+    ids = {}
+    for sc in (0, 2, 3):
+        ids[f"megatron/sc_{sc:03d}"] = _first_pass(table, sc).column("doc_id").to_pylist()
+        held = pl.from_arrow(store.read_parquet("manifest/validation/part-00000.parquet"))
+        ids[f"valid/sc_{sc:03d}"] = held.filter(pl.col("super_cluster_id") == sc)[
+            "doc_id"
+        ].to_list()
+    trained_on = {ids[p][d] for p, d in training}
+    validated_on = {ids[p][d] for p, d in validating}
+    assert validated_on and trained_on
+    assert not trained_on & validated_on
+    assert not set(table.column("doc_id").to_pylist()) & validated_on
 
 
-def test_hf_card_reproduces_the_mixture_with_datasets(exported):
+def test_tokenizer_export_loads_with_the_data_end_of_document_id(exported):
+    from transformers import AutoTokenizer
+
+    store, _, _, tok, eos, records = exported
+    folder = store.local_path("exports/tokenizer")
+    loaded = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+    assert loaded.eos_token_id == eos and loaded.eos_token == tok.id_to_token(eos)
+    assert loaded("the quick brown fox").input_ids == tok.encode("the quick brown fox").ids
+    config = (folder / "tokenizer_config.json").read_text()
+    assert '"PreTrainedTokenizerFast"' in config  # transformers 4 knows it too
+    assert records["tokenizer"]["eod_id"] == records["megatron"]["eod_id"] == eos
+
+
+def test_hf_card_loads_both_splits_and_tells_the_truth(exported, tmp_path, monkeypatch):
     import datasets
 
-    store, _, _, _, _, records = exported
+    store, ctx, table, _, _, records = exported
     folder = store.local_path("exports/hf")
     card = (folder / "README.md").read_text()
-    probabilities = [float(x) for x in re.search(r"probabilities=\[(.*?)\]", card)[1].split(",")]
-    names = sorted(p.name for p in folder.iterdir() if p.is_dir())
-    assert names == ["sc_000", "sc_002", "sc_003"]
-    parts = [
-        datasets.load_dataset(
-            "parquet", data_files=str(folder / n / "*.parquet"), split="train",
-            cache_dir=str(folder.parent / "_hf_cache"),
-        )
-        for n in names
-    ]  # fmt: skip
-    mix = datasets.interleave_datasets(
-        parts, probabilities=probabilities, seed=5, stopping_strategy="all_exhausted"
-    )
-    drawn = mix.select_columns(["super_cluster_id", "n_tokens"]).to_polars()
-    share = (
-        drawn.group_by("super_cluster_id").agg(pl.col("n_tokens").sum()).sort("super_cluster_id")
-    )
-    tokens_share = share.get_column("n_tokens").to_numpy() / drawn.get_column("n_tokens").sum()
-    assert tokens_share == pytest.approx([0.5, 0.3, 0.2], abs=0.05)
-    assert records["hf"]["super_clusters"]["sc_000"]["documents"] == parts[0].num_rows
+    snippet = re.search(r"```python\n(.*?)```", card, re.S)[1]
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "cache"))
+    scope: dict = {}
+    exec(snippet, scope)  # the card's own snippet, verbatim
+    train, validation = scope["train"], scope["validation"]
+    assert train.num_rows == table.num_rows
+    assert train["doc_id"] == table.column("doc_id").to_pylist()  # the manifest's order
+    held = set(validation["doc_id"])
+    assert held and not held & set(train["doc_id"])
+    repeats = pl.Series(train["doc_id"]).value_counts().get_column("count").max()
+    assert repeats == 2 == records["hf"]["max_repeats"]  # the fixture's two passes
+    assert "license: cc-by-4.0" in card and "**Licence:** cc-by-4.0" in card
+    assert "proxy tokenizer" in card and "`../tokenizer`" in card
+    sc0 = records["hf"]["super_clusters"]["sc_000"]
+    assert sc0["tokens"] == ctx.granted_tokens[0] and sc0["documents"] > sc0["unique_documents"]
 
 
 def test_complete_export_is_kept_and_a_failed_one_leaves_the_last(exported, monkeypatch):
@@ -219,11 +277,12 @@ def _megatron_builder_reference(ctx, out: Path) -> None:
     tok = tokens.load_tokenizer(ctx.tokenizer)
     eod, dtype = tokens.eos_id(tok), index_dtype(tok.get_vocab_size())
     builders = {}
-    for part in ctx.read_parts(["super_cluster_id", "text"]):
+    for part in ctx.read_parts(["super_cluster_id", "pass", "text"]):
         groups = part.column("super_cluster_id").to_numpy()
+        groups = np.where(part.column("pass").to_numpy() == 0, groups, -1)  # each document once
         texts = part.column("text").to_pylist()
         for sc in np.unique(groups).tolist():
-            if ctx.weights[sc] <= 0:
+            if sc < 0 or ctx.weights[sc] <= 0:
                 continue
             prefix = str(out / prefix_name(sc))
             if sc not in builders:
@@ -236,7 +295,11 @@ def _megatron_builder_reference(ctx, out: Path) -> None:
 
 
 def _files(folder: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+    return {
+        p.relative_to(folder).as_posix(): p.read_bytes()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 def test_megatron_export_is_byte_identical_for_any_worker_count(exported, tmp_path):
@@ -250,21 +313,27 @@ def test_megatron_export_is_byte_identical_for_any_worker_count(exported, tmp_pa
         summary = MegatronExport().write(job, out, lambda _: None)
         assert summary["workers"] == workers
         written[workers] = _files(out)
-    assert sorted(written[1]) == ["blend.absolute.txt", "blend.json", "blend.txt", "sc_000.bin",
-                                  "sc_000.idx", "sc_002.bin", "sc_002.idx", "sc_003.bin",
-                                  "sc_003.idx"]  # fmt: skip
+    datasets = [f"{d}sc_{sc:03d}.{x}" for d in ("", "valid/") for sc in (0, 2, 3)
+                for x in ("bin", "idx")]  # fmt: skip
+    assert sorted(written[1]) == sorted([
+        "blend.json", "megatron_args.absolute.txt", "megatron_args.txt", "train_blend.txt",
+        "train_blend.absolute.txt", "valid_blend.txt", "valid_blend.absolute.txt", *datasets,
+    ])  # fmt: skip
     assert written[1] == written[2]
     reference = tmp_path / "builder"
     reference.mkdir()
     _megatron_builder_reference(ctx, reference)
     assert {k: v for k, v in written[2].items() if k.startswith("sc_")} == _files(reference)
+    assert written[1]["megatron_args.txt"] == (store_args := written[2]["megatron_args.txt"])
+    assert b"--valid-data-path" in store_args
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         from megatron.core.datasets.indexed_dataset import IndexedDataset
     groups = table.column("super_cluster_id").to_numpy()
+    passes = table.column("pass").to_numpy()
     for sc in (0, 2, 3):
         ds = IndexedDataset(str(tmp_path / "w2" / prefix_name(sc)))
-        texts = table.column("text").to_numpy(zero_copy_only=False)[groups == sc]
+        texts = table.column("text").to_numpy(zero_copy_only=False)[(groups == sc) & (passes == 0)]
         assert len(ds) == len(texts)
         assert [ds[i].tolist() for i in range(len(ds))] == [
             [*e.ids, eos] for e in tok.encode_batch(list(texts))

@@ -5,11 +5,14 @@ from climb_assets.lib.manifest import (
     ManifestError,
     check_token_accounting,
     dominated_by_few,
+    hold_out_validation,
     megatron_blend,
     select_documents,
     stable_order,
     token_budget,
+    validation_count,
     write_shuffled_parts,
+    write_shuffled_splits,
 )
 
 
@@ -102,6 +105,54 @@ def test_shuffled_parts_match_the_in_memory_shuffle_and_leave_no_staging(tmp_pat
         assert part.equals(expected[span.tolist()])
     assert store.list("manifest") == [f"manifest/shards/part-{i:05d}.parquet" for i in range(4)]
     assert not store.exists("manifest/_staging")
+
+
+def test_splits_are_written_in_one_corpus_pass_each_as_its_own_shuffle(tmp_path):
+    import polars as pl
+
+    from climb_assets.lib.storage import Store
+
+    chosen, shards = _selection()
+    held, train = chosen.head(5), chosen.slice(5)
+    reads = []
+
+    def loader(shard):
+        def load():
+            reads.append(shard.height)
+            return shard
+
+        return load
+
+    store = Store(str(tmp_path))
+    splits = {"manifest/shards": (train, 3), "manifest/validation": (held, 1)}
+    paths = write_shuffled_splits(store, splits, [loader(s) for s in shards], seed=7)
+    assert len(reads) == len(shards)  # each corpus shard read once for both outputs
+    assert [len(v) for v in paths.values()] == [3, 1]
+    for folder, (rows, _) in splits.items():
+        got = pl.concat([pl.read_parquet(p) for p in paths[folder]])
+        everything = rows.join(pl.concat(shards), on="doc_id", how="left")
+        assert got.equals(everything[np.random.default_rng(7).permutation(rows.height).tolist()])
+    assert (
+        write_shuffled_parts(store, train, [loader(s) for s in shards], 3, seed=7)
+        == paths["manifest/shards"]
+    )
+    assert not store.exists("manifest/_staging")
+
+
+def test_validation_hold_out_is_seeded_by_id_and_never_takes_a_whole_cluster():
+    assert [validation_count(n, 0.01) for n in (0, 1, 2, 99, 150, 1000)] == [0, 0, 1, 1, 2, 10]
+    assert validation_count(3, 0.49) == 1 and validation_count(2, 0.9) == 1
+    assert validation_count(500, 0.0) == 0
+    ids = [f"doc{i}" for i in range(400)]
+    held = hold_out_validation(ids, 0.05, seed=3)
+    assert held.sum() == 20
+    shuffled = ids[::-1]
+    again = hold_out_validation(shuffled, 0.05, seed=3)
+    assert {ids[i] for i in np.flatnonzero(held)} == {shuffled[i] for i in np.flatnonzero(again)}
+    assert held.tolist() != hold_out_validation(ids, 0.05, seed=4).tolist()
+    # not the head of the training order: the salt makes it an independent draw
+    first = set(stable_order(ids, 3)[:20].tolist())
+    assert set(np.flatnonzero(held).tolist()) != first
 
 
 def test_shuffled_parts_refuse_documents_without_text(tmp_path):

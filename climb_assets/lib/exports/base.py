@@ -45,12 +45,17 @@ class ExportContext:
         weights: ClimbMix weight per super-cluster.
         parts: Relative paths of the manifest's selected documents (Parquet parts with
             `doc_id, cluster_id, n_tokens, super_cluster_id, pass, text`).
+        validation_parts: The manifest's validation documents (same columns, `pass` 0; none of
+            them is in `parts`); empty when the manifest holds none out.
         granted_tokens: Tokens the manifest grants each super-cluster.
         shards: The registered corpus shards (for exports of the whole kept corpus).
         scorers: Names of the quality scorers (columns of `cluster_quality`).
         tokenizer: Local path of the training tokenizer (`tokenizer.json` or a model folder).
         tokenizer_note: Where that tokenizer comes from, for the records.
         seed: The manifest's seed.
+        license: The corpus's licence (`manifest.license`).
+        seq_length: The training run's sequence length (`manifest.seq_length`).
+        global_batch_size: Its sequences per optimizer step (`manifest.global_batch_size`).
         export_workers: Processes an export may write with (megatron: super-clusters shared
             out among them); None: the usable CPUs (megatron: in this process below
             `PARALLEL_MIN_TOKENS` granted tokens); 1: in this process.
@@ -66,6 +71,10 @@ class ExportContext:
     tokenizer: str | None = None
     tokenizer_note: str = ""
     seed: int = 0
+    validation_parts: list[str] = field(default_factory=list)
+    license: str = "unknown: set manifest.license"
+    seq_length: int = 2048
+    global_batch_size: int = 256
     export_workers: int | None = None
 
     def __post_init__(self) -> None:

@@ -1,9 +1,11 @@
-"""Hugging Face datasets: one Parquet folder per super-cluster and a dataset card.
+"""Hugging Face datasets: the manifest's pre-mixed `train` and `validation` splits and a card.
 
-`datasets.load_dataset("parquet", data_files=...)` loads each folder; `interleave_datasets`
-with the card's `probabilities` reproduces the mixture. Those are **document** probabilities:
-ClimbMix weights are shares of tokens, and interleaving draws documents, so each super-cluster's
-weight is divided by its mean document length (in training tokens) and renormalised.
+`train/` holds the manifest's parts as they are: already in one seeded shuffled order, each
+document once per pass the token budget asked for (so never more than `manifest.max_epochs`
+times), so reading it in order trains on the mixture. `validation/` holds the held-out
+documents, none of them in `train/`. The card's YAML names both splits, so
+`datasets.load_dataset(<folder>)` returns them; it states the licence, the tokenizer the data
+is meant for (the `tokenizer` export beside this one) and what `n_tokens` counts.
 """
 
 from __future__ import annotations
@@ -14,102 +16,139 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.parquet as pq
 
 from climb_assets.lib.exports.base import ExportContext, Exporter
 from climb_assets.lib.exports.megatron import prefix_name
 
-COLUMNS = ["text", "doc_id", "cluster_id", "super_cluster_id", "n_tokens"]
+COLUMNS = ["text", "doc_id", "cluster_id", "super_cluster_id", "n_tokens", "pass"]
+SPLITS = ("train", "validation")
+SUPER_CLUSTER_HEADER = (
+    "| super-cluster | ClimbMix weight | share of train tokens | rows | unique documents | "
+    "tokens | validation documents |\n|---|---|---|---|---|---|---|"
+)
 
 
-def document_probabilities(
-    weights: dict[str, float], mean_tokens: dict[str, float]
-) -> dict[str, float]:
-    """Per-document sampling probabilities whose expected token shares are `weights`."""
-    raw = {k: w / mean_tokens[k] for k, w in weights.items() if mean_tokens.get(k, 0) > 0}
-    total = sum(raw.values())
-    return {k: v / total for k, v in raw.items()}
+def _license_yaml(license_: str) -> str:
+    """The card's `license:` field: an identifier as it is, anything else as `other` + name."""
+    if license_ and all(c.isalnum() or c in "-._+" for c in license_):
+        return f"license: {license_.lower()}"
+    return f"license: other\nlicense_name: {json.dumps(license_)}"
 
 
-def dataset_card(summary: dict[str, Any]) -> str:
-    """The README.md of the export: YAML header (configs), weights, provenance, how to load."""
-    names = list(summary["super_clusters"])
-    configs = "\n".join(
-        f"- config_name: {n}\n  data_files:\n  - split: train\n    path: {n}/*.parquet"
-        for n in names
-    )
+def dataset_card(summary: dict[str, Any], folder: str) -> str:
+    """The README.md of the export: YAML header (splits, licence), counts, provenance, loading."""
+    splits = [s for s in SPLITS if summary["splits"].get(s, {}).get("documents")]
+    data_files = "\n".join(f"  - split: {s}\n    path: {s}/*.parquet" for s in splits)
     rows = "\n".join(
-        f"| {n} | {s['weight']:.4f} | {summary['probabilities'][n]:.4f} | {s['documents']:,} | "
-        f"{s['tokens']:,} |"
-        for n, s in summary["super_clusters"].items()
+        f"| {name} | {s['weight']:.4f} | {s['token_share']:.4f} | {s['documents']:,} | "
+        f"{s['unique_documents']:,} | {s['tokens']:,} | {s['validation_documents']:,} |"
+        for name, s in summary["super_clusters"].items()
     )
-    files = ", ".join(f'"{n}": "{n}/*.parquet"' for n in names)
-    probs = json.dumps([round(summary["probabilities"][n], 6) for n in names])
+    counts = "\n".join(
+        f"| {s} | {c['documents']:,} | {c['unique_documents']:,} | {c['tokens']:,} |"
+        for s, c in summary["splits"].items()
+    )
     return f"""---
+{_license_yaml(summary["license"])}
 configs:
-{configs}
+- config_name: default
+  data_files:
+{data_files}
 ---
 # ClimbMix export
 
 The mixture a CLIMB search chose (manifest digest `{summary["manifest_digest"]}`, seed
-{summary["seed"]}): one Parquet folder per super-cluster, each row a selected document
-(`text`, `doc_id`, `cluster_id`, `super_cluster_id`, `n_tokens` in the manifest's tokenizer).
-A document appears once per pass the token budget asked for.
+{summary["seed"]}), pre-mixed: `train/` is the manifest's selection in one seeded shuffled
+order, each document repeated once per pass the token budget asked for (at most
+{summary["max_repeats"]} times here), so reading it in order trains on the mixture.
+`validation/` holds documents held out of every super-cluster before selection; none of them
+is in `train/`.
 
-| super-cluster | token weight | document probability | documents | tokens |
-|---|---|---|---|---|
+- **Licence:** {summary["license"]}
+- **Tokenizer:** the `tokenizer` export beside this folder (`../tokenizer`,
+  `transformers.AutoTokenizer.from_pretrained` loads it), {summary["tokenizer"]}.
+- **`n_tokens`:** {summary["n_tokens_note"]}.
+- Columns: `text`, `doc_id`, `cluster_id`, `super_cluster_id`, `n_tokens`, `pass` (0 for a
+  document's first appearance in `train/`, 1 for its second...).
+
+| split | rows | unique documents | tokens |
+|---|---|---|---|
+{counts}
+
+{SUPER_CLUSTER_HEADER}
 {rows}
-
-Token weights are the ClimbMix weights. Interleaving draws documents, so use the document
-probabilities (each weight divided by the super-cluster's mean document length) to get those
-token shares:
 
 ```python
 import datasets
 
-files = {{{files}}}
-parts = [datasets.load_dataset("parquet", data_files=f, split="train") for f in files.values()]
-mix = datasets.interleave_datasets(
-    parts, probabilities={probs}, seed={summary["seed"]},
-    stopping_strategy="all_exhausted",
-)
+mix = datasets.load_dataset({json.dumps(folder)})
+train, validation = mix["train"], mix.get("validation")
 ```
 """
 
 
 class HFExport(Exporter):
-    """Parquet folders per super-cluster and a dataset card for the `datasets` library."""
+    """The manifest's train and validation splits as Parquet, with a dataset card."""
 
     name = "hf"
 
     def write(self, ctx: ExportContext, out: Path, log: Callable[[str], None]) -> dict[str, Any]:
-        counts: dict[str, dict[str, int]] = {}
-        for i, part in enumerate(ctx.read_parts(COLUMNS)):
-            groups = part.column("super_cluster_id").to_numpy()
-            for sc in np.unique(groups):
-                name = prefix_name(int(sc))
-                rows = part.filter(pa.array(groups == sc))
-                folder = out / name
-                folder.mkdir(exist_ok=True)
-                pq.write_table(rows, folder / f"part-{i:05d}.parquet", compression="zstd")
-                entry = counts.setdefault(name, {"documents": 0, "tokens": 0})
-                entry["documents"] += rows.num_rows
-                entry["tokens"] += int(np.asarray(rows.column("n_tokens")).sum())
+        n_super = len(ctx.weights)
+        splits: dict[str, dict[str, int]] = {}
+        per_sc = {k: np.zeros(n_super, np.int64) for k in ("rows", "first", "tokens", "valid")}
+        max_repeats = 0
+        for split, parts in (("train", ctx.parts), ("validation", ctx.validation_parts)):
+            if not parts:
+                continue
+            (out / split).mkdir()
+            totals = splits.setdefault(split, {"documents": 0, "unique_documents": 0, "tokens": 0})
+            for i, rel in enumerate(parts):
+                table = ctx.store.read_parquet(rel, COLUMNS)
+                pq.write_table(table, out / split / f"part-{i:05d}.parquet", compression="zstd")
+                groups = table.column("super_cluster_id").to_numpy()
+                passes = table.column("pass").to_numpy()
+                n_tokens = table.column("n_tokens").to_numpy()
+                totals["documents"] += table.num_rows
+                totals["unique_documents"] += int((passes == 0).sum())
+                totals["tokens"] += int(n_tokens.sum())
+                if split == "train":
+                    per_sc["rows"] += np.bincount(groups, minlength=n_super)
+                    per_sc["first"] += np.bincount(groups[passes == 0], minlength=n_super)
+                    per_sc["tokens"] += np.bincount(groups, n_tokens, minlength=n_super).astype(
+                        np.int64
+                    )
+                    max_repeats = max(max_repeats, int(passes.max(initial=-1)) + 1)
+                else:
+                    per_sc["valid"] += np.bincount(groups, minlength=n_super)
+        train_tokens = max(1, int(per_sc["tokens"].sum()))
         super_clusters = {
-            name: {"weight": float(ctx.weights[int(name[3:])]), **c}
-            for name, c in sorted(counts.items())
+            prefix_name(sc): {
+                "weight": float(ctx.weights[sc]),
+                "token_share": float(per_sc["tokens"][sc]) / train_tokens,
+                "documents": int(per_sc["rows"][sc]),
+                "unique_documents": int(per_sc["first"][sc]),
+                "tokens": int(per_sc["tokens"][sc]),
+                "validation_documents": int(per_sc["valid"][sc]),
+            }
+            for sc in range(n_super)
+            if per_sc["rows"][sc] or per_sc["valid"][sc]
         }
-        mean_tokens = {n: s["tokens"] / s["documents"] for n, s in super_clusters.items()}
-        probabilities = document_probabilities(
-            {n: s["weight"] for n, s in super_clusters.items()}, mean_tokens
-        )
         summary = {
             "manifest_digest": ctx.manifest_digest,
             "seed": ctx.seed,
+            "license": ctx.license,
+            "tokenizer": ctx.tokenizer_note or "the proxy tokenizer",
+            "n_tokens_note": (
+                "the document's length in the search's proxy tokenizer (`tokenizer/tokenizer."
+                "json` of the storage root), end-of-document included; the training tokenizer's "
+                "counts are in the megatron export's `_export.json`"
+            ),
+            "max_repeats": max_repeats,
+            "splits": splits,
             "super_clusters": super_clusters,
-            "probabilities": probabilities,
         }
-        (out / "README.md").write_text(dataset_card(summary))
-        log(f"export hf: {len(super_clusters)} Parquet folders and a dataset card")
+        (out / "README.md").write_text(dataset_card(summary, ctx.store.uri("exports/hf")))
+        rows = ", ".join(f"{split} {c['documents']:,} rows" for split, c in splits.items())
+        log(f"export hf: {rows} and a dataset card")
         return {k: v for k, v in summary.items() if k != "manifest_digest"}

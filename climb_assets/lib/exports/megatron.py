@@ -1,23 +1,30 @@
-"""Megatron-LM / NeMo: one indexed dataset (`.bin` + `.idx`) per super-cluster, and the blend.
+"""Megatron-LM / NeMo: indexed datasets (`.bin` + `.idx`) per super-cluster, and the blends.
 
-Each document is tokenized with the training tokenizer, end-of-document appended, one sequence
-per document, as megatron-core's `tools/preprocess_data.py` does. The files are byte for byte
-what megatron-core's `IndexedDatasetBuilder` writes (the tests compare them), but written by
-`IndexedDatasetWriter` here, which needs numpy only: importing megatron-core costs a process
-about 8 s of CPU (torch), more than a worker's share of a small export. The index dtype is
-megatron-core's choice for the vocabulary (`DType.optimal_dtype`: uint16 below 65,500 ids, else
-int32). `blend.txt` is the `--data-path` argument with prefixes relative to this folder (run from
-it, or prepend the folder); `blend.absolute.txt` carries absolute prefixes; `blend.json` both,
-with the weights.
+`sc_NNN` holds each training document of super-cluster NNN once (the manifest's first pass); the
+repetition the budget asks for comes from the blend: its weights are the shares of the
+manifest's training tokens, so Megatron's own epochs over a prefix give each super-cluster its
+granted tokens when the run trains on `train_samples` sequences (`megatron_args.txt`).
+`valid/sc_NNN` holds the manifest's validation documents (never in a training prefix), blended
+by the same weights. Each document is tokenized with the training tokenizer, end-of-document
+appended, one sequence per document, as megatron-core's `tools/preprocess_data.py` does. The
+files are byte for byte what megatron-core's `IndexedDatasetBuilder` writes (the tests compare
+them), but written by `IndexedDatasetWriter` here, which needs numpy only: importing megatron-
+core costs a process about 8 s of CPU (torch), more than a worker's share of a small export. The
+index dtype is megatron-core's choice for the vocabulary (`DType.optimal_dtype`: uint16 below
+65,500 ids, else int32). `train_blend.txt` and `valid_blend.txt` are the `--train-data-path` and
+`--valid-data-path` values with prefixes relative to this folder; `*.absolute.txt` carry
+absolute prefixes; `blend.json` all, with the weights. `megatron_args.txt` (relative to this
+folder) and `megatron_args.absolute.txt` are the data, tokenizer and length arguments of
+`pretrain_gpt.py`.
 
 Parallelism: super-clusters are shared out among `ExportContext.export_workers` processes
 (`spawn`ed; each tokenizes on its share of the CPUs, one thread when there are as many workers
 as CPUs), heaviest first onto the least loaded worker by granted tokens. Each worker streams the
-manifest parts once (`super_cluster_id` and `text` only, a batch of rows at a time) and owns the
-whole files of its super-clusters, so every `.bin`/`.idx` is written by one process in the
-manifest's document order and the result does not depend on the number of workers. One worker
-runs in this process, with the tokenizer's own threads. The speed-up is bounded by the heaviest
-worker's share of the tokens (a super-cluster is never split).
+manifest parts once (`super_cluster_id`, `pass` and `text` only, a batch of rows at a time) and
+owns the whole files of its super-clusters, so every `.bin`/`.idx` is written by one process in
+the manifest's document order and the result does not depend on the number of workers. One
+worker runs in this process, with the tokenizer's own threads. The speed-up is bounded by the
+heaviest worker's share of the tokens (a super-cluster is never split).
 
 `write_super_cluster` (and `write_super_clusters`, for several in one pass) is a plain function
 of the store, the parts and the tokenizer: a Dagster asset partitioned by super-cluster, spread
@@ -160,6 +167,8 @@ def write_super_clusters(
 ) -> dict[int, tuple[int, int]]:
     """Writes `out/sc_NNN.bin` + `.idx` for each of `super_clusters` in one pass over `parts`.
 
+    Only the rows of the first pass (`pass` 0) are written: each selected document once.
+
     Args:
         store: The storage root holding the parts.
         parts: Manifest parts (relative paths), in the manifest's order.
@@ -187,8 +196,13 @@ def write_super_clusters(
     try:
         for rel in parts:
             sc = None
-            for batch in store.iter_parquet(rel, ["super_cluster_id", "text"], batch_rows):
-                groups = batch.column("super_cluster_id").to_numpy()
+            columns = ["super_cluster_id", "pass", "text"]
+            for batch in store.iter_parquet(rel, columns, batch_rows):
+                groups = np.where(
+                    batch.column("pass").to_numpy() == 0,
+                    batch.column("super_cluster_id").to_numpy(),
+                    -1,
+                )
                 texts = batch.column("text")
                 for sc in np.unique(groups[np.isin(groups, wanted)]).tolist():
                     rows = np.flatnonzero(groups == sc)
@@ -304,8 +318,49 @@ def _worker_error(failed: list[Future[Any]], groups: dict[Future[Any], list[int]
                        f"{type(exc).__name__}: {detail}")  # fmt: skip
 
 
+def repetitions(store: Store, parts: Sequence[str], n_super: int) -> np.ndarray:
+    """Per super-cluster, the manifest's tokens over those of its first pass (1.0: no repeat).
+
+    Counted in the manifest's own tokens (`n_tokens`); the same ratio holds in any tokenizer,
+    since every pass repeats documents of the first. 0 where a super-cluster has no row.
+    """
+    every, first = np.zeros(n_super), np.zeros(n_super)
+    for rel in parts:
+        table = store.read_parquet(rel, ["super_cluster_id", "pass", "n_tokens"])
+        groups = table.column("super_cluster_id").to_numpy()
+        n_tokens = table.column("n_tokens").to_numpy().astype(np.float64)
+        every += np.bincount(groups, n_tokens, minlength=n_super)
+        once = table.column("pass").to_numpy() == 0
+        first += np.bincount(groups[once], n_tokens[once], minlength=n_super)
+    return np.divide(every, first, out=np.zeros(n_super), where=first > 0)
+
+
+def pretrain_args(
+    train: list[float | str],
+    valid: list[float | str],
+    tokenizer: str,
+    seq_length: int,
+    global_batch_size: int,
+    train_samples: int,
+) -> str:
+    """The data, tokenizer and length arguments of Megatron-LM's `pretrain_gpt.py`.
+
+    Separate train and validation blends (Megatron-LM refuses `--split` beside them); every flag
+    is one of `megatron/training/arguments.py` at core_v0.16.1.
+    """
+    args = ["--train-data-path", _blend_line(train).strip()]
+    if valid:
+        args += ["--valid-data-path", _blend_line(valid).strip()]
+    args += [
+        "--tokenizer-type", "HuggingFaceTokenizer", "--tokenizer-model", tokenizer,
+        "--seq-length", str(seq_length), "--max-position-embeddings", str(seq_length),
+        "--global-batch-size", str(global_batch_size), "--train-samples", str(train_samples),
+    ]  # fmt: skip
+    return " ".join(args) + "\n"
+
+
 class MegatronExport(Exporter):
-    """`.bin`/`.idx` per super-cluster with weight, plus `blend.txt` for `--data-path`."""
+    """`.bin`/`.idx` per super-cluster (training and validation) with the blends and arguments."""
 
     name = "megatron"
 
@@ -316,7 +371,8 @@ class MegatronExport(Exporter):
         eod = tokens.eos_id(tok)
         vocab = tok.get_vocab_size()
         dtype = index_dtype(vocab)
-        candidates = {sc: int(ctx.granted_tokens[sc]) for sc in range(len(ctx.weights))
+        n_super = len(ctx.weights)
+        candidates = {sc: int(ctx.granted_tokens[sc]) for sc in range(n_super)
                       if ctx.weights[sc] > 0}  # fmt: skip
         workers = ctx.export_workers
         if workers is None:
@@ -335,13 +391,12 @@ class MegatronExport(Exporter):
         else:
             written = write_super_clusters(super_clusters=sorted(candidates), **job)
         seconds = time.perf_counter() - start
-        present = [sc for sc in range(len(ctx.weights)) if sc in written]
-        total = sum(written[sc][1] for sc in present)
+        present = [sc for sc in range(n_super) if sc in written]
         # A weight so small that its budget is below half a document selects nothing; it has
         # no dataset to point at, so it leaves the blend (Megatron renormalises the rest).
         empty = {
             prefix_name(sc): float(ctx.weights[sc])
-            for sc in range(len(ctx.weights))
+            for sc in range(n_super)
             if ctx.weights[sc] > 0 and sc not in present
         }
         if empty:
@@ -349,38 +404,82 @@ class MegatronExport(Exporter):
                 "token budget); left out of the blend")  # fmt: skip
         if not present:
             raise ExportError("no super-cluster has a selected document; nothing to export")
+        valid_written: dict[int, tuple[int, int]] = {}
+        if ctx.validation_parts:
+            (out / "valid").mkdir()
+            valid_written = write_super_clusters(
+                ctx.store, ctx.validation_parts, present, out / "valid", ctx.tokenizer, dtype
+            )
+        repeats = repetitions(ctx.store, ctx.parts, n_super)
+        # What training reads from each prefix: its documents as often as the manifest's passes.
+        training = {sc: written[sc][1] * float(repeats[sc]) for sc in present}
+        total = sum(training.values())
+        blend_weight = {sc: training[sc] / total for sc in present}
+        train_samples = int(total // ctx.seq_length)
         published = ctx.store.uri("exports/megatron")
-        relative: list[float | str] = []
+        blends: dict[str, list[float | str]] = {"train": [], "valid": []}
         for sc in present:
-            relative += [float(ctx.weights[sc]), prefix_name(sc)]
-        absolute = [x if isinstance(x, float) else f"{published}/{x}" for x in relative]
-        (out / "blend.txt").write_text(_blend_line(relative))
-        (out / "blend.absolute.txt").write_text(_blend_line(absolute))
-        (out / "blend.json").write_text(
-            json.dumps({"data_path": relative, "data_path_absolute": absolute}, indent=2)
+            blends["train"] += [round(blend_weight[sc], 8), prefix_name(sc)]
+            if sc in valid_written:
+                blends["valid"] += [round(blend_weight[sc], 8), f"valid/{prefix_name(sc)}"]
+        absolute = {
+            k: [x if isinstance(x, float) else f"{published}/{x}" for x in b]
+            for k, b in blends.items()
+        }
+        for split in ("train", "valid"):
+            if blends[split]:
+                (out / f"{split}_blend.txt").write_text(_blend_line(blends[split]))
+                (out / f"{split}_blend.absolute.txt").write_text(_blend_line(absolute[split]))
+        (out / "blend.json").write_text(json.dumps({
+            "train_data_path": blends["train"], "valid_data_path": blends["valid"],
+            "train_data_path_absolute": absolute["train"],
+            "valid_data_path_absolute": absolute["valid"],
+        }, indent=2))  # fmt: skip
+        shape = (ctx.seq_length, ctx.global_batch_size, train_samples)
+        tokenizer_folder = ctx.store.uri("exports/tokenizer")
+        (out / "megatron_args.txt").write_text(
+            pretrain_args(blends["train"], blends["valid"], "../tokenizer", *shape)
+        )
+        (out / "megatron_args.absolute.txt").write_text(
+            pretrain_args(absolute["train"], absolute["valid"], tokenizer_folder, *shape)
         )
         summary = {
             "tokenizer": ctx.tokenizer_note,
+            "tokenizer_folder": tokenizer_folder,
             "vocab_size": vocab,
             "eod_id": eod,
             "dtype": np.dtype(dtype).name,
-            "tokens": total,
+            "tokens": sum(written[sc][1] for sc in present),
+            "training_tokens": round(total),
+            "seq_length": ctx.seq_length,
+            "global_batch_size": ctx.global_batch_size,
+            "train_samples": train_samples,
+            "train_iters": -(-train_samples // ctx.global_batch_size),
+            "validation_tokens": sum(v[1] for v in valid_written.values()),
             "tokens_per_second": round(total / seconds, 1) if seconds > 0 else None,
             "workers": len(groups),
             "super_clusters": {
                 prefix_name(sc): {
                     "weight": float(ctx.weights[sc]),
+                    "blend_weight": blend_weight[sc],
                     "documents": written[sc][0],
                     "tokens": written[sc][1],
+                    "epochs": float(repeats[sc]),
+                    "training_tokens": round(training[sc]),
                     "granted_tokens": int(ctx.granted_tokens[sc]),
+                    "validation_documents": valid_written.get(sc, (0, 0))[0],
+                    "validation_tokens": valid_written.get(sc, (0, 0))[1],
                 }
                 for sc in present
             },
-            "data_path": relative,
+            "train_data_path": blends["train"],
+            "valid_data_path": blends["valid"],
             "left_out_without_documents": empty,
         }
         log(
-            f"export megatron: {len(present)} indexed datasets, {total:,} tokens "
-            f"({dtype.__name__}), {len(groups)} worker(s)"
+            f"export megatron: {len(present)} training and {len(valid_written)} validation "
+            f"indexed datasets, {summary['tokens']:,} tokens written for "
+            f"{summary['training_tokens']:,} trained ({train_samples:,} sequences of "
+            f"{ctx.seq_length}), {len(groups)} worker(s)"
         )
         return summary
