@@ -748,12 +748,32 @@ def _resolve_profile_file(name_or_path: str, relative_to: Path | None = None) ->
     return shipped
 
 
+MAX_PROFILE_BYTES = 1 << 20
+"""A profile larger than this (1 MiB) is refused before it is parsed."""
+MAX_PROFILE_NODES = 100_000
+"""Values a profile may hold once its aliases are expanded; bounds a YAML alias bomb."""
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
 class _UniqueKeyLoader(yaml.SafeLoader):
-    """A YAML loader that refuses a key repeated in one mapping (PyYAML keeps the last)."""
+    """A YAML loader that refuses a key repeated in one mapping (PyYAML keeps the last) and a
+    document whose aliases expand beyond `MAX_PROFILE_NODES` values.
+
+    Merge keys (`<<: *base`) keep working: the check covers a mapping's own keys, before
+    PyYAML folds the merged ones in (where an own key overrides a merged one, as YAML says).
+    """
+
+    def get_single_node(self) -> yaml.Node | None:
+        node = super().get_single_node()
+        if node is not None:
+            _check_expanded_size(node)
+        return node
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
         seen: dict[Any, int] = {}
         for key_node, _ in node.value:
+            if key_node.tag == _MERGE_TAG:
+                continue
             key = self.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
             line = key_node.start_mark.line + 1
             if key in seen:
@@ -768,15 +788,64 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
+def _check_expanded_size(root: yaml.Node) -> None:
+    """Raises when the document, its aliases expanded, holds more than `MAX_PROFILE_NODES`
+    values. Each distinct node is sized once, so the check itself stays linear in the text."""
+    sizes: dict[int, int] = {}
+    # An iterative post-order walk: a deep document cannot exhaust Python's stack.
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, children_done = stack.pop()
+        if id(node) in sizes:
+            continue
+        if isinstance(node, yaml.ScalarNode):
+            sizes[id(node)] = 1
+            continue
+        children = (
+            [n for pair in node.value for n in pair]
+            if isinstance(node, yaml.MappingNode)
+            else list(node.value)
+        )
+        if not children_done:
+            stack.append((node, True))
+            stack.extend((c, False) for c in children if id(c) not in sizes)
+            continue
+        # A cycle (an alias to an enclosing node) counts its ancestor as one value.
+        size = 1 + sum(sizes.get(id(c), 1) for c in children)
+        sizes[id(node)] = size
+        if size > MAX_PROFILE_NODES:
+            raise yaml.constructor.ConstructorError(
+                None, None,
+                f"aliases expand to more than {MAX_PROFILE_NODES:,} values (an alias bomb?); "
+                "write the settings out instead of nesting aliases",
+                node.start_mark,
+            )  # fmt: skip
+
+
 def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     if path in seen:
         raise ProfileError(f"profile {path} extends itself through {[str(s) for s in seen]}")
+    size = path.stat().st_size
+    if size > MAX_PROFILE_BYTES:
+        raise ProfileError(
+            f"profile {path} is {size:,} bytes, above the {MAX_PROFILE_BYTES:,} a profile may "
+            "have; keep data (targets, corpora) in files the profile names"
+        )
     try:
         data = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader) or {}
+    except UnicodeDecodeError as exc:
+        raise ProfileError(f"profile {path} is not UTF-8 text: {exc}") from exc
+    except yaml.MarkedYAMLError as exc:  # one line: where, and what
+        mark = exc.problem_mark or exc.context_mark
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        what = " ".join(str(p) for p in (exc.context, exc.problem) if p)
+        raise ProfileError(f"profile {path}{where} is not valid YAML: {what}") from exc
     except yaml.YAMLError as exc:
         raise ProfileError(f"profile {path} is not valid YAML: {exc}") from exc
     if not isinstance(data, dict):
         raise ProfileError(f"profile {path} must be a mapping of settings")
+    # Top-level `x-` keys hold anchors for the settings to alias (as in Compose files).
+    data = {k: v for k, v in data.items() if not (isinstance(k, str) and k.startswith("x-"))}
     parent = data.pop("extends", None)
     if parent is not None:
         base = _read_yaml(_resolve_profile_file(str(parent), path.parent), (*seen, path))

@@ -126,6 +126,66 @@ def test_duplicate_key_names_the_key_and_line(tmp_path):
         load_profile(str(nested))
 
 
+def _alias_bomb(levels: int = 9, width: int = 9) -> str:
+    """Nested aliases under a free mapping: 9**9 values once expanded, 1 kB of text."""
+    anchors = ["a0: &a0 [" + ", ".join(["x"] * width) + "]"]
+    anchors += [
+        f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * width) + "]" for i in range(1, levels + 1)
+    ]
+    options = "\n".join(" " * 8 + line for line in anchors)
+    return (
+        f"extends: demo\nquality:\n  scorers:\n    - name: heuristic\n      options:\n{options}\n"
+    )
+
+
+def test_alias_bomb_is_refused_at_once_in_bounded_memory(tmp_path):
+    """It used to run at 100% CPU up to 1.58 GB for minutes; in a child process with a memory
+    cap and a deadline, so a regression fails here instead of hanging the suite."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "bomb.yaml"
+    path.write_text(_alias_bomb())
+    code = (
+        "import resource, sys\n"
+        "resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))\n"
+        "from climb_assets.config import ProfileError, load_profile\n"
+        "try:\n    load_profile(sys.argv[1])\nexcept ProfileError as exc:\n    print(exc)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert re.search(r"bomb\.yaml line \d+ is not valid YAML: aliases expand to more than "
+                     r"100,000 values", out.stdout), out.stdout  # fmt: skip
+    assert len(out.stdout.strip().splitlines()) == 1
+
+
+def test_aliases_within_the_budget_and_merge_keys_work(tmp_path):
+    path = tmp_path / "merge.yaml"
+    path.write_text(
+        "extends: demo\nx-small: &small {k: 8, niter: 7}\n"
+        "kmeans:\n  <<: *small\n  k: 16\nmerge: {<<: {target_count: 3, distance_threshold: null}}\n"
+    )
+    profile = load_profile(str(path))
+    # an own key overrides a merged one, as YAML says; `x-` keys only hold anchors
+    assert (profile.kmeans.k, profile.kmeans.niter, profile.merge.target_count) == (16, 7, 3)
+    path.write_text("extends: demo\nkmeans: {<<: {k: 8}, k: 16, k: 4}\n")
+    with pytest.raises(ProfileError, match=r"duplicate key 'k'"):
+        load_profile(str(path))
+
+
+def test_oversized_or_binary_profile_is_refused_before_parsing(tmp_path):
+    path = tmp_path / "huge.yaml"
+    path.write_text("extends: demo\n" + "# padding\n" * 200_000)
+    with pytest.raises(ProfileError, match=r"huge\.yaml is 2,000,014 bytes, above the 1,048,576"):
+        load_profile(str(path))
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes("extends: demo\nname: caf\xe9\n".encode("latin-1"))
+    with pytest.raises(ProfileError, match=r"latin1\.yaml is not UTF-8 text"):
+        load_profile(str(path))
+
+
 def test_max_chars_has_a_floor():
     with pytest.raises(ProfileError, match="corpus.max_chars must be >= 1000 or null"):
         profile_from_dict({"name": "x", "corpus": {"max_chars": 10}})

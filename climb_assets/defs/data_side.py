@@ -30,7 +30,7 @@ from climb_assets.defs.common import (
 from climb_assets.defs.partitions import GPU_OP_TAGS, GPU_POOL, shard_partitions
 from climb_assets.defs.resources import ClimbResource
 from climb_assets.lib import plots, sampling
-from climb_assets.lib.corpus import CorpusError, ingest_shard, shard_stem
+from climb_assets.lib.corpus import CorpusError, ingest_shard, shard_identity, shard_stem
 from climb_assets.lib.embed import TextEncoder
 from climb_assets.lib.kmeans import (
     assign,
@@ -54,6 +54,7 @@ from climb_assets.lib.prune import (
 )
 from climb_assets.lib.quality import ScorerSpec, ShardScorer
 from climb_assets.lib.sampling import SmallestPerGroup
+from climb_assets.lib.shard_ids import first_shared_ids, ids_file
 from climb_assets.lib.static_encoder import StaticEncoder
 from climb_assets.lib.storage import Store
 
@@ -81,19 +82,15 @@ def corpus_documents(
     for location in (profile.storage.root, profile.corpus.path):
         climb.check_bucket(location)
     corpus, options = climb.corpus_store(), climb.corpus_options()
-    if not corpus.exists(key):
-        raise CorpusError(
-            f"shard {corpus.uri(key)} no longer exists; `climb register-shards` (or `climb run`) "
-            "unregisters it"
-        )
     # The identity is taken before reading: a file replaced during the read is read again.
-    source = corpus.identity(key)
+    source = shard_identity(corpus, key, profile.corpus.on_bad_shard)
     shard = ingest_shard(
         corpus, key, options, store, shard_file("corpus_documents", key),
         shard_file("corpus_rejects", key), profile.corpus.on_bad_shard,
     )  # fmt: skip
     if shard.quarantined is not None:
         context.log.warning(f"quarantined (corpus.on_bad_shard: skip): {shard.quarantined}")
+    _refuse_shared_ids(store, corpus, key, registered_shards(context))
     path = store.uri(shard_file("corpus_documents", key))
     write_marker(store, profile, "corpus_documents", key, source)
     reasons = collections.Counter(shard.rejects.column("reason").to_pylist())
@@ -120,6 +117,24 @@ def corpus_documents(
             **long_docs,
         },
         data_version=dg.DataVersion(source),
+    )
+
+
+def _refuse_shared_ids(store: Store, corpus: Store, key: str, shards: list[str]) -> None:
+    """Refuses shard `key` when another shard holds one of its doc_ids (a copy under a new
+    name, say), before its embeddings are computed; its documents are removed again so the
+    catalog never shows them twice. Memory: one shard's ids at a time."""
+    shared = first_shared_ids(store, key, shards)
+    if shared is None:
+        return
+    for folder in ("corpus_documents", "corpus_rejects"):
+        store.remove(shard_file(folder, key))
+    store.remove(ids_file(key))
+    raise CorpusError(
+        f"shard {corpus.uri(key)} shares {shared.count} doc_id(s) with shard "
+        f"{corpus.uri(shared.other)}, e.g. '{shared.example}'; if one is a copy of the other, "
+        "remove it; if the shards number their rows independently, set corpus.id_column: null "
+        "to use content hashes"
     )
 
 

@@ -16,7 +16,13 @@ import pyarrow as pa
 
 from climb_assets.defs.common import metadata_table
 from climb_assets.defs.resources import ClimbResource
-from climb_assets.defs.search import GROUP, cluster_tokens, target_alignment, trainable_tokens
+from climb_assets.defs.search import (
+    GROUP,
+    cluster_summary,
+    cluster_tokens,
+    target_alignment,
+    trainable_tokens,
+)
 from climb_assets.defs.search_round import current_alignment
 from climb_assets.lib.baselines import BaselineError, BaselineInputs, compute_references
 from climb_assets.lib.storage import Store
@@ -62,10 +68,11 @@ def reference_mixtures(
     context: dg.AssetExecutionContext, climb: ClimbResource
 ) -> dg.MaterializeResult:
     profile, store = climb.settings(), climb.store()
-    available = trainable_tokens(store, profile)  # the validation documents held out
+    available = np.asarray(cluster_summary(store)["tokens"], dtype=np.int64)
     k = available.size
     inputs = BaselineInputs(
         available_tokens=available,
+        trainable_tokens=trainable_tokens(store, profile),  # validation documents held out
         total_tokens=profile.manifest.total_tokens,
         max_epochs=profile.manifest.max_epochs,
         token_ids=lambda i: store.read_npy(f"cluster_tokens/sc_{i:03d}.tokens.npy"),

@@ -54,7 +54,13 @@ FIRST_DAY = dt.datetime(1900, 1, 1)
 
 
 def iteration_partitions(n_rounds: int) -> dg.TimeWindowPartitionsDefinition:
-    """Partitions `iter_001 .. iter_NNN`, one per search round."""
+    """Partitions `iter_001 .. iter_NNN`, one per search round.
+
+    A daily time window underneath, with the day of the year as the key: Dagster lets an asset
+    depend on its own earlier partitions (a round on the one before) only when they are time
+    windows. So the UI and API describe them as "Daily, starting iter_001 UTC"; the webserver
+    rebuilds that text from the definition's snapshot, so no subclass can change it.
+    """
     return dg.TimeWindowPartitionsDefinition(
         start=FIRST_DAY,
         end=FIRST_DAY + dt.timedelta(days=n_rounds),
@@ -547,7 +553,10 @@ def build_search_round(n_rounds: int) -> dg.AssetsDefinition:
                 description=(
                     "This round's candidate mixtures. Round 1 samples around the token prior; "
                     "later rounds rank fresh candidates with the PREVIOUS round's predictor (why "
-                    "predictor_models is drawn upstream) and pick by search.design."
+                    "predictor_models is drawn upstream) and pick by search.design. Each "
+                    "partition iter_NNN is one search round (Dagster calls them 'Daily': a "
+                    "time window is the only kind of partition that may depend on its own "
+                    "previous one)."
                 ),
             ),
             "proxy_checkpoints": dg.AssetOut(

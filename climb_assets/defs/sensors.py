@@ -40,7 +40,7 @@ from climb_assets.defs.common import marker_source, remove_shard_outputs
 from climb_assets.defs.data_side import CENTROIDS_FILE
 from climb_assets.defs.partitions import shard_partitions
 from climb_assets.defs.resources import ClimbResource
-from climb_assets.lib.corpus import list_corpus
+from climb_assets.lib.corpus import list_corpus, shard_identity
 
 REFRESH_TAG = "climb/refresh"
 """Tag on every run these jobs start: ingest, assign, catalog or recluster."""
@@ -118,7 +118,8 @@ def shard_changes(instance: dg.DagsterInstance, climb: ClimbResource) -> ShardCh
     formats = climb.settings().corpus.formats
     known = set(instance.get_dynamic_partitions(shard_partitions.name))
     shards, unknown = list_corpus(corpus, formats)
-    identities = {key: corpus.identity(key) for key in shards}
+    on_bad_shard = climb.settings().corpus.on_bad_shard
+    identities = {key: shard_identity(corpus, key, on_bad_shard) for key in shards}
     replaced = {}
     for key in sorted(known.intersection(shards)):
         read_from = marker_source(store, "corpus_documents", key)

@@ -13,7 +13,9 @@ document would otherwise dominate a super-cluster's tokens and overshoot any tok
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -240,6 +242,9 @@ class ShardStream:
                         checked = True
                     yield self._clean(raw)
         except (pa.ArrowException, OSError, EOFError, zstandard.ZstdError) as exc:
+            problem = _cannot_open(self.corpus, self.rel, exc) if isinstance(exc, OSError) else None
+            if problem is not None:
+                raise problem from None
             kind = "Parquet" if self.rel.endswith(PARQUET_SUFFIXES) else "JSON lines"
             codec = compression_of(self.rel)
             raise _unreadable(
@@ -425,12 +430,54 @@ def quarantined_shard(reason: str, extra_columns: tuple[str, ...] = ()) -> Shard
     return ShardDocuments(empty, rejects, {"rows_read": 0, "documents": 0, "rejected": 1})
 
 
+SKIP_HINT = "or set corpus.on_bad_shard: skip to quarantine it and go on with the others"
+_CANNOT_OPEN = (errno.ELOOP, errno.ENOENT, errno.EACCES, errno.EPERM, errno.ENOTDIR)
+
+
+def _cannot_open(corpus: Store, rel: str, exc: OSError) -> ShardUnreadable | None:
+    """Why a shard path cannot be opened at all (a link loop, a dangling link, no permission),
+    as a `ShardUnreadable` naming the fix; None for other errors."""
+    if exc.errno not in _CANNOT_OPEN:
+        return None
+    local = corpus.local_path(rel)
+    if exc.errno == errno.ELOOP:
+        reason = "is a symbolic link loop"
+    elif exc.errno in (errno.EACCES, errno.EPERM):
+        reason = "cannot be read: permission denied"
+    elif local is not None and local.is_symlink():
+        reason = f"is a dangling symbolic link (to {os.readlink(local)}, which does not exist)"
+    else:
+        return None
+    return ShardUnreadable(
+        f"shard {corpus.uri(rel)} {reason}; fix or remove it, {SKIP_HINT}", reason
+    )
+
+
+def shard_identity(corpus: Store, rel: str, on_bad_shard: str = "error") -> str:
+    """`corpus.identity(rel)`, checked: a shard that cannot be stat'ed raises `ShardUnreadable`
+    naming why, or with `on_bad_shard="skip"` gets the identity `unreadable: <why>` (so the
+    shard is quarantined, and read again once the file changes)."""
+    try:
+        return corpus.identity(rel)
+    except OSError as exc:
+        problem = _cannot_open(corpus, rel, exc)
+        if problem is None:
+            if exc.errno == errno.ENOENT:
+                raise CorpusError(
+                    f"shard {corpus.uri(rel)} no longer exists; `climb register-shards` (or "
+                    "`climb run`) unregisters it"
+                ) from None
+            raise
+        if on_bad_shard == "skip":
+            return f"unreadable: {problem.reason}"
+        raise problem from None
+
+
 def _unreadable(corpus: Store, rel: str, kind: str, exc: BaseException) -> ShardUnreadable:
     reason = f"cannot be read as {kind} ({type(exc).__name__}: {exc})"
     return ShardUnreadable(
         f"shard {corpus.uri(rel)} {reason}; replace or delete the file (a deleted shard is "
-        "unregistered by the next `climb run`), or set corpus.on_bad_shard: skip to quarantine "
-        "it and go on with the others",
+        f"unregistered by the next `climb run`), {SKIP_HINT}",
         reason,
     )
 

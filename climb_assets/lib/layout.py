@@ -16,6 +16,7 @@ from climb_assets.lib.storage import Store
 SHARD_OUTPUTS = (
     ("corpus_documents", ".parquet"),
     ("corpus_rejects", ".parquet"),
+    ("corpus_ids", ".npy"),
     ("embeddings", ".npy"),
     ("embeddings", ".tokens.parquet"),
     ("cluster_quality", ".parquet"),

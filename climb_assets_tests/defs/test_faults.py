@@ -108,6 +108,29 @@ def test_broken_shard_named_then_quarantined_then_deleted(tmp_path, corpus):
         assert "shard-broken.parquet" not in instance.get_dynamic_partitions("corpus_shards")
 
 
+def test_copied_shard_refused_at_ingestion_naming_both_shards(tmp_path, corpus):
+    """A shard copied under a new name is refused when it is read, before its embeddings, and
+    its rows never reach the catalog twice (it used to cost a whole ingest first)."""
+    shutil.copy(corpus / "shard-000.parquet", corpus / "shard-zz-copy.parquet")
+    n_copied = pq.read_metadata(corpus / "shard-zz-copy.parquet").num_rows
+    climb = ClimbResource(profile=str(_profile(tmp_path, corpus)))
+    lines: list[str] = []
+    with (
+        dg.instance_for_test() as instance,
+        pytest.raises(
+            CorpusError,
+            match=rf"shard-zz-copy\.parquet shares {n_copied} doc_id\(s\) with shard "
+            r"\S*shard-000\.parquet, e\.g\. '.+'; if one is a copy of the other, remove it",
+        ),
+    ):
+        run_data_side(climb, instance, log=lines.append)
+    out = Path(climb.store().uri())
+    assert (out / "embeddings" / "shard-000.npy").exists()
+    for rel in ("embeddings/shard-zz-copy.npy", "corpus_documents/shard-zz-copy.parquet",
+                "corpus_ids/shard-zz-copy.npy"):  # fmt: skip
+        assert not (out / rel).exists(), rel
+
+
 def _climb(home: Path, profile: Path, *args: str) -> subprocess.Popen:
     env = {**os.environ, "DAGSTER_HOME": str(home), "CLIMB_HOME": str(home.parent)}
     return subprocess.Popen(
@@ -409,3 +432,57 @@ def test_markers_from_before_shard_identities_are_adopted_unless_the_shard_chang
     assert not is_done(
         store, profile, "corpus_documents", "touched.jsonl", corpus.identity("touched.jsonl")
     )
+
+
+def test_link_loop_and_dangling_link_are_one_line_then_quarantined(
+    tmp_path, corpus, capsys, monkeypatch
+):
+    """Both used to end in a traceback during shard registration ([Errno 40], a bare
+    [Errno 2]) that `on_bad_shard: skip` could not help with."""
+    from climb_assets.cli import main
+
+    (corpus / "loop.jsonl").symlink_to("loop.jsonl")
+    (corpus / "dangling.jsonl").symlink_to("missing.jsonl")
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "home"))
+    profile = _profile(tmp_path, corpus)
+    assert main(["--profile", str(profile), "run", "--data-only"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("climb: error: shard ") and len(err.splitlines()) == 1, err
+    assert "dangling.jsonl is a dangling symbolic link (to missing.jsonl" in err
+    assert "corpus.on_bad_shard: skip" in err
+    (corpus / "dangling.jsonl").unlink()
+    assert main(["--profile", str(profile), "run", "--data-only"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "loop.jsonl is a symbolic link loop; fix or remove it" in err and "\n" not in err
+
+    (corpus / "dangling.jsonl").symlink_to("missing.jsonl")
+    (tmp_path / "skip").mkdir()
+    climb = ClimbResource(
+        profile=str(_profile(tmp_path / "skip", corpus, corpus={"on_bad_shard": "skip"}))
+    )
+    with dg.instance_for_test() as instance:
+        run_data_side(climb, instance, log=lambda _: None)
+        reasons = sorted(
+            r[0] for r in _documents(climb, "SELECT reason FROM rejected_rows WHERE row = -1")
+        )
+        assert reasons == [
+            "unreadable shard: is a dangling symbolic link (to missing.jsonl, which does not "
+            "exist)",
+            "unreadable shard: is a symbolic link loop",
+        ]
+        assert _documents(climb, "SELECT count(*) FROM documents")[0][0] > 0
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads every file")
+def test_unreadable_shard_names_the_permission(tmp_path, capsys, monkeypatch):
+    from climb_assets.cli import main
+
+    corpus = tmp_path / "corpus"
+    write_jsonl(corpus / "b.jsonl", [{"doc_id": "1", "text": "fine text " * 20}])
+    write_jsonl(corpus / "c.jsonl", [{"doc_id": "2", "text": "other text " * 20}])
+    (corpus / "c.jsonl").chmod(0)
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "home"))
+    profile = write_profile(tmp_path, corpus={"path": str(corpus)}, targets=[])
+    assert main(["--profile", str(profile), "run", "--data-only"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "c.jsonl cannot be read: permission denied" in err and "\n" not in err

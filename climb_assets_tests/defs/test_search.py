@@ -341,6 +341,8 @@ def test_manifest_lists_its_exports_and_its_blend_points_at_their_files(planted)
     trained = [s["training_tokens"] for s in megatron["super_clusters"].values()]
     # same tokenizer: the same tokens (each prefix's epochs rounded to a token)
     assert abs(sum(trained) - doc["total_tokens"]["exported"]) <= len(trained)
+    hf = store.read_json("exports/hf/_export.json")
+    assert 1 <= hf["max_repeats"] <= doc["max_epochs"] == 2
     # the validation split: every super-cluster with two documents holds some out
     held = doc["validation"]
     assert held["documents"] > 0 and held["parts"]
@@ -405,7 +407,9 @@ def test_reference_mixtures_sit_beside_climbmix_with_predicted_objectives(plante
         assert ref["predicted_gap_to_final"] == pytest.approx(gap)
     # A reference may ask more of a super-cluster than max_epochs passes give within the budget
     # (the search's candidates never do); the manifest says which ones.
-    caps = np.array([s["available_tokens"] for s in doc["super_clusters"]]) * 2 / 20_000
+    # (the caps count the tokens a manifest may train on: validation documents held out)
+    trainable = [s["available_tokens"] - s["validation_tokens"] for s in doc["super_clusters"]]
+    caps = np.array(trainable) * 2 / 20_000
     for ref in refs.values():
         fits = bool(np.all(np.asarray(ref["weights"]) <= caps + 1e-6))
         assert ref["within_repetition_caps"] is fits, ref["name"]

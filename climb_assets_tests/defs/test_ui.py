@@ -88,14 +88,19 @@ def story(tmp_path_factory, small_demo_corpus):
     )  # fmt: skip
     climb = ClimbResource(profile=str(profile))
     defs = build_definitions(str(profile))
-    manifest_key = dg.AssetKey("climbmix_manifest")
+    keys = [dg.AssetKey("climbmix_manifest"), dg.AssetKey("climbmix_exports")]
     with dg.DagsterInstance.from_ref(InstanceRef.from_dir(str(home))) as instance:
         run_all(climb, instance, log=lambda _: None)
 
         def status():
             resolver = get_stale_status_resolver(instance, list(defs.assets or ()))
-            causes = resolver.get_stale_root_causes(manifest_key)
-            return resolver.get_status(manifest_key), {c.key.asset_key.path[-1] for c in causes}
+            return {
+                key.path[-1]: (
+                    resolver.get_status(key),
+                    {c.key.asset_key.path[-1] for c in resolver.get_stale_root_causes(key)},
+                )
+                for key in keys
+            }
 
         before = status()
         rows = [
@@ -112,10 +117,13 @@ def story(tmp_path_factory, small_demo_corpus):
     return {"home": home, "profile": profile, "climb": climb, "before": before, "after": after}
 
 
-def test_manifest_turns_stale_after_a_corpus_refresh(story):
-    status, _ = story["before"]
+@pytest.mark.parametrize("asset", ["climbmix_manifest", "climbmix_exports"])
+def test_manifest_and_exports_turn_stale_after_a_corpus_refresh(story, asset):
+    """The exports are built from what the manifest reads, so a refresh marks them stale too
+    (Dagster flags only an asset's own parents)."""
+    status, _ = story["before"][asset]
     assert status.value == "FRESH"  # right after `climb run`
-    status, causes = story["after"]
+    status, causes = story["after"][asset]
     assert status.value == "STALE"
     assert "super_clusters" in causes or "corpus_documents" in causes, causes
 
@@ -163,27 +171,43 @@ def test_dagster_dev_tells_the_story(story):
                 assert len(item["description"] or "") > 40, (kind, item)
         assert len(described["sensors"]) == 3 and len(described["schedules"]) == 1
 
-        manifest = _graphql(
-            port,
-            '{ assetNodes(assetKeys: [{path: ["climbmix_manifest"]}]) { staleStatus '
-            "staleCauses { reason key { path } dependency { path } } "
-            "assetMaterializations(limit: 1) { metadataEntries { label "
-            "... on TableMetadataEntry { table { records } } "
-            "... on PathMetadataEntry { path } } } } }",
-        )["data"]["assetNodes"][0]
-        assert manifest["staleStatus"] == "STALE"
-        dependencies = {(c["dependency"] or c["key"])["path"][-1] for c in manifest["staleCauses"]}
-        assert dependencies & {"super_clusters", "corpus_documents"}, manifest["staleCauses"]
+        stale = {
+            n["assetKey"]["path"][-1]: n
+            for n in _graphql(
+                port,
+                '{ assetNodes(assetKeys: [{path: ["climbmix_manifest"]}, '
+                '{path: ["climbmix_exports"]}]) { assetKey { path } staleStatus '
+                "staleCauses { reason key { path } dependency { path } } "
+                "assetMaterializations(limit: 1) { metadataEntries { label "
+                "... on TableMetadataEntry { table { records schema { columns { name } } } } "
+                "... on PathMetadataEntry { path } } } } }",
+            )["data"]["assetNodes"]
+        }
+        for node in stale.values():
+            assert node["staleStatus"] == "STALE", node["assetKey"]
+            dependencies = {(c["dependency"] or c["key"])["path"][-1] for c in node["staleCauses"]}
+            assert dependencies & {"super_clusters", "corpus_documents"}, node["staleCauses"]
+        manifest = stale["climbmix_manifest"]
         entries = manifest["assetMaterializations"][0]["metadataEntries"]
         labels = [e["label"] for e in entries]
         assert labels[:8] == [
             "chosen_mixture", "rule", "predicted_objective", "predicted_objective_band",
             "measured_objective", "best_proxy", "predicted_for_best_proxy", "super_clusters",
         ]  # fmt: skip
-        rows = [json.loads(r) for r in entries[7]["table"]["records"]]
+        # Id, weight, tokens and natural share lead so they fit at 1600 px; terms (<= 4) last.
+        table = entries[7]["table"]
+        assert [c["name"] for c in table["schema"]["columns"]] == [
+            "super_cluster_id", "climbmix_weight", "tokens", "natural_share", "top_terms",
+        ]  # fmt: skip
+        rows = [json.loads(r) for r in table["records"]]
         assert [r["super_cluster_id"] for r in rows] == list(range(4))
         assert sum(r["climbmix_weight"] for r in rows) == pytest.approx(1.0, abs=1e-3)
-        assert all(r["top_terms"] for r in rows)
+        assert all(1 <= len(r["top_terms"].split()) <= 4 for r in rows), rows
+        by_label = {e["label"]: e for e in entries}
+        references = [json.loads(r) for r in by_label["reference_mixtures"]["table"]["records"]]
+        assert references and all(
+            len(r["largest_weights"]) <= 48 and "weights" not in r for r in references
+        ), references
         charts = {e["label"]: e.get("path") for e in entries if e["label"].startswith("chart_")}
         assert set(charts) == {"chart_weights", "chart_weights_png", "chart_rounds",
                                "chart_rounds_png"}  # fmt: skip
@@ -198,6 +222,9 @@ def test_dagster_dev_tells_the_story(story):
         assert not any(r["jobName"].startswith("__") for r in runs)
         assert {"cli_ingest_shard", "cli_kmeans_centroids", "cli_search_round",
                 "cli_climbmix_manifest"} <= {r["jobName"] for r in cli}  # fmt: skip
+        # Every run's Job link opens: its job is one the definitions hold.
+        defined = {j["name"] for j in described["jobs"]}
+        assert {r["jobName"] for r in runs} <= defined, {r["jobName"] for r in runs} - defined
     finally:
         stop_process_group(proc, grace=30)
     plain = re.sub(r"\x1b\[[0-9;]*m", "", log_path.read_text())

@@ -18,7 +18,9 @@ class BaselineInputs:
     """What the training-free mixtures are computed from (all per super-cluster).
 
     Attributes:
-        available_tokens: (K,) proxy tokens each super-cluster holds.
+        available_tokens: (K,) proxy tokens each super-cluster holds (its natural share).
+        trainable_tokens: (K,) of those, the tokens a manifest may train on (validation
+            documents held out); the repetition caps use them. None: all of them.
         total_tokens: The manifest's training budget (UniMax spreads it).
         max_epochs: Passes allowed over each super-cluster within that budget.
         token_ids: Returns super-cluster i's token stream (entropy mixtures read it).
@@ -30,10 +32,17 @@ class BaselineInputs:
     max_epochs: float | None = None
     token_ids: Callable[[int], np.ndarray] | None = None
     alignment: np.ndarray | None = None
+    trainable_tokens: np.ndarray | None = None
 
     @property
     def k(self) -> int:
         return int(np.asarray(self.available_tokens).size)
+
+    @property
+    def cap_tokens(self) -> np.ndarray:
+        """The tokens `max_epochs` passes are counted over."""
+        chosen = self.available_tokens if self.trainable_tokens is None else self.trainable_tokens
+        return np.asarray(chosen, dtype=np.float64)
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,7 @@ class UniMax:
             raise BaselineError("unimax needs manifest.total_tokens and manifest.max_epochs")
         if inputs.total_tokens <= 0 or inputs.max_epochs <= 0:
             raise BaselineError("unimax needs a positive manifest.total_tokens and max_epochs")
-        caps = np.asarray(inputs.available_tokens, dtype=np.float64) * inputs.max_epochs
+        caps = inputs.cap_tokens * inputs.max_epochs
         if caps.sum() < inputs.total_tokens:
             missing = inputs.total_tokens - caps.sum()
             raise BaselineError(
@@ -47,5 +47,5 @@ class UniMax:
         return ReferenceMixture(
             self.name, alloc / alloc.sum(), self.description,
             {"capped_super_clusters": capped, "epochs": (alloc / np.maximum(
-                inputs.available_tokens, 1)).round(4).tolist()},
+                inputs.cap_tokens, 1)).round(4).tolist()},
         )  # fmt: skip
