@@ -19,6 +19,7 @@ import yaml
 
 from climb_assets.config import ProfileError, load_profile, resolve_location
 from climb_assets.defs.resources import ClimbResource, climb_resource, default_profile_ref
+from climb_assets.lib.os_errors import describe_os_failure
 from climb_assets.lib.planner import DEFAULT_TOKENS_PER_DOC, CorpusSize, PlanOptions, plan
 
 EXAMPLE_QUERY = (
@@ -33,7 +34,9 @@ def _catalog(args: argparse.Namespace) -> int:
 
     from climb_assets.defs.catalog import open_catalog
 
-    con = open_catalog(climb_resource(args.profile))
+    climb = climb_resource(args.profile)
+    con = open_catalog(climb)
+    _warn_if_stale(climb)
     try:
         if args.sql:
             try:
@@ -49,6 +52,15 @@ def _catalog(args: argparse.Namespace) -> int:
     finally:
         con.close()
     return 0
+
+
+def _warn_if_stale(climb: ClimbResource) -> None:
+    """One line on stderr when the manifest was built from a corpus that has changed since."""
+    from climb_assets.defs.common import manifest_staleness
+
+    line = manifest_staleness(climb.store())
+    if line:
+        print(f"climb: warning: {line}", file=sys.stderr)
 
 
 def _summary(climb: ClimbResource) -> None:
@@ -258,6 +270,7 @@ def _run(args: argparse.Namespace) -> int:
     print(f"\ndone in {time.perf_counter() - start:.0f}s; step seconds: "
           f"{json.dumps({k: round(v, 1) for k, v in timings.items()})}")  # fmt: skip
     _summary(climb)
+    _warn_if_stale(climb)  # after --data-only or --only, the search may not have caught up
     return 0
 
 
@@ -454,13 +467,30 @@ def _dispatch(args: argparse.Namespace) -> int:
     except (KeyboardInterrupt, dg.DagsterExecutionInterruptedError):
         print("climb: interrupted; finished work is kept; run again to resume", file=sys.stderr)
         return 130
-    except (ProfileError, ValueError, FileNotFoundError, RuntimeError) as exc:
-        print(f"climb: error: {exc}", file=sys.stderr)
-        return 2
-    except dg.DagsterError as exc:
-        cause = exc.__cause__ or exc
-        print(f"climb: error: {type(cause).__name__}: {cause}", file=sys.stderr)
-        return 1
+    except Exception as exc:  # every expected failure: one line, no stack
+        if args.command in ("run", "demo"):
+            with contextlib.suppress(Exception):  # the warning must not hide the error
+                _warn_if_stale(climb_resource(args.profile))
+        line = describe_os_failure(exc, _storage_root(args))
+        if line is not None:
+            print(f"climb: error: {line}", file=sys.stderr)
+            return 1
+        if isinstance(exc, ProfileError | ValueError | FileNotFoundError | RuntimeError):
+            print(f"climb: error: {exc}", file=sys.stderr)
+            return 2
+        if isinstance(exc, dg.DagsterError):
+            cause = exc.__cause__ or exc
+            print(f"climb: error: {type(cause).__name__}: {cause}", file=sys.stderr)
+            return 1
+        raise
+
+
+def _storage_root(args: argparse.Namespace) -> str | None:
+    """The profile's storage root, for a full-disk message (None when it cannot be read)."""
+    try:
+        return resolve_location(load_profile(args.profile).storage.root)
+    except Exception:  # the message then goes without it
+        return None
 
 
 if __name__ == "__main__":

@@ -21,7 +21,12 @@ from climb_assets.defs.checks import (
     no_empty_kept_cluster,
 )
 from climb_assets.defs.cli_jobs import CLI_JOB_DESCRIPTION, cli_job_name
-from climb_assets.defs.common import adopt_unsourced_markers, is_done, write_marker
+from climb_assets.defs.common import (
+    CORPUS_STATE_FILE,
+    adopt_unsourced_markers,
+    is_done,
+    write_marker,
+)
 from climb_assets.defs.data_side import (
     cluster_assignments,
     cluster_quality,
@@ -39,7 +44,7 @@ from climb_assets.defs.sensors import (
     unknown_files_warning,
     unregister_shards,
 )
-from climb_assets.lib.locks import FileLock
+from climb_assets.lib.locks import WAIT_REPORT_S, FileLock
 from climb_assets.run_health import ATTEMPT_TAG, cli_run_tags, reap_dead_runs, watch_pool_waits
 
 
@@ -80,19 +85,23 @@ def instance_home() -> Path:
 
 @contextmanager
 def exclusive_instance(
-    climb: ClimbResource, wait: bool = False, log: Callable[[str], None] = print
+    climb: ClimbResource,
+    wait: bool = False,
+    log: Callable[[str], None] = print,
+    wait_report_s: float = WAIT_REPORT_S,
 ) -> Iterator[dg.DagsterInstance]:
     """The local instance, held by this process alone, with runs of killed processes cleaned up.
 
     One `climb` process at a time per instance (DAGSTER_HOME) and per local storage root: a
-    second one fails at once naming the holder's pid (or waits, with `wait`). The lock is taken
-    before the instance is opened, so two first runs cannot both create its tables.
+    second one fails at once naming the holder's pid (or waits, with `wait`, saying whom it
+    waits for every `wait_report_s` seconds, so that the wait does not look like a hang). The
+    lock is taken before the instance is opened, so two first runs cannot both create its tables.
     """
     home = instance_home()
-    locks = [FileLock(home / ".climb-run.lock", wait)]
+    locks = [FileLock(home / ".climb-run.lock", wait, log, wait_report_s)]
     store = climb.store()
     if store.is_local:
-        locks.append(FileLock(Path(store.path(".climb-run.lock")), wait))
+        locks.append(FileLock(Path(store.path(".climb-run.lock")), wait, log, wait_report_s))
     with ExitStack() as stack:
         for lock in locks:
             stack.enter_context(lock)
@@ -283,13 +292,20 @@ def run_search(
     for line in search_trade_offs(profile):
         log(f"  note: {line}")
     upstream_changed = force or data_changed
+    # The corpus the data side last read: a step built from another one (say, before a
+    # `--data-only` run that dropped a shard) is redone, and everything after it.
+    corpus = (
+        store.read_json(CORPUS_STATE_FILE)["corpus_digest"]
+        if store.exists(CORPUS_STATE_FILE)
+        else None
+    )
     for asset, name in ((proxy_tokenizer, "proxy_tokenizer"), (cluster_tokens, "cluster_tokens"),
                         (search_targets, "search_targets"),
                         (target_alignment, "target_alignment")):  # fmt: skip
-        if (upstream_changed or not is_done(store, profile, name, None)) and materialize(
+        if (upstream_changed or not is_done(store, profile, name, None, corpus)) and materialize(
             [asset], name
         ):
-            write_marker(store, profile, name, None)
+            write_marker(store, profile, name, None, corpus)
             upstream_changed = True
     materialize([reference_mixtures], "reference_mixtures")  # seconds; reads the manifest budget
     if not profile.search.trains_proxies:

@@ -5,6 +5,12 @@ from collections.abc import Sequence
 import dagster as dg
 import duckdb
 
+from climb_assets.defs.common import (
+    CORPUS_STATE_FILE,
+    MANIFEST_SOURCE_FILE,
+    corpus_state,
+    manifest_staleness,
+)
 from climb_assets.defs.data_side import pruned_clusters, super_clusters
 from climb_assets.defs.partitions import shard_partitions
 from climb_assets.defs.resources import ClimbResource
@@ -102,7 +108,32 @@ def catalog_views(
         source = _glob_source(store, pattern)
         if source:
             views[name] = f"SELECT * FROM {source}"
+    status = _manifest_status(store)
+    if status:
+        # Every row of a manifest view carries whether the corpus changed since it was built.
+        views["manifest_status"] = status
+        for name in ("manifest_weights", "manifest_documents", "manifest_validation"):
+            if name in views:
+                views[name] = (
+                    f"SELECT v.*, st.stale AS manifest_stale FROM ({views[name]}) AS v "
+                    f"CROSS JOIN ({status}) AS st"
+                )
     return views
+
+
+def _manifest_status(store: Store) -> str | None:
+    """One row read at query time: the corpus the manifest was built from, the corpus the data
+    side last read, and whether they differ."""
+    if not (store.exists(MANIFEST_SOURCE_FILE) and store.exists(CORPUS_STATE_FILE)):
+        return None
+    built = _sql_text(store.uri(MANIFEST_SOURCE_FILE))
+    now = _sql_text(store.uri(CORPUS_STATE_FILE))
+    return (
+        "SELECT b.manifest_digest, b.corpus_digest AS built_from_corpus, b.shards AS "
+        "built_from_shards, c.corpus_digest AS current_corpus, c.shards AS current_shards, "
+        "b.corpus_digest IS DISTINCT FROM c.corpus_digest AS stale "
+        f"FROM read_json({built}) AS b CROSS JOIN read_json({now}) AS c"
+    )
 
 
 def open_catalog(climb: ClimbResource) -> duckdb.DuckDBPyConnection:
@@ -157,6 +188,10 @@ def cluster_catalog(
     """
     profile, store = climb.settings(), climb.store()
     shards = context.instance.get_dynamic_partitions(shard_partitions.name)
+    store.write_json(CORPUS_STATE_FILE, corpus_state(store, list(shards)))
+    stale = manifest_staleness(store)
+    if stale:
+        context.log.warning(stale)
     views = catalog_views(store, [s.name for s in profile.quality.scorers], shards)
     if not views:
         raise FileNotFoundError("no corpus_documents yet; materialize the data side first")

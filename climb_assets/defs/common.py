@@ -86,6 +86,38 @@ def write_marker(
     store.write_json(marker_path(asset, partition), record)
 
 
+CORPUS_STATE_FILE = "_done/corpus.json"
+"""The corpus the data side last read: its digest and shard count (see `corpus_state`)."""
+MANIFEST_SOURCE_FILE = "manifest/built_from.json"
+"""The corpus the manifest was built from, beside the manifest (same keys as above)."""
+
+
+def corpus_state(store: Store, shards: list[str]) -> dict[str, Any]:
+    """The registered shards and the identity each was read from, as one digest.
+
+    Two outputs built from the same shard files have the same digest; a shard added, deleted
+    or replaced in place changes it.
+    """
+    rows = sorted((key, marker_source(store, "corpus_documents", key) or "") for key in shards)
+    digest = hashlib.sha256(json.dumps(rows).encode()).hexdigest()[:16]
+    return {"corpus_digest": digest, "shards": len(rows)}
+
+
+def manifest_staleness(store: Store) -> str | None:
+    """A line saying the manifest and exports were built from a corpus that has changed since
+    (a shard deleted, added or replaced, and the search not yet run again), or None."""
+    if not (store.exists(MANIFEST_SOURCE_FILE) and store.exists(CORPUS_STATE_FILE)):
+        return None
+    built, now = store.read_json(MANIFEST_SOURCE_FILE), store.read_json(CORPUS_STATE_FILE)
+    if built.get("corpus_digest") == now.get("corpus_digest"):
+        return None
+    return (
+        f"the manifest and exports under {store.uri('manifest')} are STALE: built from corpus "
+        f"{built.get('corpus_digest')} ({built.get('shards')} shards), the corpus is now "
+        f"{now.get('corpus_digest')} ({now.get('shards')} shards); `climb run` rebuilds them"
+    )
+
+
 def adopt_unsourced_markers(store: Store, corpus: Store, shard: str) -> bool:
     """Gives markers written before shard identities were recorded the shard's current one.
 

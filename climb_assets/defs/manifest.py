@@ -7,7 +7,13 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
-from climb_assets.defs.common import chart, metadata_table, registered_shards
+from climb_assets.defs.common import (
+    MANIFEST_SOURCE_FILE,
+    chart,
+    corpus_state,
+    metadata_table,
+    registered_shards,
+)
 from climb_assets.defs.data_side import shard_file
 from climb_assets.defs.final_choice import choose_final
 from climb_assets.defs.references import reference_mixtures
@@ -179,10 +185,14 @@ def climbmix_manifest(
         pl.concat([chosen, held_out.with_columns(pl.lit(-1, pl.Int32).alias("pass"))]),
         weights, m.seed,
     )  # fmt: skip
+    built_from = corpus_state(store, registered_shards(context))
     doc = {
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "profile": {"name": profile.name, "digest": profile.digest},
         "manifest_digest": digest,
+        # When the corpus changes after this, `climb run`, `climb catalog` and the catalog's
+        # manifest views say the manifest is stale (`manifest_staleness`).
+        "corpus": built_from,
         "seeds": {
             "kmeans": profile.kmeans.seed, "tokenizer": profile.tokenizer.seed,
             "search": s.seed, "proxy": profile.proxy.seed, "manifest": m.seed,
@@ -241,6 +251,7 @@ def climbmix_manifest(
         "megatron_blend": blend,
     }  # fmt: skip
     store.write_json("manifest/climbmix.json", doc)
+    store.write_json(MANIFEST_SOURCE_FILE, {**built_from, "manifest_digest": digest})
     store.write_json("manifest/megatron_blend.json", {"data_path": blend})
     store.write_bytes("manifest/megatron_blend.txt", (" ".join(map(str, blend)) + "\n").encode())
     store.write_parquet(

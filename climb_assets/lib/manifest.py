@@ -105,13 +105,22 @@ def hold_out_validation(doc_ids: Sequence[str], share: float, seed: int) -> np.n
 
 
 def select_documents(
-    doc_ids: Sequence[str], n_tokens: np.ndarray, budget: int, seed: int
+    doc_ids: Sequence[str],
+    n_tokens: np.ndarray,
+    budget: int,
+    seed: int,
+    tolerance: float = 0.01,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Documents (indices) and their pass number that fill `budget` tokens.
 
     Whole passes over the cluster come first (each in the seeded stable order), then a partial
-    pass takes documents in that order while they fit in what is left of the budget, skipping a
-    document that would overshoot, so one long document never multiplies the tokens granted.
+    pass takes whole documents near the head of that order whose tokens come closest to what is
+    left of the budget (`partial_pass`): one long document never multiplies the tokens granted,
+    and long ones (split pieces of ~18k tokens against a budget of 50k) do not leave the budget
+    short when smaller documents can make up the difference. Each document is in a pass at most
+    once, so no document is repeated more than the full passes plus one. `tolerance` (relative
+    to the partial pass's tokens) is how far the order-following fill may land before the
+    partial pass looks further.
     """
     n_tokens = np.asarray(n_tokens, dtype=np.int64)
     if len(doc_ids) == 0 or budget <= 0 or n_tokens.sum() == 0:
@@ -122,42 +131,115 @@ def select_documents(
     picks = [order] * full
     passes = [np.full(len(order), p, np.int32) for p in range(full)]
     if rest:
-        partial = partial_pass(n_tokens[order], rest)
+        partial = partial_pass(n_tokens[order], rest, tolerance)
         picks.append(order[partial])
         passes.append(np.full(len(partial), full, np.int32))
     return np.concatenate(picks), np.concatenate(passes)
 
 
-def partial_pass(sizes: np.ndarray, budget: int, max_skips: int = 10_000) -> np.ndarray:
-    """Positions (in order) of documents of `sizes` that fill `budget` without large overshoot.
+def partial_pass(sizes: np.ndarray, budget: int, tolerance: float = 0.01) -> np.ndarray:
+    """Positions (in order) of whole documents of `sizes` whose tokens come closest to `budget`.
 
-    Takes the longest prefix that fits, then keeps taking the next document that still fits
-    (at most `max_skips` times); finally the smallest document left out is added if that ends
-    nearer to the budget than stopping short.
+    First the under-fill: the longest prefix that fits, then each later document that still
+    fits in what is left; the smallest document left out is added if that ends nearer to the
+    budget than stopping short. When that is still more than `tolerance` of the budget away (the
+    documents left out are all long: split pieces of ~18k tokens against a budget of 50k), a
+    swap: the first document left out (the next in the order), or else the smallest, is taken
+    and the latest selected documents that fit in the overshoot are dropped. That lands within
+    `tolerance` whenever the documents of at most `tolerance` of the budget hold as many tokens
+    as the longest one; when it does not, a subset-sum (`_nearest_subset`) finds the nearest
+    whole-document total when its search is small enough. Whatever is nearest wins
+    (ties: the earlier step). A cluster of few long documents may have no total within
+    `tolerance` at all: only splitting them finer (corpus.max_chars) can help it. Deterministic:
+    integer arithmetic on the order given.
     """
+    sizes = np.asarray(sizes, dtype=np.int64)
+    n = len(sizes)
     cumulative = np.cumsum(sizes)
     k = int(np.searchsorted(cumulative, budget, side="right"))
-    extra: list[int] = []  # positions after the prefix
     left = budget - (int(cumulative[k - 1]) if k else 0)
-    position = k
-    for _ in range(max_skips):
-        if left <= 0 or position >= len(sizes):
-            break
-        fits = np.flatnonzero(sizes[position:] <= left)
-        if not len(fits):
-            break
-        position += int(fits[0])
-        extra.append(position)
-        left -= int(sizes[position])
-        position += 1
-    if left > 0 and k + len(extra) < len(sizes):
-        rest = np.ones(len(sizes), bool)
-        rest[:k] = False
-        rest[extra] = False
-        smallest = int(np.flatnonzero(rest)[np.argmin(sizes[rest])])
-        if int(sizes[smallest]) - left < left:  # overshooting by less than we fall short
-            extra.append(smallest)
-    return np.sort(np.concatenate([np.arange(k, dtype=np.int64), np.asarray(extra, np.int64)]))
+    extra, left = _take_fitting(sizes, np.arange(k, n, dtype=np.int64), left)
+    under = np.concatenate([np.arange(k, dtype=np.int64), extra])
+    if left <= 0 or len(under) == n:
+        return under
+    out = np.ones(n, bool)
+    out[under] = False
+    smallest = int(np.flatnonzero(out)[np.argmin(sizes[out])])
+    best, error = under, left
+    if int(sizes[smallest]) - left < left:  # overshooting by less than we fall short
+        best, error = np.sort(np.append(under, smallest)), int(sizes[smallest]) - left
+    if error <= tolerance * budget:
+        return best
+    # `under` is in increasing position: reversed, the trim drops the latest documents first.
+    for swap in dict.fromkeys((k, smallest)):
+        dropped, over = _take_fitting(sizes, under[::-1], int(sizes[swap]) - left)
+        if over < error:
+            kept = np.setdiff1d(under, dropped, assume_unique=True)
+            best, error = np.sort(np.append(kept, swap)), over
+    if error > tolerance * budget:
+        nearest = _nearest_subset(sizes, budget, error)
+        if nearest is not None:
+            best = nearest
+    return best
+
+
+def _nearest_subset(
+    sizes: np.ndarray,
+    budget: int,
+    worse: int,
+    max_cells: int = 50_000_000,
+    max_totals: int = 1 << 23,
+) -> np.ndarray | None:
+    """Positions of whole documents whose sum is nearest to `budget` (ties: under it), when it
+    is nearer than `worse` tokens away; None when none is or the search would be too large.
+
+    The head of the order is kept up to eight of its longest documents short of the budget; the
+    rest is a subset-sum over the documents after it, in order, as many as `max_cells`
+    (documents times totals) allows. Each total remembers the first document that reached it,
+    so the documents found lean on the head of the order. At most `max_totals` totals (5 bytes
+    each) are searched.
+    """
+    longest = int(sizes[sizes < budget + worse].max(initial=0))
+    cumulative = np.cumsum(sizes)
+    head = int(np.searchsorted(cumulative, budget - min(budget, 8 * longest), side="right"))
+    target = budget - (int(cumulative[head - 1]) if head else 0)
+    width = target + worse  # totals 0 .. width - 1 of the documents after the head
+    if width > max_totals:
+        return None
+    first = np.full(width, -1, np.int32)  # the document that first reached each total
+    reached = np.zeros(width, bool)
+    reached[0] = True
+    for i in range(head, min(len(sizes), head + max(1, max_cells // width))):
+        s = int(sizes[i])
+        if 0 < s < width:
+            new = np.flatnonzero(reached[: width - s] & ~reached[s:]) + s
+            first[new] = i
+            reached[new] = True
+    totals = np.flatnonzero(reached)
+    total = int(totals[np.lexsort((totals > target, np.abs(totals - target)))[0]])
+    if abs(total - target) >= worse:
+        return None
+    picks = list(range(head))
+    while total:
+        i = int(first[total])
+        picks.append(i)
+        total -= int(sizes[i])
+    return np.sort(np.asarray(picks, np.int64))
+
+
+def _take_fitting(sizes: np.ndarray, candidates: np.ndarray, room: int) -> tuple[np.ndarray, int]:
+    """The `candidates` (positions) taken one by one, in their order, whenever one still fits in
+    `room` tokens, and the room left: runs of consecutive fitting documents go at once."""
+    taken = []
+    candidates = candidates[sizes[candidates] <= room]
+    while room > 0 and len(candidates):
+        cumulative = np.cumsum(sizes[candidates])
+        fit = int(np.searchsorted(cumulative, room, side="right"))  # >= 1: all fit alone
+        taken.append(candidates[:fit])
+        room -= int(cumulative[fit - 1])
+        candidates = candidates[fit + 1 :]  # the next one no longer fits
+        candidates = candidates[sizes[candidates] <= room]
+    return (np.concatenate(taken) if taken else np.zeros(0, np.int64)), room
 
 
 def dominated_by_few(n_tokens: np.ndarray, top: int = 5, share: float = 0.5) -> float | None:

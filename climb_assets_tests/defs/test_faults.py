@@ -34,7 +34,7 @@ DATA_SIDE = {
 def _profile(tmp_path: Path, folder: Path, **sections) -> Path:
     """A data-side profile on `folder`; `corpus=` adds keys to the corpus section."""
     corpus = {"path": str(folder), "extra_columns": ["source"], **sections.pop("corpus", {})}
-    return write_profile(tmp_path, corpus=corpus, targets=[], **{**DATA_SIDE, **sections})
+    return write_profile(tmp_path, corpus=corpus, **{"targets": [], **DATA_SIDE, **sections})
 
 
 def _documents(climb: ClimbResource, sql: str) -> list[tuple]:
@@ -486,3 +486,102 @@ def test_unreadable_shard_names_the_permission(tmp_path, capsys, monkeypatch):
     assert main(["--profile", str(profile), "run", "--data-only"]) == 2
     err = capsys.readouterr().err.strip()
     assert "c.jsonl cannot be read: permission denied" in err and "\n" not in err
+
+
+def test_full_disk_is_one_line_naming_the_root_and_the_fix(tmp_path, corpus, capsys, monkeypatch):
+    """A full disk used to end in two tracebacks (`SafetensorError: ... No space left on device
+    (os error 28)`) and no `climb: error:` line. Here the disk fills while a step writes."""
+    import errno
+
+    from climb_assets.cli import main
+    from climb_assets.lib.storage import Store
+
+    write_parquet = Store.write_parquet
+
+    def full(self, rel, table):
+        if rel.startswith("corpus_rejects/"):
+            raise OSError(errno.ENOSPC, "No space left on device", self.uri(rel))
+        return write_parquet(self, rel, table)
+
+    monkeypatch.setattr(Store, "write_parquet", full)
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "home"))
+    profile = _profile(tmp_path, corpus)
+    assert main(["--profile", str(profile), "run", "--data-only"]) == 1
+    err = capsys.readouterr().err.strip()
+    root = ClimbResource(profile=str(profile)).store().uri()
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith("climb: error: no space left on the device writing ")
+    assert "corpus_rejects/shard-000.parquet" in err
+    assert f"free space under storage.root ({root})" in err and "then run again" in err
+
+
+def test_os_failures_found_through_wrappers_and_rust_messages():
+    import errno
+
+    from climb_assets.lib.os_errors import describe_os_failure
+
+    class SafetensorError(Exception):  # safetensors' Rust error: not an OSError
+        pass
+
+    rust = SafetensorError(
+        "Error while serializing: I/O error: No space left on device (os error 28)"
+    )
+    try:
+        try:
+            raise rust
+        except SafetensorError as inner:
+            raise dg.DagsterError("step failed") from inner
+    except dg.DagsterError as wrapped:
+        line = describe_os_failure(wrapped, "/data/out")
+    assert line and line.startswith("no space left on the device: free space under storage.root")
+    denied = PermissionError(errno.EACCES, "Permission denied", "/data/out/x.npy")
+    assert describe_os_failure(denied) == (
+        "Permission denied: /data/out/x.npy; give this user access to it (or point the "
+        "profile's path elsewhere), then run again (finished work is kept)"
+    )
+    assert describe_os_failure(ValueError("kmeans.k too large")) is None
+
+
+def test_manifest_from_a_corpus_that_changed_is_marked_stale(
+    tmp_path, corpus, small_demo_corpus, capsys, monkeypatch
+):
+    """A deleted shard used to leave manifest/ and exports/ looking current (26 of 85 documents
+    from the deleted shard) with nothing saying so: not the JSON, the catalog nor the CLI."""
+    from climb_assets.cli import main
+
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "home"))
+    target = small_demo_corpus.parent / "targets" / "aws_api.txt"
+    profile = _profile(
+        tmp_path, corpus,
+        targets=[{"name": "aws_api", "kind": "text", "path": str(target)}],
+        tokenizer={"vocab_size": 300},
+        search={"final": "target_aligned"},
+        manifest={"total_tokens": 5_000, "max_epochs": 2, "parquet_shards": 1},
+    )  # fmt: skip
+    climb = ClimbResource(profile=str(profile))
+    store = climb.store()
+
+    def catalog(sql: str) -> list[tuple]:
+        return _documents(climb, sql)
+
+    assert main(["--profile", str(profile), "run"]) == 0
+    assert "climb: warning" not in capsys.readouterr().err
+    built = store.read_json("manifest/climbmix.json")["corpus"]
+    assert built["shards"] == 4 and len(built["corpus_digest"]) == 16
+    assert catalog("SELECT stale FROM manifest_status") == [(False,)]
+
+    (corpus / "shard-001.jsonl").unlink()
+    assert main(["--profile", str(profile), "run", "--data-only"]) == 0
+    err = capsys.readouterr().err
+    assert "climb: warning: the manifest and exports under " in err, err
+    assert "are STALE: built from corpus " in err and "(4 shards), the corpus is now" in err
+    assert catalog("SELECT stale, built_from_shards, current_shards FROM manifest_status") == [
+        (True, 4, 3)
+    ]
+    assert catalog("SELECT DISTINCT manifest_stale FROM manifest_documents") == [(True,)]
+    assert main(["--profile", str(profile), "catalog", "SELECT 1"]) == 0
+    assert "are STALE" in capsys.readouterr().err
+
+    assert main(["--profile", str(profile), "run"]) == 0  # the search catches up
+    assert "climb: warning" not in capsys.readouterr().err
+    assert catalog("SELECT DISTINCT manifest_stale FROM manifest_weights") == [(False,)]

@@ -182,3 +182,86 @@ def test_token_accounting_and_dominated_clusters():
     assert "76500 tokens against 1500 granted" in bad["note"]
     assert dominated_by_few(np.array([10] * 100 + [5000])) > 0.8
     assert dominated_by_few(np.array([10] * 100)) is None
+
+
+def _within(sizes, rows, budget, tolerance=0.01):
+    return abs(int(sizes[rows].sum()) - budget) <= tolerance * budget
+
+
+def test_split_pieces_among_small_documents_meet_the_budget_within_one_percent():
+    """Issue 22: four ~18k-token pieces of a split document among fifty 400-token documents.
+
+    Whole documents taken while they fit, in the seeded order, stopped at 38,000 tokens of a
+    47,000 budget (19% short: two pieces and every small document, then a third piece would
+    overshoot by as much); the swap takes the next piece and drops small documents instead.
+    """
+    sizes = np.array([18_000] * 4 + [400] * 50, np.int64)
+    ids = [f"doc{i:02d}" for i in range(len(sizes))]
+    rows, passes = select_documents(ids, sizes, 47_000, seed=1)
+    assert int(sizes[rows].sum()) == 47_200 and passes.tolist() == [0] * len(rows)
+    for seed in range(3):
+        for budget in range(45_000, 100_001, 500):
+            rows, passes = select_documents(ids, sizes, budget, seed=seed)
+            assert _within(sizes, rows, budget), (seed, budget, int(sizes[rows].sum()))
+            pairs = set(zip(rows.tolist(), passes.tolist(), strict=True))
+            assert len(pairs) == len(rows)  # each document once a pass
+
+
+def test_budget_within_one_percent_whenever_small_documents_can_make_up_a_piece():
+    """When documents of at most 1% of the budget hold as many tokens as the longest one."""
+    rng = np.random.default_rng(22)
+    checked = 0
+    for trial in range(600):
+        sizes = np.concatenate(
+            [
+                rng.integers(15_000, 18_500, rng.integers(1, 8)),
+                rng.integers(30, 1500, rng.integers(30, 80)),
+            ]
+        ).astype(np.int64)
+        budget = int(rng.integers(20_000, min(150_000, int(sizes.sum()))))
+        if sizes[sizes <= 0.01 * budget].sum() < sizes.max():
+            continue
+        ids = [f"t{trial}-{i}" for i in range(len(sizes))]
+        rows, _ = select_documents(ids, sizes, budget, seed=trial)
+        assert _within(sizes, rows, budget), (trial, budget, int(sizes[rows].sum()))
+        checked += 1
+    assert checked > 100
+
+
+def test_pieces_of_different_lengths_are_combined_to_meet_the_budget():
+    """Few small documents: only another combination of pieces lands within 1%."""
+    pieces = [15_009, 15_387, 15_992, 16_280, 16_702, 17_348, 18_443]
+    small = [161, 115, 429, 970, 519, 147, 592, 1252, 246, 323, 877, 98, 130, 131, 1214, 742]
+    sizes = np.array(pieces + small, np.int64)
+    ids = [f"d{i}" for i in range(len(sizes))]
+    for seed in range(10):
+        for budget in (41_375, 52_000, 66_196, 80_500):
+            rows, _ = select_documents(ids, sizes, budget, seed=seed)
+            assert _within(sizes, rows, budget), (seed, budget, int(sizes[rows].sum()))
+
+
+def test_whole_pieces_alone_come_as_near_as_whole_documents_can():
+    """Equal pieces and nothing smaller: no selection is within 1%; the nearest total is taken
+    (ties: short of the budget), never more than half a piece away."""
+    sizes = np.full(6, 18_000, np.int64)
+    ids = [f"big#{i}" for i in range(1, 7)]
+    for budget, expected in ((45_000, 36_000), (50_000, 54_000), (62_000, 54_000)):
+        rows, _ = select_documents(ids, sizes, budget, seed=0)
+        assert int(sizes[rows].sum()) == expected
+
+
+def test_selection_is_seeded_by_ids_and_keeps_the_passes():
+    sizes = np.array([18_000] * 4 + [400] * 50, np.int64)
+    ids = [f"doc{i:02d}" for i in range(len(sizes))]
+    rows, passes = select_documents(ids, sizes, 47_000, seed=1)
+    back = np.arange(len(ids))[::-1]
+    rows_r, passes_r = select_documents([ids[i] for i in back], sizes[back], 47_000, seed=1)
+    assert sorted(ids[i] for i in rows) == sorted(ids[back[i]] for i in rows_r)
+    assert passes.tolist() == passes_r.tolist()
+    # 1.5 epochs: every document once, then a partial pass meeting the rest of the budget
+    total = int(sizes.sum())
+    rows, passes = select_documents(ids, sizes, total + 47_000, seed=1)
+    assert sorted(rows[passes == 0].tolist()) == list(range(len(ids)))
+    second = rows[passes == 1]
+    assert len(set(second.tolist())) == len(second) and passes.max() == 1
+    assert _within(sizes, rows, total + 47_000)

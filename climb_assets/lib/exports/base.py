@@ -9,10 +9,13 @@ digest is complete and is not built again.
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import os
+import re
 import shutil
+import socket
 import tempfile
 import time
 import uuid
@@ -123,35 +126,119 @@ def file_entries(folder: Path) -> list[dict[str, Any]]:
     return entries
 
 
+STAGING_MAX_IDLE_S = 2 * 24 * 3600.0
+"""A staging folder untouched this long is a leftover even when its writer's pid cannot be checked
+(another host on a shared disk, or a name from before staging names carried the writer)."""
+
+_HOST = re.sub(r"[^A-Za-z0-9.-]", "-", socket.gethostname()) or "host"
+
+
+def staging_name(name: str, kind: str) -> str:
+    """`.<name>.<host>.<pid>.<uuid>.<kind>`: the writer's host and pid are in the name so that a
+    later export can tell a killed export's leftover from one that a live process still writes."""
+    return f".{name}.{_HOST}.{os.getpid()}.{uuid.uuid4().hex}.{kind}"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def _idle_seconds(folder: Path) -> float:
+    """Seconds since anything under `folder` last changed (a live writer keeps this small)."""
+    newest = 0.0
+    for path in [folder, *folder.rglob("*")]:
+        try:
+            newest = max(newest, path.lstat().st_mtime)
+        except OSError:
+            continue
+    return time.time() - newest
+
+
+def _is_leftover(folder: Path, name: str) -> bool:
+    """Whether `folder` (a staging folder of export `name`) belongs to no live writer.
+
+    One named by this host with a pid that is no longer alive is a leftover at once: its writer
+    was killed (SIGKILL, OOM) before it could clean up. One whose pid is alive is kept, since it
+    may be an export being written now (two Dagster UI runs can overlap, unlike two CLI runs on
+    one root); a reused pid only keeps a leftover until the age rule below removes it. Folders
+    whose writer cannot be checked (another host, or the older `.<name>.<uuid>.tmp` names) are
+    removed only once nothing in them has changed for `STAGING_MAX_IDLE_S`, far longer than any
+    export writes without touching a file.
+    """
+    stem = folder.name[len(name) + 2 : folder.name.rindex(".")]  # <host>.<pid>.<uuid> or <uuid>
+    parts = stem.rsplit(".", 2)
+    mine = len(parts) == 3 and parts[0] == _HOST and parts[1].isdigit()
+    if mine and not _pid_alive(int(parts[1])):
+        return True
+    return _idle_seconds(folder) > STAGING_MAX_IDLE_S
+
+
+def remove_staging_leftovers(
+    parent: Path, name: str, log: Callable[[str], None] | None = None
+) -> list[Path]:
+    """Removes staging folders of export `name` under `parent` left by killed writers.
+
+    Returns:
+        The folders removed (one log line each).
+    """
+    removed = []
+    if not parent.is_dir():
+        return removed
+    for folder in sorted(parent.glob(f".{glob.escape(name)}.*")):
+        if folder.suffix not in (".tmp", ".old") or not folder.is_dir():
+            continue
+        if not _is_leftover(folder, name):
+            continue
+        shutil.rmtree(folder, ignore_errors=True)
+        if not folder.exists():
+            removed.append(folder)
+            if log is not None:
+                log(f"export {name}: removed {folder}, the staging folder of a killed export")
+    return removed
+
+
 @contextmanager
-def staged_folder(store: Store, rel: str) -> Iterator[Path]:
+def staged_folder(
+    store: Store, rel: str, log: Callable[[str], None] | None = None
+) -> Iterator[Path]:
     """A local folder to build `rel` in; published whole when the block ends without error.
 
     Locally the folder is a hidden sibling of `rel`, renamed over it; on an object store it is a
-    temporary folder whose files are uploaded with `RECORD` last.
+    local spool folder (under the cache, else the system's temporary folder) whose files are
+    uploaded with `RECORD` last. Either way staging folders that killed exports of `rel` left
+    behind are removed first (`remove_staging_leftovers`), one `log` line each.
     """
     local = store.local_path(rel)
+    name = local.name if local is not None else rel.rstrip("/").rsplit("/", 1)[-1]
     if local is not None:
-        local.parent.mkdir(parents=True, exist_ok=True)
-        tmp = local.with_name(f".{local.name}.{uuid.uuid4().hex}.tmp")
-        tmp.mkdir()
-        try:
-            yield tmp
-            old = local.with_name(f".{local.name}.{uuid.uuid4().hex}.old")
-            if local.exists():
-                os.replace(local, old)
-            os.replace(tmp, local)
-            shutil.rmtree(old, ignore_errors=True)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-        return
-    base = store.cache / "_spool" if store.cache is not None else None
-    if base is not None:
-        base.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=base) as tmp_dir:
-        yield Path(tmp_dir)
-        store.remove(rel)
-        store.put_folder(tmp_dir, rel, last=RECORD)
+        parent = local.parent
+    elif store.cache is not None:
+        parent = store.cache / "_spool"
+    else:
+        parent = Path(tempfile.gettempdir())
+    parent.mkdir(parents=True, exist_ok=True)
+    remove_staging_leftovers(parent, name, log)
+    tmp = parent / staging_name(name, "tmp")
+    tmp.mkdir()
+    try:
+        yield tmp
+        if local is None:
+            store.remove(rel)
+            store.put_folder(tmp, rel, last=RECORD)
+            return
+        old = parent / staging_name(name, "old")
+        if local.exists():
+            os.replace(local, old)
+        os.replace(tmp, local)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def completed(store: Store, name: str, manifest_digest: str) -> dict[str, Any] | None:
@@ -172,7 +259,7 @@ def run_export(
         log(f"export {exporter.name}: complete for this manifest, kept")
         return {**done, "skipped": True}
     start = time.perf_counter()
-    with staged_folder(ctx.store, f"exports/{exporter.name}") as out:
+    with staged_folder(ctx.store, f"exports/{exporter.name}", log) as out:
         summary = exporter.write(ctx, out, log)
         files = file_entries(out)
         record = {
