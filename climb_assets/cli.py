@@ -17,8 +17,9 @@ from typing import TextIO
 import dagster as dg
 import yaml
 
-from climb_assets.config import ProfileError, load_profile, resolve_location
+from climb_assets.config import Profile, ProfileError, load_profile, resolve_location
 from climb_assets.defs.resources import ClimbResource, climb_resource, default_profile_ref
+from climb_assets.lib.corpus_size import CorpusCount
 from climb_assets.lib.os_errors import describe_os_failure
 from climb_assets.lib.planner import DEFAULT_TOKENS_PER_DOC, CorpusSize, PlanOptions, plan
 
@@ -254,9 +255,15 @@ def _run(args: argparse.Namespace) -> int:
             f"in {len(info.shards)} shards ({time.perf_counter() - start:.1f}s) at {info.root}"
         )
     start = time.perf_counter()
-    from climb_assets.preflight import check_profile
+    from climb_assets.preflight import check_profile, free_space_warning
 
-    check_profile(climb, search=bool(profile.targets) and not args.data_only)
+    searches = bool(profile.targets) and not args.data_only
+    report = check_profile(climb, search=searches)
+    if report.corpus is not None:
+        warning = free_space_warning(climb, report.corpus)
+        if warning:
+            print(f"climb: warning: {warning}", file=sys.stderr)
+        _confirm_cost(profile, report.corpus, searches, args.yes)
     quiet = contextlib.redirect_stderr(ErrorRecordFilter(sys.stderr))
     if args.verbose:
         quiet = contextlib.nullcontext()
@@ -272,6 +279,56 @@ def _run(args: argparse.Namespace) -> int:
     _summary(climb)
     _warn_if_stale(climb)  # after --data-only or --only, the search may not have caught up
     return 0
+
+
+SEARCH_STAGES = ("tokens + targets", "search", "confirmation")
+"""Plan rows of the search side (left out of a `--data-only` estimate)."""
+
+
+def _confirm_cost(profile: Profile, count: CorpusCount, searches: bool, yes: bool) -> None:
+    """Prints the planner's estimate for this corpus on this machine; above
+    deployment.confirm_above_hours, refuses without `--yes`, naming what would fit."""
+    from climb_assets.lib.machine import usable_cpus
+    from climb_assets.lib.planner import PlanError, format_hours
+
+    try:
+        import torch
+
+        device = "gpu" if torch.cuda.is_available() else "cpu"
+        cores = usable_cpus()
+        estimate = plan(profile, CorpusSize.of(documents=max(count.documents, 1)),
+                        PlanOptions(device=device, cpu_cores=cores))  # fmt: skip
+    except (PlanError, OSError, KeyError, ValueError) as exc:  # no benchmark figures here
+        print(f"plan: not estimated ({exc})")
+        return
+    stages = [
+        s for s in estimate.stages
+        if s.in_total and (searches or not s.name.startswith(SEARCH_STAGES))
+    ]  # fmt: skip
+    hours = sum(s.wall_hours for s in stages)
+    print(f"plan: about {format_hours(hours)} of wall-clock on this machine ({device}, {cores} "
+          f"cores) for {count.describe()}; `climb plan --documents {count.documents}` itemises "
+          "it")  # fmt: skip
+    limit = profile.deployment.confirm_above_hours
+    if limit is None or hours <= limit or yes:
+        return
+    worst = max(stages, key=lambda s: s.wall_hours)
+    fix = f"its largest part is {worst.name} ({format_hours(worst.wall_hours)})"
+    if worst.name.startswith("search"):
+        proxies = sum(profile.search.rounds)
+        room = limit - (hours - worst.wall_hours)
+        fits = int(proxies * room / worst.wall_hours) if room > 0 else 0
+        fix += (
+            f": search.rounds totalling at most {fits:,} proxies (now {proxies:,}) fit in it"
+            if fits
+            else ": not even one proxy fits in it with the rest of the run"
+        )
+    elif worst.name.startswith("embed") and profile.encoder.kind != "static":
+        fix += ": encoder.kind: static embeds about 50x faster on a CPU"
+    raise ProfileError(
+        f"the plan estimates {format_hours(hours)} of wall-clock, above "
+        f"deployment.confirm_above_hours = {limit:g} h; {fix}; pass --yes to run it anyway"
+    )
 
 
 def _add_plan_parser(sub: argparse._SubParsersAction) -> None:
@@ -413,6 +470,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     for p in (demo, run):
         p.add_argument("--force", action="store_true", help="recompute finished steps too")
+        p.add_argument(
+            "--yes",
+            action="store_true",
+            help="run even when the plan's estimate is above deployment.confirm_above_hours",
+        )
         p.add_argument("--data-only", action="store_true", help="stop after the data side")
         p.add_argument(
             "--only",

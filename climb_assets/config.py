@@ -391,6 +391,9 @@ class DeploymentSettings:
     kind: Literal["local", "k8s", "ecs"] = "local"
     max_concurrent: int = 2
     gpu: GpuPlacement = field(default_factory=GpuPlacement)
+    confirm_above_hours: float | None = 24.0
+    """`climb run` asks for `--yes` when `climb plan` estimates more wall-clock than this for
+    the corpus as preflight counts it (None: never asks)."""
 
 
 @dataclass(frozen=True)
@@ -604,6 +607,11 @@ def _check_ranges(p: Profile) -> None:
         need(name in known_exports, "manifest.exports", f"has '{name}'; allowed: {known_exports}")
     need(p.deployment.gpu.count >= 1, "deployment.gpu.count", "must be >= 1")
     need(p.deployment.max_concurrent >= 1, "deployment.max_concurrent", "must be >= 1")
+    need(
+        p.deployment.confirm_above_hours is None or p.deployment.confirm_above_hours > 0,
+        "deployment.confirm_above_hours",
+        "must be > 0 (or null to never ask)",
+    )
     target_names = [t.name for t in p.targets]
     need(len(set(target_names)) == len(target_names), "targets", "has duplicate names")
     for t in p.targets:

@@ -8,12 +8,15 @@ are reported together.
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from climb_assets.config import Profile, resolve_location
 from climb_assets.defs.resources import ClimbResource
 from climb_assets.lib.corpus import list_shards
+from climb_assets.lib.corpus_size import CorpusCount, count_documents
 
 
 class PreflightError(RuntimeError):
@@ -39,10 +42,18 @@ def _local_kind(location: str, want: str, key: str, create: bool = False) -> str
     return f"{key} {path} does not exist; fix {key} in the profile"
 
 
+@dataclass
+class PreflightReport:
+    checked: list[str]
+    """What was checked and passed."""
+    corpus: CorpusCount | None
+    """The documents as counted cheaply (None when the corpus could not be listed)."""
+
+
 def check_profile(
     climb: ClimbResource, search: bool = True, log: Callable[[str], None] = print
-) -> list[str]:
-    """Runs every check; returns what was checked, or raises `PreflightError` with every problem.
+) -> PreflightReport:
+    """Runs every check, or raises `PreflightError` with every problem.
 
     Args:
         climb: The resource of the profile to check.
@@ -52,6 +63,7 @@ def check_profile(
     profile: Profile = climb.settings()
     problems: list[str] = []
     checked: list[str] = []
+    count: list[CorpusCount] = []
 
     def attempt(what: str, check: Callable[[], str | None]) -> None:
         try:
@@ -78,7 +90,18 @@ def check_profile(
             attempt(key, lambda k=key, loc=location, w=want, c=create: _local_kind(loc, w, k, c))
     if not problems:
         formats = profile.corpus.formats
-        attempt("corpus shards", lambda: list_shards(climb.corpus_store(), formats) and None)
+
+        def corpus_shards() -> str | None:
+            corpus = climb.corpus_store()
+            count.append(count_documents(corpus, list_shards(corpus, formats)))
+            return None
+
+        attempt("corpus shards", corpus_shards)
+    if count:
+        attempt("kmeans.k", lambda: _check_k(profile.kmeans.k, count[0]))
+    if search:
+        for t in profile.targets:
+            attempt(f"targets[{t.name}]", lambda t=t: _check_target(climb, t))
     attempt("encoder.model", lambda: _check_encoder(profile))
     for scorer in profile.quality.scorers:
         if scorer.path and _is_local(scorer.path):
@@ -99,7 +122,54 @@ def check_profile(
             f"{lines}"
         )
     log(f"preflight: {len(checked)} checks passed ({', '.join(checked)})")
-    return checked
+    if count:
+        log(f"corpus: {count[0].describe()}")
+    return PreflightReport(checked, count[0] if count else None)
+
+
+def _check_k(k: int, count: CorpusCount) -> str | None:
+    if k <= count.documents:
+        return None
+    return (
+        f"kmeans.k = {k:,} is more than the corpus's {count.describe()}; set kmeans.k to at "
+        f"most {max(count.documents, 1):,} (CLIMB uses 1,000 for 1.2T tokens)"
+    )
+
+
+def _check_target(climb: ClimbResource, t) -> str | None:
+    """The target file loads as the search will load it: not empty, UTF-8, its format."""
+    from climb_assets.lib.targets import load_target
+
+    if "://" not in str(t.path) and not Path(resolve_location(t.path)).is_file():
+        return None  # said once already, by the path check
+    load_target(t.name, t.kind, climb.fetch(resolve_location(t.path)), t.weight, t.text_column,
+                t.max_documents)  # fmt: skip
+    return None
+
+
+def free_space_warning(climb: ClimbResource, count: CorpusCount) -> str | None:
+    """A line when a local storage root has less free space than the run may write."""
+    from climb_assets.lib.planner import output_bytes
+
+    profile = climb.settings()
+    root = profile.storage.root
+    if "://" in root:
+        return None  # object stores do not fill up
+    path = Path(resolve_location(root))
+    existing = next((p for p in (path, *path.parents) if p.exists()), None)
+    if existing is None:
+        return None
+    parts = output_bytes(profile, count.documents, count.bytes)
+    need = sum(parts.values())
+    free = shutil.disk_usage(existing).free
+    if free >= need:
+        return None
+    largest = max(parts, key=parts.__getitem__)
+    return (
+        f"storage.root {path} has {free / 1e9:.2f} GB free; this run may write up to "
+        f"{need / 1e9:.2f} GB (most in {largest}: {parts[largest] / 1e9:.2f} GB): free space "
+        "or point storage.root at a larger disk (finished work is kept if it fills)"
+    )
 
 
 def _is_local(location: str) -> bool:

@@ -305,13 +305,13 @@ class Plan:
             unit = "GPU-h" if s.runs_on == "GPU" else "core-h"
             lines.append(
                 f"{s.name:<22} {s.runs_on:<3} {s.flops:>8.3g} {_num(s.device_hours):>7} {unit:<6}"
-                f" {_hours(s.wall_hours):>17}  {s.rate}"
+                f" {format_hours(s.wall_hours):>17}  {s.rate}"
             )
             if s.note:
                 lines.append(f"{'':<27}{s.note}")
         lines += [
             f"{'total':<22} {'':<3} {'':>8} {_num(self.gpu_hours):>7} GPU-h  "
-            f"{_hours(self.wall_hours):>17}  (per-proxy rows not added)",
+            f"{format_hours(self.wall_hours):>17}  (per-proxy rows not added)",
             f"{'':<22} {'':<3} {'':>8} {_num(self.cpu_core_hours):>7} core-h",
             "",
             "Assumptions:",
@@ -325,7 +325,8 @@ def _num(x: float) -> str:
     return f"{x:,.0f}" if x >= 1000 else f"{x:.3g}"
 
 
-def _hours(h: float) -> str:
+def format_hours(h: float) -> str:
+    """Hours as a person reads them: seconds, minutes, hours or days."""
     if h < 1 / 60:
         return f"{h * 3600:.1f} s"
     if h < 1:
@@ -949,7 +950,7 @@ def plan(
               fit_h, src(lloyd_rate),
               f"{km.niter} iterations on {sample:,.0f} sampled x K={km.k:,} x d={enc.dim}, "
               + ("one GPU; " if gpu_stage == "GPU" else "")
-              + f"{km.init} seeding {_hours(seed_s / 3600)} of it on the host CPU")
+              + f"{km.init} seeding {format_hours(seed_s / 3600)} of it on the host CPU")
     )  # fmt: skip
     a.append(
         Assumption(
@@ -1040,3 +1041,37 @@ def plan(
         return Plan(profile.name, device, gpus, cores, corpus, tuple(stages), tuple(a))
     return Plan(profile.name, device, gpus, cores, corpus, tuple(stages), tuple(a),
                 not_estimated=MEASURED_NOT_ESTIMATED)  # fmt: skip
+
+
+# ------------------------------------------------------------------------------------------
+# What a run writes
+# ------------------------------------------------------------------------------------------
+
+
+def output_bytes(profile: Profile, documents: float, corpus_bytes: float) -> dict[str, float]:
+    """Bytes a whole run writes under storage.root, by part: an estimate for the free-space
+    check, meant to err high.
+
+    Documents: zstd Parquet of the texts, taken as large as the corpus files (compressed
+    shards come out about their size, plain JSON lines smaller). Embeddings: float32 vectors.
+    Proxies: each checkpoint holds weights and Adam's two moments (12 bytes a parameter). The
+    manifest and its exports: the selected texts twice (manifest Parquet, HF) at 4 bytes a
+    token, and the token ids (4 bytes) in the Megatron export.
+    """
+    if profile.encoder.kind == "static":
+        dim = static_dim(profile.encoder.model)
+    else:
+        try:
+            dim = encoder_size(profile.encoder.model).dim
+        except PlanError:
+            dim = 1024
+    proxies = sum(profile.search.rounds) + 1 if profile.search.trains_proxies else 0
+    params = proxy_parameters(proxy_config(profile), profile.tokenizer.vocab_size)
+    tokens = float(profile.manifest.total_tokens)
+    return {
+        "documents": float(corpus_bytes),
+        "embeddings": documents * dim * 4.0,
+        "per-document tables": documents * 64.0,
+        "proxy checkpoints": proxies * params * 12.0,
+        "manifest and exports": tokens * 12.0,
+    }

@@ -5,6 +5,7 @@ Each test is one finding of the fault review and fails on the code before the fi
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -585,3 +586,81 @@ def test_manifest_from_a_corpus_that_changed_is_marked_stale(
     assert main(["--profile", str(profile), "run"]) == 0  # the search catches up
     assert "climb: warning" not in capsys.readouterr().err
     assert catalog("SELECT DISTINCT manifest_stale FROM manifest_weights") == [(False,)]
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        (b"", r"targets\[aws_api\]: target 'aws_api': \S+aws_api\.txt holds no text"),
+        (b"\n\n   \n", r"holds no text; point it at held-out text"),
+        ("caf\xe9 cr\xe8me".encode("latin-1"), r"aws_api\.txt is not UTF-8 \(byte 3\)"),
+    ],
+)
+def test_bad_target_file_is_found_before_the_data_side(
+    tmp_path, corpus, capsys, monkeypatch, content, problem
+):
+    """An empty target file used to be found only after the whole data side ran."""
+    from climb_assets.cli import main
+
+    target = tmp_path / "aws_api.txt"
+    target.write_bytes(content)
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "home"))
+    targets = [{"name": "aws_api", "kind": "text", "path": str(target)}]
+    profile = _profile(tmp_path, corpus, targets=targets)
+    assert main(["--profile", str(profile), "run"]) == 2
+    err = capsys.readouterr().err
+    assert "problem(s) found before any work started" in err and re.search(problem, err), err
+    assert not (Path(ClimbResource(profile=str(profile)).store().uri()) / "embeddings").exists()
+
+
+def test_absurd_settings_are_refused_with_the_number_that_would_work(
+    tmp_path, corpus, small_demo_corpus, capsys, monkeypatch
+):
+    """`kmeans.k` beyond the documents, and 200,000 proxies, used to be accepted silently."""
+    from climb_assets.cli import main
+
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "home"))
+    n_docs = sum(
+        pq.read_metadata(p).num_rows if p.suffix == ".parquet" else len(p.read_text().splitlines())
+        for p in corpus.iterdir()
+    )
+    profile = _profile(tmp_path, corpus, kmeans={"k": 10**6})
+    assert main(["--profile", str(profile), "run", "--data-only"]) == 2
+    err = capsys.readouterr().err
+    assert f"kmeans.k = 1,000,000 is more than the corpus's {n_docs:,} documents" in err, err
+    assert f"set kmeans.k to at most {n_docs:,}" in err
+
+    target = small_demo_corpus.parent / "targets" / "aws_api.txt"
+    profile = _profile(
+        tmp_path, corpus, search={"rounds": [100_000, 100_000]},
+        targets=[{"name": "aws_api", "kind": "text", "path": str(target)}],
+    )  # fmt: skip
+    assert main(["--profile", str(profile), "run"]) == 2
+    captured = capsys.readouterr()
+    assert re.search(r"^plan: about .+ of wall-clock on this machine", captured.out, re.M)
+    line = captured.err.strip().splitlines()[-1]
+    assert re.match(
+        r"climb: error: the plan estimates .+ above deployment\.confirm_above_hours = 24 h; its "
+        r"largest part is search \(200000 proxies\) .+: search\.rounds totalling at most "
+        r"[\d,]+ proxies \(now 200,000\) fit in it; pass --yes to run it anyway$",
+        line,
+    ), line
+    assert not (Path(ClimbResource(profile=str(profile)).store().uri()) / "embeddings").exists()
+
+
+def test_cost_gate_is_configurable_and_yes_runs_anyway(tmp_path, corpus, capsys, monkeypatch):
+    """Short of disk, the run warns with what it may write, before any work."""
+    from collections import namedtuple
+
+    from climb_assets.cli import main
+
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "home"))
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda _: usage(10**9, 10**9 - 1000, 1000))
+    profile = _profile(tmp_path, corpus, deployment={"confirm_above_hours": 1e-9})
+    assert main(["--profile", str(profile), "run", "--data-only"]) == 2
+    err = capsys.readouterr().err
+    assert re.search(r"climb: warning: storage\.root \S+ has 0\.00 GB free; this run may write up "
+                     r"to [\d.]+ GB \(most in \w+", err), err  # fmt: skip
+    assert "deployment.confirm_above_hours = 1e-09 h" in err
+    assert main(["--profile", str(profile), "run", "--data-only", "--yes"]) == 0

@@ -461,11 +461,11 @@ def test_preflight_names_what_the_static_folder_lacks_and_the_fix(static_folder,
     write_jsonl(corpus / "shard-000.jsonl", [{"doc_id": "a", "text": TEXTS[0]}])
 
     def check(model):
-        path = write_profile(tmp_path, corpus={"path": str(corpus)}, targets=[],
+        path = write_profile(tmp_path, corpus={"path": str(corpus)}, targets=[], kmeans={"k": 1},
                              encoder={"kind": "static", "model": str(model)})  # fmt: skip
         return check_profile(ClimbResource(profile=str(path)), search=False, log=lambda _: None)
 
-    assert "encoder.model" in check(static_folder)
+    assert "encoder.model" in check(static_folder).checked
     broken = tmp_path / "broken"
     shutil.copytree(static_folder, broken)
     (broken / "tokenizer.json").unlink()
