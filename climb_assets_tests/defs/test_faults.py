@@ -295,6 +295,9 @@ def test_giant_document_keeps_the_token_accounting(tmp_path):
     assert abs(exported - granted) <= 0.01 * granted, (exported, granted)
     assert manifest["total_tokens"]["accounting"]["within_tolerance"]
     assert manifest["total_tokens"]["exported"] == exported
+    # Each super-cluster's budget too: the 100k-character pieces used to leave some 20% short.
+    for sc in manifest["super_clusters"]:
+        assert abs(sc["exported_tokens"] - sc["tokens"]) <= 0.01 * sc["tokens"], sc
 
 
 def test_sensor_reingests_replaced_and_unregisters_deleted_shards(tmp_path):
@@ -664,3 +667,25 @@ def test_cost_gate_is_configurable_and_yes_runs_anyway(tmp_path, corpus, capsys,
                      r"to [\d.]+ GB \(most in \w+", err), err  # fmt: skip
     assert "deployment.confirm_above_hours = 1e-09 h" in err
     assert main(["--profile", str(profile), "run", "--data-only", "--yes"]) == 0
+
+
+def test_permission_refused_names_the_shard_as_any_user(tmp_path, monkeypatch):
+    """The same message as for a user without read access (root reads every file, so the
+    refusal is raised where the shard is opened)."""
+    import errno
+
+    from climb_assets.lib import corpus as corpus_module
+    from climb_assets.lib.corpus import CorpusOptions, ShardStream, ShardUnreadable
+    from climb_assets.lib.storage import Store
+
+    write_jsonl(tmp_path / "c.jsonl", [{"doc_id": "2", "text": "other text " * 20}])
+
+    def refuse(fs, path, rel):
+        raise PermissionError(errno.EACCES, "Permission denied", path)
+
+    monkeypatch.setattr(corpus_module, "open_shard", refuse)
+    stream = ShardStream(Store(str(tmp_path)), "c.jsonl", CorpusOptions())
+    with pytest.raises(ShardUnreadable, match=r"c\.jsonl cannot be read: permission denied; fix "
+                       r"or remove it, or set corpus\.on_bad_shard: skip") as info:  # fmt: skip
+        list(stream)
+    assert info.value.reason == "cannot be read: permission denied"
