@@ -128,7 +128,7 @@ def check_profile(
 
 
 def _check_k(k: int, count: CorpusCount) -> str | None:
-    if k <= count.documents:
+    if k <= count.documents or count.unreadable:  # unreadable shards: ingestion says more
         return None
     return (
         f"kmeans.k = {k:,} is more than the corpus's {count.describe()}; set kmeans.k to at "

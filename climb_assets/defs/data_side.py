@@ -14,7 +14,6 @@ from collections.abc import Iterator
 
 import dagster as dg
 import numpy as np
-import polars as pl
 import pyarrow as pa
 
 from climb_assets.config import Profile, resolve_location
@@ -54,7 +53,7 @@ from climb_assets.lib.prune import (
 )
 from climb_assets.lib.quality import ScorerSpec, ShardScorer
 from climb_assets.lib.sampling import SmallestPerGroup
-from climb_assets.lib.shard_ids import first_shared_ids, ids_file
+from climb_assets.lib.shard_ids import first_shared_ids, ids_file, shared_ids_anywhere
 from climb_assets.lib.static_encoder import StaticEncoder
 from climb_assets.lib.storage import Store
 
@@ -520,7 +519,6 @@ def pruned_clusters(
     families = FamilyCounter(k)
     term_rows = SmallestPerGroup(q.term_documents)
     nearest_rows = SmallestPerGroup(q.sample_documents)
-    id_hashes = []
     # Pass 1, no text: the statistics, and which rows describe each cluster (a seeded sample
     # for the top terms, the nearest to the centroid for the representative documents).
     for j, shard in enumerate(shards):
@@ -544,7 +542,6 @@ def pruned_clusters(
             docs = store.read_parquet(rel, labels)
             for column in labels:
                 families.add(column, docs.column(column).to_pylist(), cids)
-        id_hashes.append(pl.Series(doc_ids, dtype=pl.String).hash(seed=0).to_numpy())
     # Pass 2: the texts of those rows only, read in batches.
     terms = TermCounter(k, q.term_documents)
     nearest = NearestDocuments(k, q.sample_documents)
@@ -567,7 +564,7 @@ def pruned_clusters(
             [t for t, n in zip(texts, near, strict=True) if n],
             cids[near], dist[near],
         )  # fmt: skip
-    _check_unique_ids(store, shards, np.concatenate(id_hashes) if id_hashes else np.zeros(0))
+    _check_unique_ids(store, shards)
     means = stats.means()
     kept, reasons = prune_clusters(
         stats.size, means, {s.name: s.threshold for s in q.scorers}, q.min_cluster_size
@@ -642,20 +639,18 @@ def pruned_clusters(
     )
 
 
-def _check_unique_ids(store, shards: list[str], hashes: np.ndarray) -> None:
-    """Raises when a doc_id appears in more than one shard, naming one and its shards."""
-    if np.unique(hashes).size == hashes.size:
+def _check_unique_ids(store: Store, shards: list[str]) -> None:
+    """Raises when a doc_id appears in more than one shard, naming one and its shards.
+
+    Ingestion refuses such a shard already; this catches two shards ingested at the same moment
+    (two runs from the UI), in memory bounded by a batch of id hashes (`shared_ids_anywhere`).
+    """
+    shared = shared_ids_anywhere(store, shards)
+    if shared is None:
         return
-    where: dict[str, list[str]] = collections.defaultdict(list)
-    for shard in shards:
-        for doc_id in store.read_parquet(shard_file("corpus_documents", shard), ["doc_id"]).column(
-            0
-        ):
-            where[doc_id.as_py()].append(shard)
-    dupes = {d: s for d, s in where.items() if len(s) > 1}
-    example, in_shards = next(iter(dupes.items()))
+    example, in_shards, count = shared
     raise CorpusError(
-        f"{len(dupes)} doc_id(s) appear in more than one shard, e.g. '{example}' in {in_shards}; "
+        f"{count} doc_id(s) appear in more than one shard, e.g. '{example}' in {in_shards}; "
         "make ids unique across shards, or set corpus.id_column: null to use content hashes"
     )
 

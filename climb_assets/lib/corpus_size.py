@@ -13,7 +13,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
+import zstandard
 
 from climb_assets.lib.shard_reader import PARQUET_SUFFIXES, compression_of
 from climb_assets.lib.storage import Store
@@ -29,6 +31,8 @@ class CorpusCount:
     exact: bool
     """Every shard counted from its footer (Parquet rows, before rejects and splits)."""
     how: str
+    unreadable: int = 0
+    """Shards read for the count that could not be read (ingestion names them)."""
 
     def describe(self) -> str:
         approx = "" if self.exact else "~"
@@ -48,8 +52,6 @@ def _json_lines(corpus: Store, rel: str, size: int) -> tuple[float, bool]:
 
             stream = gzip.GzipFile(fileobj=raw)
         else:
-            import zstandard
-
             stream = zstandard.ZstdDecompressor().stream_reader(raw)
         head = stream.read(SAMPLE_BYTES)
         lines = head.count(b"\n") + (1 if head and not head.endswith(b"\n") else 0)
@@ -59,28 +61,47 @@ def _json_lines(corpus: Store, rel: str, size: int) -> tuple[float, bool]:
         return lines * size / consumed, False
 
 
+def _size(corpus: Store, rel: str) -> int:
+    try:
+        return int(corpus.fs.size(corpus.path(rel)))
+    except OSError:  # a link loop, a dangling link: ingestion says which
+        return 0
+
+
 def count_documents(corpus: Store, shards: list[str], max_shards: int = 64) -> CorpusCount:
     """The corpus's documents from at most `max_shards` shards' footers or first MiB."""
     if not shards:
         return CorpusCount(0, 0, 0, True, "no shards")
-    sizes = {rel: int(corpus.fs.size(corpus.path(rel))) for rel in shards}
+    sizes = {rel: _size(corpus, rel) for rel in shards}
     total_bytes = sum(sizes.values())
     picked = sorted({int(i) for i in np.linspace(0, len(shards) - 1, min(len(shards), max_shards))})
     sample = [shards[i] for i in picked]
-    counted, counted_bytes, exact = 0.0, 0, len(sample) == len(shards)
+    counted, counted_bytes, estimated, unreadable = 0.0, 0, False, 0
     for rel in sample:
-        if rel.endswith(PARQUET_SUFFIXES):
-            with corpus.fs.open(corpus.path(rel), "rb") as fh:
-                counted += pq.read_metadata(fh).num_rows
-        else:
-            lines, whole = _json_lines(corpus, rel, sizes[rel])
-            counted += lines
-            exact = exact and whole
+        # A shard that cannot be read counts nothing here: ingestion names it (or skips it).
+        try:
+            if rel.endswith(PARQUET_SUFFIXES):
+                with corpus.fs.open(corpus.path(rel), "rb") as fh:
+                    counted += pq.read_metadata(fh).num_rows
+            else:
+                lines, whole = _json_lines(corpus, rel, sizes[rel])
+                counted += lines
+                estimated = estimated or not whole
+        except (OSError, EOFError, pa.ArrowException, zstandard.ZstdError):
+            unreadable += 1
         counted_bytes += sizes[rel]
-    documents = counted if len(sample) == len(shards) else counted * total_bytes / counted_bytes
+    if len(sample) == len(shards) or counted_bytes == 0:
+        documents = counted
+    else:
+        documents = counted * total_bytes / counted_bytes
+    exact = len(sample) == len(shards) and not estimated and not unreadable
     how = (
         f"{len(sample)} of {len(shards)} shards read, the rest by bytes"
         if len(sample) < len(shards)
-        else "counted" if exact else "JSON lines estimated from their first MiB"
+        else "JSON lines estimated from their first MiB"
+        if estimated
+        else "counted"
     )
-    return CorpusCount(len(shards), total_bytes, round(documents), exact, how)
+    if unreadable:
+        how += f"; {unreadable} unreadable shard(s) not counted"
+    return CorpusCount(len(shards), total_bytes, round(documents), exact, how, unreadable)

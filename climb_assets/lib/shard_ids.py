@@ -10,6 +10,7 @@ every machine and library version, so files written by one run are read right by
 from __future__ import annotations
 
 import hashlib
+import itertools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -30,13 +31,18 @@ def documents_file(key: str) -> str:
     return f"{DOCUMENTS_FOLDER}/{shard_stem(key)}.parquet"
 
 
-def id_hashes(doc_ids: Iterable[str]) -> np.ndarray:
-    """The ids' 64-bit BLAKE2b hashes, sorted (uint64)."""
-    hashes = np.fromiter(
+def _hashes(doc_ids: Iterable[str]) -> np.ndarray:
+    """The ids' 64-bit BLAKE2b hashes, in the ids' order (uint64)."""
+    return np.fromiter(
         (int.from_bytes(hashlib.blake2b(d.encode(), digest_size=8).digest(), "little")
          for d in doc_ids),
         dtype=np.uint64,
     )  # fmt: skip
+
+
+def id_hashes(doc_ids: Iterable[str]) -> np.ndarray:
+    """The ids' 64-bit BLAKE2b hashes, sorted (uint64)."""
+    hashes = _hashes(doc_ids)
     hashes.sort(kind="stable")
     return hashes
 
@@ -84,3 +90,54 @@ def first_shared_ids(store: Store, key: str, others: Sequence[str]) -> SharedIds
         if shared:
             return SharedIds(other, len(shared), min(shared))
     return None
+
+
+def shared_ids_anywhere(
+    store: Store, shards: Sequence[str], max_batch: int = 1 << 23
+) -> tuple[str, list[str], int] | None:
+    """A doc_id more than one of `shards` holds, the shards holding it, and how many ids are
+    shared; None when every id is in one shard.
+
+    The backstop behind the ingestion check (two shards ingested at the same moment both pass
+    it). Memory is bounded by `max_batch` hashes (64 MiB), not by the corpus: the 64-bit hash
+    space is cut into ranges holding about `max_batch` hashes of all shards together, and each
+    range is gathered from every shard's sorted, memory-mapped hash file by binary search.
+    """
+    arrays = [np.asarray(store.read_npy(ids_file(k))) if store.exists(ids_file(k))
+              else shard_hashes(store, k) for k in shards]  # fmt: skip
+    total = sum(a.size for a in arrays)
+    if total == 0:
+        return None
+    ranges = max(1, -(-total // max_batch))
+    bounds = [(2**64 * i) // ranges for i in range(ranges + 1)]
+    shared: np.ndarray | None = None
+    count = 0
+    for lo, hi in itertools.pairwise(bounds):
+        lo_u, hi_u = np.uint64(lo), np.uint64(min(hi, 2**64 - 1))
+        last = hi >= 2**64
+        pieces = []
+        for a in arrays:
+            start = int(np.searchsorted(a, lo_u, side="left"))
+            stop = int(np.searchsorted(a, hi_u, side="right" if last else "left"))
+            pieces.append(np.unique(a[start:stop]))  # within a shard ids are already unique
+        merged = np.sort(np.concatenate(pieces), kind="stable")
+        repeated = merged[1:][merged[1:] == merged[:-1]]
+        if repeated.size:
+            count += int(np.unique(repeated).size)
+            shared = repeated if shared is None else shared
+    if shared is None:
+        return None
+    # Confirm on the ids themselves, one shard at a time: a shared hash may be a collision.
+    sample = np.unique(shared)[:1000]
+    where: dict[str, list[str]] = {}
+    for key, a in zip(shards, arrays, strict=True):
+        if not np.isin(a, sample).any():
+            continue
+        ids = shard_doc_ids(store, key)
+        for i in np.flatnonzero(np.isin(_hashes(ids), sample)):
+            where.setdefault(ids[i], []).append(key)
+    dupes = sorted((d, s) for d, s in where.items() if len(s) > 1)
+    if not dupes:
+        return None
+    example, in_shards = dupes[0]
+    return example, in_shards, count
