@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from climb_assets.config import Profile, resolve_location
+from climb_assets.config import Profile, TargetSettings, resolve_location
 from climb_assets.defs.resources import ClimbResource
 from climb_assets.lib.corpus import list_shards
 from climb_assets.lib.corpus_size import CorpusCount, count_documents
@@ -136,7 +136,7 @@ def _check_k(k: int, count: CorpusCount) -> str | None:
     )
 
 
-def _check_target(climb: ClimbResource, t) -> str | None:
+def _check_target(climb: ClimbResource, t: TargetSettings) -> str | None:
     """The target file loads as the search will load it: not empty, UTF-8, its format."""
     from climb_assets.lib.targets import load_target
 

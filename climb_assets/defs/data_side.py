@@ -687,6 +687,15 @@ def super_clusters(context: dg.AssetExecutionContext, climb: ClimbResource) -> d
         ),
     )
     n_super = int(labels.max()) + 1
+    if m.distance_threshold is not None and n_super <= 2 < kept_ids.size:
+        # The threshold is a distance in the encoder's space: 1.5 suits MiniLM and stella, not
+        # the static encoder (the demo merges to 2 super-clusters with it, 9 with MiniLM).
+        context.log.warning(
+            f"merge.distance_threshold {m.distance_threshold:g} merged {kept_ids.size} kept "
+            f"clusters into {n_super} super-cluster(s), too few to search a mixture over: it "
+            f"is a distance in the space of encoder {profile.encoder.model!r}; set "
+            "merge.target_count (and distance_threshold: null) or a smaller threshold"
+        )
     docs_per = np.zeros(n_super, dtype=np.int64)
     tokens_per = np.zeros(n_super, dtype=np.int64)
     for shard in shards:
