@@ -128,7 +128,9 @@ def check_profile(
 
 
 def _check_k(k: int, count: CorpusCount) -> str | None:
-    if k <= count.documents or count.unreadable:  # unreadable shards: ingestion says more
+    # An estimate is refused only at twice its count, and unreadable shards are left to
+    # ingestion (which names them); the k-means step checks the exact count again.
+    if count.unreadable or k <= count.documents * (1 if count.exact else 2):
         return None
     return (
         f"kmeans.k = {k:,} is more than the corpus's {count.describe()}; set kmeans.k to at "
