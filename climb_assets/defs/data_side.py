@@ -43,7 +43,7 @@ from climb_assets.lib.kmeans import (
     share_beyond,
 )
 from climb_assets.lib.machine import usable_cpus
-from climb_assets.lib.merge import merge_centroids
+from climb_assets.lib.merge import merge_centroids, too_few_warning
 from climb_assets.lib.prune import (
     ClusterStats,
     FamilyCounter,
@@ -687,15 +687,9 @@ def super_clusters(context: dg.AssetExecutionContext, climb: ClimbResource) -> d
         ),
     )
     n_super = int(labels.max()) + 1
-    if m.distance_threshold is not None and n_super <= 2 < kept_ids.size:
-        # The threshold is a distance in the encoder's space: 1.5 suits MiniLM and stella, not
-        # the static encoder (the demo merges to 2 super-clusters with it, 9 with MiniLM).
-        context.log.warning(
-            f"merge.distance_threshold {m.distance_threshold:g} merged {kept_ids.size} kept "
-            f"clusters into {n_super} super-cluster(s), too few to search a mixture over: it "
-            f"is a distance in the space of encoder {profile.encoder.model!r}; set "
-            "merge.target_count (and distance_threshold: null) or a smaller threshold"
-        )
+    few = too_few_warning(kept_ids.size, n_super, m.distance_threshold, profile.encoder.model)
+    if few:
+        context.log.warning(few)
     docs_per = np.zeros(n_super, dtype=np.int64)
     tokens_per = np.zeros(n_super, dtype=np.int64)
     for shard in shards:

@@ -57,3 +57,22 @@ def merge_centroids(
     )
     relabel = {g: i for i, g in enumerate(groups)}
     return np.array([relabel[g] for g in raw.tolist()], dtype=np.int32)
+
+
+def too_few_warning(
+    kept: int, merged: int, distance_threshold: float | None, encoder: str
+) -> str | None:
+    """A line when a distance threshold merged many kept clusters into 2 or fewer.
+
+    The threshold is a distance in the encoder's space: 1.5 suits MiniLM and stella, not the
+    static encoder (with it the demo merges into 2 super-clusters, with MiniLM into 9), and a
+    search over 2 super-clusters has almost nothing to choose.
+    """
+    if distance_threshold is None or merged > 2 or kept <= 2:
+        return None
+    return (
+        f"merge.distance_threshold {distance_threshold:g} merged {kept} kept clusters into "
+        f"{merged} super-cluster(s), too few to search a mixture over: it is a distance in the "
+        f"space of encoder {encoder!r}; set merge.target_count (and distance_threshold: null) "
+        "or a smaller threshold"
+    )

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from climb_assets.lib.merge import MergeError, merge_centroids
+from climb_assets.lib.merge import MergeError, merge_centroids, too_few_warning
 from climb_assets.lib.prune import (
     ClusterStats,
     FamilyCounter,
@@ -27,6 +27,21 @@ def test_target_count_and_errors():
         merge_centroids(c, distance_threshold=None, target_count=11)
     with pytest.raises(MergeError, match="no clusters survived"):
         merge_centroids(c[:0])
+
+
+def test_a_threshold_that_merges_almost_everything_is_named():
+    """The static encoder's space under the demo's threshold merged 54 kept clusters into 2."""
+    rng = np.random.default_rng(0)
+    tight = rng.normal(0, 0.01, (54, 8))  # every centroid close: one Ward merge takes them all
+    labels = merge_centroids(tight, np.ones(54), "ward", 1.5, None)
+    warning = too_few_warning(54, int(labels.max()) + 1, 1.5, "models/minilm-static")
+    assert warning is not None and warning.startswith(
+        "merge.distance_threshold 1.5 merged 54 kept clusters into 1 super-cluster(s)"
+    )
+    assert "set merge.target_count" in warning and "'models/minilm-static'" in warning
+    assert too_few_warning(54, 9, 1.5, "m") is None  # MiniLM's demo: 9
+    assert too_few_warning(54, 2, None, "m") is None  # a target count is what was asked for
+    assert too_few_warning(2, 2, 1.5, "m") is None  # nothing more to merge into
 
 
 def test_cluster_stats_and_pruning_reasons():
