@@ -366,7 +366,8 @@ class ManifestSettings:
     """The training run's sequence length: the megatron export states `--train-samples` (the
     manifest's tokens in sequences of this length) and its command line with it."""
     global_batch_size: int = 256
-    """Sequences per optimizer step of the training run: the export states `--train-iters`."""
+    """Sequences per optimizer step of the training run: the export's `--global-batch-size`
+    (and `train_iters` in its `_export.json`)."""
 
 
 @dataclass(frozen=True)
@@ -798,8 +799,10 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 
 def _check_expanded_size(root: yaml.Node) -> None:
     """Raises when the document, its aliases expanded, holds more than `MAX_PROFILE_NODES`
-    values. Each distinct node is sized once, so the check itself stays linear in the text."""
+    values, or when an alias refers to a node that contains it (it would never end). Each
+    distinct node is sized once, so the check itself stays linear in the text."""
     sizes: dict[int, int] = {}
+    open_nodes: set[int] = set()  # on the path from the root to the node being sized
     # An iterative post-order walk: a deep document cannot exhaust Python's stack.
     stack: list[tuple[yaml.Node, bool]] = [(root, False)]
     while stack:
@@ -815,11 +818,19 @@ def _check_expanded_size(root: yaml.Node) -> None:
             else list(node.value)
         )
         if not children_done:
+            if id(node) in open_nodes:
+                raise yaml.constructor.ConstructorError(
+                    None, None,
+                    "an alias refers to a node that contains it (a recursive alias); "
+                    "write the settings out instead",
+                    node.start_mark,
+                )  # fmt: skip
+            open_nodes.add(id(node))
             stack.append((node, True))
             stack.extend((c, False) for c in children if id(c) not in sizes)
             continue
-        # A cycle (an alias to an enclosing node) counts its ancestor as one value.
-        size = 1 + sum(sizes.get(id(c), 1) for c in children)
+        open_nodes.discard(id(node))
+        size = 1 + sum(sizes[id(c)] for c in children)
         sizes[id(node)] = size
         if size > MAX_PROFILE_NODES:
             raise yaml.constructor.ConstructorError(

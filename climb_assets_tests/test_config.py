@@ -161,6 +161,25 @@ def test_alias_bomb_is_refused_at_once_in_bounded_memory(tmp_path):
     assert len(out.stdout.strip().splitlines()) == 1
 
 
+def test_recursive_alias_is_refused_instead_of_looping(tmp_path):
+    """`&a [*a]` is a list holding itself; sizing it used to loop for ever."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "loop.yaml"
+    path.write_text("extends: demo\nx-loop: &a [*a]\n")
+    code = (
+        "import sys\nfrom climb_assets.config import ProfileError, load_profile\n"
+        "try:\n    load_profile(sys.argv[1])\nexcept ProfileError as exc:\n    print(exc)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=60
+    )
+    assert "loop.yaml line 2 is not valid YAML: an alias refers to a node that contains it" in (
+        out.stdout
+    ), (out.stdout, out.stderr[-2000:])
+
+
 def test_aliases_within_the_budget_and_merge_keys_work(tmp_path):
     path = tmp_path / "merge.yaml"
     path.write_text(
