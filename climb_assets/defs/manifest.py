@@ -155,6 +155,7 @@ def climbmix_manifest(
         rel = shard_file("corpus_documents", shard)
         return lambda: pl.from_arrow(store.read_parquet(rel, ["doc_id", "text"]))
 
+    shards = registered_shards(context)
     splits = {"manifest/shards": (chosen, m.parquet_shards)}
     if held_out.height:
         splits["manifest/validation"] = (held_out, 1)
@@ -162,7 +163,7 @@ def climbmix_manifest(
         for old in store.list("manifest/validation"):
             store.remove(old)
     written = manifest.write_shuffled_splits(
-        store, splits, [texts_of(sh) for sh in registered_shards(context)], m.seed
+        store, splits, [texts_of(sh) for sh in shards], m.seed
     )
     shard_paths = written["manifest/shards"]
 
@@ -185,7 +186,7 @@ def climbmix_manifest(
         pl.concat([chosen, held_out.with_columns(pl.lit(-1, pl.Int32).alias("pass"))]),
         weights, m.seed,
     )  # fmt: skip
-    built_from = corpus_state(store, registered_shards(context))
+    built_from = corpus_state(store, shards)
     doc = {
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "profile": {"name": profile.name, "digest": profile.digest},

@@ -103,8 +103,10 @@ def shared_ids_anywhere(
     space is cut into ranges holding about `max_batch` hashes of all shards together, and each
     range is gathered from every shard's sorted, memory-mapped hash file by binary search.
     """
-    arrays = [np.asarray(store.read_npy(ids_file(k))) if store.exists(ids_file(k))
-              else shard_hashes(store, k) for k in shards]  # fmt: skip
+    for key in shards:  # a store from before the hash files: written once, a shard at a time
+        if not store.exists(ids_file(key)):
+            shard_hashes(store, key)
+    arrays = [store.read_npy(ids_file(key)) for key in shards]  # memory-mapped
     total = sum(a.size for a in arrays)
     if total == 0:
         return None
@@ -119,7 +121,7 @@ def shared_ids_anywhere(
         for a in arrays:
             start = int(np.searchsorted(a, lo_u, side="left"))
             stop = int(np.searchsorted(a, hi_u, side="right" if last else "left"))
-            pieces.append(np.unique(a[start:stop]))  # within a shard ids are already unique
+            pieces.append(np.asarray(a[start:stop]))  # a shard's own ids are unique
         merged = np.sort(np.concatenate(pieces), kind="stable")
         repeated = merged[1:][merged[1:] == merged[:-1]]
         if repeated.size:
@@ -135,7 +137,8 @@ def shared_ids_anywhere(
             continue
         ids = shard_doc_ids(store, key)
         for i in np.flatnonzero(np.isin(_hashes(ids), sample)):
-            where.setdefault(ids[i], []).append(key)
+            if key not in where.setdefault(ids[i], []):
+                where[ids[i]].append(key)
     dupes = sorted((d, s) for d, s in where.items() if len(s) > 1)
     if not dupes:
         return None
