@@ -162,9 +162,7 @@ def climbmix_manifest(
     else:
         for old in store.list("manifest/validation"):
             store.remove(old)
-    written = manifest.write_shuffled_splits(
-        store, splits, [texts_of(sh) for sh in shards], m.seed
-    )
+    written = manifest.write_shuffled_splits(store, splits, [texts_of(sh) for sh in shards], m.seed)
     shard_paths = written["manifest/shards"]
 
     rounds = choice.rounds
