@@ -23,8 +23,8 @@ from climb_assets.defs.search import (
     cluster_summary,
     cluster_tokens,
     proxy_config,
+    super_cluster_documents,
     trainable_tokens,
-    validation_held_out,
 )
 from climb_assets.lib import manifest, mixture, plots
 from climb_assets.lib.storage import Store
@@ -63,6 +63,12 @@ def super_cluster_terms(store: Store, n: int) -> list[list[str]]:
     rows = store.read_parquet(rel, ["super_cluster_id", "top_terms"]).to_pylist()
     terms = {r["super_cluster_id"]: list(r["top_terms"] or []) for r in rows}
     return [terms.get(i, []) for i in range(n)]
+
+
+def _rows_of(store: Store, rel: str, positions: np.ndarray, sc: int) -> pl.DataFrame:
+    """The rows at increasing `positions` of a super-cluster's documents list, with its id."""
+    table = store.take_parquet_rows(rel, positions, ["doc_id", "cluster_id", "n_tokens"])
+    return pl.from_arrow(table).with_columns(pl.lit(sc, pl.Int32).alias("super_cluster_id"))
 
 
 @dg.asset(
@@ -110,19 +116,19 @@ def climbmix_manifest(
             f"{budget.available[idx]} exist; capped at {m.max_epochs} epochs, excess redistributed"
         )
 
+    # Each super-cluster's documents are held as numbers (counts, keys) while its selection is
+    # drawn; only the selected and validation rows are read back with their ids.
     selected, validation, dominated = [], [], {}
     for sc in range(len(weights)):
-        docs, held = validation_held_out(store, profile, sc)
-        frame = (
-            pl.from_arrow(docs)
-            .select("doc_id", "cluster_id", "n_tokens")
-            .with_columns(pl.lit(sc, pl.Int32).alias("super_cluster_id"))
-        )
+        docs = super_cluster_documents(store, profile, sc, selection_keys=True)
+        assert docs.keys is not None
         validation.append(
-            frame.filter(pl.Series(held)).with_columns(pl.lit(0, pl.Int32).alias("pass"))
+            _rows_of(store, docs.rel, np.flatnonzero(docs.held), sc)
+            .sort("doc_id")  # as the documents list was ordered before it was in corpus order
+            .with_columns(pl.lit(0, pl.Int32).alias("pass"))
         )
-        train = frame.filter(pl.Series(~held))
-        n_tokens = train.get_column("n_tokens").to_numpy()
+        train = np.flatnonzero(~docs.held)
+        n_tokens = docs.n_tokens[train]
         share = manifest.dominated_by_few(n_tokens)
         if share is not None and weights[sc] > 0:
             dominated[sc] = round(share, 3)
@@ -130,10 +136,15 @@ def climbmix_manifest(
                 f"super-cluster {sc}: its 5 longest documents hold {share:.0%} of its tokens; "
                 "its weight mostly buys those few documents (lower corpus.max_chars to split them)"
             )
-        rows, passes = manifest.select_documents(
-            train.get_column("doc_id").to_list(), n_tokens, int(budget.granted[sc]), m.seed
+        rows, passes = manifest.select_by_keys(docs.keys[train], n_tokens, int(budget.granted[sc]))
+        positions = train[rows]
+        unique = np.unique(positions)
+        picked = _rows_of(store, docs.rel, unique, sc)
+        selected.append(
+            picked[np.searchsorted(unique, positions).tolist()].with_columns(
+                pl.Series("pass", passes)
+            )
         )
-        selected.append(train[rows.tolist()].with_columns(pl.Series("pass", passes)))
     chosen = pl.concat(selected)
     held_out = pl.concat(validation)
     exported = (

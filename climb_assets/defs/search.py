@@ -3,9 +3,11 @@
 The per-round loop is in `search_round.py`, the manifest in `manifest.py`.
 """
 
+import contextlib
 import hashlib
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -76,13 +78,46 @@ def cluster_summary(store: Store) -> dict[str, Any]:
     return store.read_json("cluster_tokens/summary.json")
 
 
-def validation_held_out(store: Store, profile: Profile, sc: int) -> tuple[pa.Table, np.ndarray]:
-    """Super-cluster `sc`'s documents and the mask of those the manifest holds out for
-    validation (`manifest.validation_share`, seeded by `manifest.seed`)."""
-    docs = store.read_parquet(f"cluster_tokens/sc_{sc:03d}.docs.parquet")
-    ids = docs.column("doc_id").to_pylist()
+DOCS_BATCH_ROWS = 65_536
+"""Rows of a super-cluster's documents list read at a time for their keys."""
+
+
+@dataclass(frozen=True)
+class SuperClusterDocuments:
+    """One super-cluster's documents as numbers, in the order of its documents list
+    (`cluster_tokens/sc_<i>.docs.parquet`): about 25 bytes a document, no ids or text."""
+
+    rel: str
+    n_tokens: np.ndarray
+    held: np.ndarray
+    """The manifest's validation documents (`manifest.validation_share`, seeded)."""
+    keys: np.ndarray | None
+    """The selection keys (`manifest.order_keys` with `manifest.seed`), when asked for."""
+
+
+def super_cluster_documents(
+    store: Store, profile: Profile, sc: int, selection_keys: bool = False
+) -> SuperClusterDocuments:
+    """Super-cluster `sc`'s token counts, validation mask and (optionally) selection keys,
+    its ids read and hashed one batch at a time."""
+    rel = f"cluster_tokens/sc_{sc:03d}.docs.parquet"
     m = profile.manifest
-    return docs, manifest.hold_out_validation(ids, m.validation_share, m.seed)
+    counts, held_keys, keys = [], [], []
+    for batch in store.iter_parquet(rel, ["doc_id", "n_tokens"], DOCS_BATCH_ROWS):
+        counts.append(batch.column("n_tokens").to_numpy())
+        ids = batch.column("doc_id").to_pylist()
+        if m.validation_share > 0:
+            held_keys.append(manifest.order_keys(ids, m.seed, manifest.VALIDATION_SALT))
+        if selection_keys:
+            keys.append(manifest.order_keys(ids, m.seed))
+    n_tokens = np.concatenate(counts).astype(np.int64) if counts else np.zeros(0, np.int64)
+    held = (
+        manifest.hold_out_by_keys(np.concatenate(held_keys), m.validation_share)
+        if held_keys
+        else np.zeros(n_tokens.size, bool)
+    )
+    joined = (np.concatenate(keys) if keys else np.zeros(0, np.uint64)) if selection_keys else None
+    return SuperClusterDocuments(rel, n_tokens, held, joined)
 
 
 def trainable_tokens(store: Store, profile: Profile) -> np.ndarray:
@@ -93,8 +128,8 @@ def trainable_tokens(store: Store, profile: Profile) -> np.ndarray:
         return available
     held = np.zeros_like(available)
     for sc in range(available.size):
-        docs, mask = validation_held_out(store, profile, sc)
-        held[sc] = int(docs.column("n_tokens").to_numpy()[mask].sum())
+        docs = super_cluster_documents(store, profile, sc)
+        held[sc] = int(docs.n_tokens[docs.held].sum())
     return available - held
 
 
@@ -197,31 +232,31 @@ def token_pool_size(profile: Profile) -> int:
     return pool
 
 
-def _kept_members(store: Store, shards: list[str], seed: int) -> pl.DataFrame:
-    """Every kept document's ids, per-shard token count and pool key; no text."""
-    frames = []
-    for j, shard in enumerate(shards):
-        members = store.read_parquet(shard_file("super_clusters/members", shard))
-        counted = store.read_parquet(
-            shard_file("cluster_assignments", shard), ["doc_id", "n_tokens"]
+def _kept_rows(store: Store, shard: str, j: int, seed: int) -> pl.DataFrame:
+    """Shard number `j`'s kept documents: ids, per-shard token count, pool key, row; no text."""
+    members = store.read_parquet(shard_file("super_clusters/members", shard))
+    counted = store.read_parquet(shard_file("cluster_assignments", shard), ["doc_id", "n_tokens"])
+    if not members.column("doc_id").equals(counted.column("doc_id")):
+        raise ValueError(
+            f"shard {shard}: super_clusters and cluster_assignments list different "
+            "documents; re-materialize super_clusters"
         )
-        if not members.column("doc_id").equals(counted.column("doc_id")):
-            raise ValueError(
-                f"shard {shard}: super_clusters and cluster_assignments list different "
-                "documents; re-materialize super_clusters"
-            )
-        frames.append(
-            pl.from_arrow(members)
-            .with_columns(
-                pl.Series("counted", counted.column("n_tokens").to_numpy()),
-                pl.Series("key", sampling.row_keys(seed, shard, members.num_rows)),
-                pl.lit(j, pl.Int32).alias("shard"),
-                pl.int_range(members.num_rows, dtype=pl.Int64).alias("row"),
-            )
-            .filter(pl.col("super_cluster_id").is_not_null())
+    return (
+        pl.from_arrow(members)
+        .with_columns(
+            pl.Series("counted", counted.column("n_tokens").to_numpy()),
+            pl.Series("key", sampling.row_keys(seed, shard, members.num_rows)),
+            pl.lit(j, pl.Int32).alias("shard"),
+            pl.int_range(members.num_rows, dtype=pl.Int64).alias("row"),
         )
-    schema = {"doc_id": pl.String, "cluster_id": pl.Int32, "super_cluster_id": pl.Int32}
-    return pl.concat(frames) if frames else pl.DataFrame(schema=schema)
+        .filter(pl.col("super_cluster_id").is_not_null())
+    )
+
+
+DOCS_SCHEMA = pa.schema(
+    [("doc_id", pa.large_string()), ("cluster_id", pa.int32()), ("n_tokens", pa.int64()),
+     ("pooled", pa.bool_())]
+)  # fmt: skip
 
 
 @dg.asset(group_name=GROUP, deps=[proxy_tokenizer, super_clusters], kinds={"numpy"})
@@ -231,8 +266,11 @@ def cluster_tokens(context: dg.AssetExecutionContext, climb: ClimbResource) -> d
     A super-cluster holding more than `search.token_pool` tokens (per-shard counts) is pooled
     as a seeded uniform document sample of about that size; a smaller one whole. Texts are read
     and tokenized one batch of one shard at a time. `sc_<i>.docs.parquet` lists every document of
-    the super-cluster with its proxy-token count (exact when pooled, else estimated from the
-    pool's ratio); `summary.json` gives both the pools' and the super-clusters' tokens.
+    the super-cluster in corpus order (shard, then row) with its proxy-token count (exact when
+    pooled, else estimated from the pool's ratio); `summary.json` gives both the pools' and the
+    super-clusters' tokens. Memory holds one shard's ids, a key histogram per super-cluster and
+    the pools' index, never a table of the corpus's documents: the shards' ids are read four
+    times instead (two passes to choose the pools, one to tokenize them, one to list them).
     """
     profile, store = climb.settings(), climb.store()
     s = profile.search
@@ -240,34 +278,50 @@ def cluster_tokens(context: dg.AssetExecutionContext, climb: ClimbResource) -> d
     tok = tokens.load_tokenizer(str(store.local_copy("tokenizer/tokenizer.json")))
     eos = tokens.eos_id(tok)
     shards = registered_shards(context)
-    kept = _kept_members(store, shards, s.token_pool_seed)
-    groups = kept.get_column("super_cluster_id").to_numpy()
-    n_super = int(groups.max()) + 1 if kept.height else 0
-    kept = kept.with_columns(
-        pl.Series(
-            "pooled",
-            sampling.fill_per_group(
-                groups, kept.get_column("key").to_numpy(),
-                kept.get_column("counted").to_numpy(), limit,
-            ),
+
+    def kept_rows():  # one shard's kept documents at a time, never the corpus's
+        for j, shard in enumerate(shards):
+            yield j, shard, _kept_rows(store, shard, j, s.token_pool_seed)
+
+    # Which documents are pooled: the per-group fill in key order, in two passes over the
+    # shards' ids (a histogram of keys, then the rows of each group's boundary bin).
+    fill = sampling.StreamedFill(limit)
+    for _, _, rows in kept_rows():
+        fill.count(*(rows.get_column(c).to_numpy() for c in ("super_cluster_id", "key", "counted")))
+    for j, _, rows in kept_rows():
+        columns = ("super_cluster_id", "key", "counted")
+        fill.offer(j, *(rows.get_column(c).to_numpy() for c in columns))
+    fill.resolve()
+    n_super = fill.n_groups
+
+    def pooled_of(j: int, rows: pl.DataFrame) -> np.ndarray:
+        return fill.mask(
+            j, rows.get_column("super_cluster_id").to_numpy(), rows.get_column("key").to_numpy()
         )
-    )  # fmt: skip
+
     dtype = tokens.token_dtype(tok.get_vocab_size(with_added_tokens=True))
     staging_rel = "cluster_tokens/_staging"
     local = store.local_path(staging_rel) or store.cache_path(staging_rel)
     store.remove(staging_rel)
     staging = PoolStaging(Path(local), n_super, dtype)
     start = time.perf_counter()
+    pool_counted = np.zeros(n_super, np.int64)
+    documents = np.zeros(n_super, np.int64)
     try:
-        for j, shard in enumerate(shards):
-            wanted = kept.filter(pl.col("pooled") & (pl.col("shard") == j))
+        for j, shard, rows in kept_rows():
+            pooled = pooled_of(j, rows)
+            groups = rows.get_column("super_cluster_id").to_numpy()
+            documents += np.bincount(groups, minlength=n_super)
+            wanted = rows.filter(pl.Series(pooled))
             if not wanted.height:
                 continue
-            wanted = wanted.sort("row")
-            rows = wanted.get_column("row").to_numpy()
-            groups_of_rows = wanted.get_column("super_cluster_id").to_numpy()
+            pool_counted += np.bincount(
+                groups[pooled], weights=wanted.get_column("counted").to_numpy(), minlength=n_super
+            ).astype(np.int64)
+            picked_rows = wanted.get_column("row").to_numpy()
+            groups_of_rows = groups[pooled]
             rel = shard_file("corpus_documents", shard)
-            read = store.iter_parquet_rows(rel, rows, ["doc_id", "text"], POOL_BATCH_ROWS)
+            read = store.iter_parquet_rows(rel, picked_rows, ["doc_id", "text"], POOL_BATCH_ROWS)
             for span, picked in read:
                 ids, texts = picked.column("doc_id").to_pylist(), picked.column("text").to_pylist()
                 for sc in np.unique(groups_of_rows[span]).tolist():
@@ -276,38 +330,56 @@ def cluster_tokens(context: dg.AssetExecutionContext, climb: ClimbResource) -> d
                     staging.add(sc, [ids[i] for i in at], flat, offsets)
             context.log.info(f"pooled {wanted.height} documents of {shard}")
         staging.close()
-        available, pool_sizes, documents, pool_documents = [], [], [], []
+        pool_sizes, pool_documents, pool_lengths = [], [], []
         for sc in range(n_super):
-            pool_ids, pool_lengths = staging.documents(sc)
+            pool_ids, _ = staging.documents(sc)
+            pool_lengths.append(staging.lengths_as_added(sc))
             store.write_npy_chunks(
                 f"cluster_tokens/sc_{sc:03d}.tokens.npy",
                 dtype,
                 staging.size(sc),
                 staging.tokens(sc),
             )
-            staging.remove(sc)
-            part = kept.filter(pl.col("super_cluster_id") == sc).sort("doc_id", "shard", "row")
-            pooled = part.get_column("pooled").to_numpy()
-            counted = part.get_column("counted").to_numpy()
-            n_tokens = estimate_tokens(
-                counted, pooled, staging.size(sc), int(counted[pooled].sum())
-            )
-            n_tokens[pooled] = pool_lengths
-            store.write_parquet(
-                f"cluster_tokens/sc_{sc:03d}.docs.parquet",
-                pa.table(
-                    {
-                        "doc_id": part.get_column("doc_id").to_arrow(),
-                        "cluster_id": part.get_column("cluster_id").to_arrow(),
-                        "n_tokens": pa.array(n_tokens, pa.int64()),
-                        "pooled": pa.array(pooled),
-                    }
-                ),
-            )
-            available.append(int(n_tokens.sum()))
             pool_sizes.append(staging.size(sc))
-            documents.append(part.height)
             pool_documents.append(len(pool_ids))
+            staging.remove(sc)
+        # Every document with its proxy-token count, in corpus order (shard, then row), one
+        # shard at a time: exact for the pooled ones (in the order they were added), else
+        # estimated from its super-cluster's pool.
+        available = np.zeros(n_super, np.int64)
+        consumed = np.zeros(n_super, np.int64)
+        with contextlib.ExitStack() as stack:
+            writers = [
+                stack.enter_context(
+                    store.parquet_writer(f"cluster_tokens/sc_{sc:03d}.docs.parquet", DOCS_SCHEMA)
+                )
+                for sc in range(n_super)
+            ]
+            for j, _, rows in kept_rows():
+                pooled_all = pooled_of(j, rows)
+                groups = rows.get_column("super_cluster_id").to_numpy()
+                for sc in np.unique(groups).tolist():
+                    at = groups == sc
+                    part = rows.filter(pl.Series(at))
+                    pooled = pooled_all[at]
+                    counted = part.get_column("counted").to_numpy()
+                    n_tokens = estimate_tokens(
+                        counted, pooled, pool_sizes[sc], int(pool_counted[sc]), pool_documents[sc]
+                    )
+                    n_pooled = int(pooled.sum())
+                    first = int(consumed[sc])
+                    n_tokens[pooled] = pool_lengths[sc][first : first + n_pooled]
+                    consumed[sc] += n_pooled
+                    available[sc] += int(n_tokens.sum())
+                    writers[sc].write_table(
+                        pa.table(
+                            [part.get_column("doc_id").to_arrow().cast(pa.large_string()),
+                             part.get_column("cluster_id").to_arrow().cast(pa.int32()),
+                             pa.array(n_tokens, pa.int64()), pa.array(pooled)],
+                            schema=DOCS_SCHEMA,
+                        )
+                    )  # fmt: skip
+        available, documents = available.tolist(), documents.tolist()
     finally:
         staging.close()
         store.remove(staging_rel)

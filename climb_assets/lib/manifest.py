@@ -69,18 +69,32 @@ def token_budget(
     )
 
 
+def order_keys(doc_ids: Sequence[str], seed: int, salt: str = "") -> np.ndarray:
+    """Each document's seeded 64-bit key (BLAKE2b of salt, seed and id): its place in the
+    seeded order, which depends only on the id. Computable a batch of ids at a time."""
+    keys = b"".join(
+        hashlib.blake2b(f"{salt}{seed}:{d}".encode(), digest_size=8).digest() for d in doc_ids
+    )
+    # Big-endian digests read as integers compare as the digests do.
+    return np.frombuffer(keys, dtype=">u8").astype(np.uint64)
+
+
 def stable_order(doc_ids: Sequence[str], seed: int, salt: str = "") -> np.ndarray:
     """A seeded order of documents that depends only on each id (not on input order).
 
     A `salt` gives an order independent of the unsalted one for the same seed (the validation
     hold-out is drawn with one, so it is not the head of the training order).
     """
-    # 8-byte digests compare as big-endian integers: a stable argsort of those is the order of
-    # sorting the digests (ties by position), in 8 bytes a document rather than Python objects.
-    keys = b"".join(
-        hashlib.blake2b(f"{salt}{seed}:{d}".encode(), digest_size=8).digest() for d in doc_ids
-    )
-    return np.argsort(np.frombuffer(keys, dtype=">u8"), kind="stable").astype(np.int64)
+    return key_order(order_keys(doc_ids, seed, salt))
+
+
+def key_order(keys: np.ndarray) -> np.ndarray:
+    """Positions sorted by `order_keys` (ties, which need equal 64-bit digests, by position),
+    in 8 bytes a document rather than Python objects."""
+    return np.argsort(np.asarray(keys, np.uint64), kind="stable").astype(np.int64)
+
+
+VALIDATION_SALT = "validation:"
 
 
 def validation_count(n_documents: int, share: float) -> int:
@@ -97,10 +111,16 @@ def hold_out_validation(doc_ids: Sequence[str], share: float, seed: int) -> np.n
     The choice depends only on the ids, the share and the seed, not on the mixture's weights,
     so every search over the same corpus validates on the same documents.
     """
-    held = np.zeros(len(doc_ids), bool)
-    n = validation_count(len(doc_ids), share)
+    return hold_out_by_keys(order_keys(doc_ids, seed, salt=VALIDATION_SALT), share)
+
+
+def hold_out_by_keys(keys: np.ndarray, share: float) -> np.ndarray:
+    """`hold_out_validation` from the documents' validation keys (`order_keys` salted with
+    `VALIDATION_SALT`): the `validation_count` smallest."""
+    held = np.zeros(len(keys), bool)
+    n = validation_count(len(keys), share)
     if n:
-        held[stable_order(doc_ids, seed, salt="validation:")[:n]] = True
+        held[key_order(keys)[:n]] = True
     return held
 
 
@@ -122,10 +142,17 @@ def select_documents(
     to the partial pass's tokens) is how far the order-following fill may land before the
     partial pass looks further.
     """
+    return select_by_keys(order_keys(doc_ids, seed), n_tokens, budget, tolerance)
+
+
+def select_by_keys(
+    keys: np.ndarray, n_tokens: np.ndarray, budget: int, tolerance: float = 0.01
+) -> tuple[np.ndarray, np.ndarray]:
+    """`select_documents` from the documents' keys (`order_keys` with the manifest's seed)."""
     n_tokens = np.asarray(n_tokens, dtype=np.int64)
-    if len(doc_ids) == 0 or budget <= 0 or n_tokens.sum() == 0:
+    if len(keys) == 0 or budget <= 0 or n_tokens.sum() == 0:
         return np.zeros(0, np.int64), np.zeros(0, np.int32)
-    order = stable_order(doc_ids, seed)
+    order = key_order(keys)
     total = int(n_tokens.sum())
     full, rest = divmod(int(budget), total)
     picks = [order] * full

@@ -83,22 +83,32 @@ class PoolStaging:
             first = last
         del staged
 
+    def lengths_as_added(self, group: int) -> np.ndarray:
+        """The group's token counts in the order its documents were added (corpus order)."""
+        parts = self._lengths[group]
+        return np.concatenate(parts) if parts else np.zeros(0, np.int64)
+
     def remove(self, group: int) -> None:
         os.remove(self.folder / f"sc_{group:03d}.bin")
         self._order.pop(group, None)
 
 
 def estimate_tokens(
-    counted: np.ndarray, pooled: np.ndarray, pool_tokens: int, pool_counted: int
+    counted: np.ndarray,
+    pooled: np.ndarray,
+    pool_tokens: int,
+    pool_counted: int,
+    pool_documents: int,
 ) -> np.ndarray:
     """Proxy-token counts of a super-cluster's documents outside its pool, from their counts.
 
     A document outside the pool is estimated as one EOS plus its per-shard count times the
-    pool's ratio of proxy tokens (EOS excluded) to per-shard counts; pooled documents keep the
-    zeros the caller replaces with their exact counts.
+    pool's ratio of proxy tokens (EOS excluded: one per pooled document, `pool_documents`) to
+    per-shard counts (`pool_counted`); pooled documents keep the zeros the caller replaces with
+    their exact counts. `counted` and `pooled` may be any part of the super-cluster (one shard's
+    documents), the pool's figures are the whole super-cluster's.
     """
     counted = np.asarray(counted, np.int64)
-    n_pooled = int(pooled.sum())
-    ratio = (pool_tokens - n_pooled) / pool_counted if pool_counted > 0 else 1.0
+    ratio = (pool_tokens - pool_documents) / pool_counted if pool_counted > 0 else 1.0
     estimate = 1 + np.rint(counted * ratio).astype(np.int64)
     return np.where(pooled, 0, estimate)

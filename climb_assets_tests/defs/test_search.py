@@ -565,6 +565,7 @@ def test_unsampled_token_pools_are_the_whole_super_clusters(planted):
         stored = store.read_npy(f"cluster_tokens/sc_{sc:03d}.tokens.npy")
         assert stored.dtype == ids.dtype and np.array_equal(stored, ids)
         listed = pl.from_arrow(store.read_parquet(f"cluster_tokens/sc_{sc:03d}.docs.parquet"))
+        listed = listed.sort("doc_id")  # listed in corpus order
         assert listed.get_column("pooled").all()
         assert listed.drop("pooled").equals(docs)
         assert summary["tokens"][sc] == ids.size
@@ -594,6 +595,7 @@ def test_token_pool_samples_large_super_clusters_and_still_counts_every_token(pl
         pooled_ids[name] = []
         for sc, (ids, docs) in reference.items():
             listed = pl.from_arrow(store.read_parquet(f"cluster_tokens/sc_{sc:03d}.docs.parquet"))
+            listed = listed.sort("doc_id")  # listed in corpus order
             assert listed.get_column("doc_id").to_list() == docs.get_column("doc_id").to_list()
             pooled = listed.filter(pl.col("pooled"))
             assert 0 < pooled.height < docs.height

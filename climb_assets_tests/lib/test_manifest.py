@@ -7,6 +7,8 @@ from climb_assets.lib.manifest import (
     dominated_by_few,
     hold_out_validation,
     megatron_blend,
+    order_keys,
+    select_by_keys,
     select_documents,
     stable_order,
     token_budget,
@@ -153,6 +155,19 @@ def test_validation_hold_out_is_seeded_by_id_and_never_takes_a_whole_cluster():
     # not the head of the training order: the salt makes it an independent draw
     first = set(stable_order(ids, 3)[:20].tolist())
     assert set(np.flatnonzero(held).tolist()) != first
+
+
+def test_keys_hashed_a_batch_at_a_time_select_what_the_ids_select():
+    ids = [f"doc{i}" for i in range(1000)]
+    keys = np.concatenate([order_keys(ids[i : i + 64], 5) for i in range(0, 1000, 64)])
+    assert np.array_equal(keys, order_keys(ids, 5))
+    # Pinned: the order is BLAKE2b's, the same on any machine.
+    assert stable_order(ids, 5)[:4].tolist() == [674, 877, 307, 144]
+    sizes = np.random.default_rng(0).integers(1, 500, 1000)
+    for budget in (1, 12_345, int(sizes.sum()) * 2 + 77):
+        by_ids = select_documents(ids, sizes, budget, 5)
+        by_keys = select_by_keys(keys, sizes, budget)
+        assert all(np.array_equal(a, b) for a, b in zip(by_ids, by_keys, strict=True))
 
 
 def test_shuffled_parts_refuse_documents_without_text(tmp_path):

@@ -1,7 +1,9 @@
 """Seeded samples drawn shard by shard equal the samples drawn over all rows at once."""
 
 import numpy as np
+import pytest
 
+from climb_assets.lib import sampling
 from climb_assets.lib.sampling import SmallestPerGroup, fill_per_group, row_keys
 
 
@@ -43,3 +45,24 @@ def test_fill_per_group_takes_keys_in_order_until_the_budget_is_reached():
     # group 0 in key order: rows 1, 3, 2, 0; 5 + 5 reaches 8 at the second; group 1 is small.
     assert fill_per_group(groups, keys, sizes, 8).tolist() == [False, True, False, True, True, True]
     assert fill_per_group(groups, keys, sizes, 100).all()
+
+
+@pytest.mark.parametrize("bins", [1, 7, 4096])
+@pytest.mark.parametrize("budget", [0, 1, 500, 20_000, 10**9])
+def test_streamed_fill_takes_the_rows_fill_per_group_takes(bins, budget):
+    rng = np.random.default_rng(3)
+    shard_rows = [0, 300, 1, 2000, 700]
+    shards = [(rng.integers(0, 5, n), rng.random(n), rng.integers(1, 200, n)) for n in shard_rows]
+    # Equal keys in two shards: the tie goes to the earlier shard, as in the concatenation.
+    shards[3][1][:10] = shards[1][1][:10]
+    groups, keys, sizes = (np.concatenate(c) for c in zip(*shards, strict=True))
+    expected = sampling.fill_per_group(groups, keys, sizes, budget)
+    fill = sampling.StreamedFill(budget, bins=bins)
+    for g, k, s in shards:
+        fill.count(g, k, s)
+    for j, (g, k, s) in enumerate(shards):
+        fill.offer(j, g, k, s)
+    fill.resolve()
+    got = np.concatenate([fill.mask(j, g, k) for j, (g, k, _) in enumerate(shards)])
+    assert np.array_equal(got, expected)
+    assert np.array_equal(fill.group_sizes(), np.bincount(groups, weights=sizes).astype(int))
