@@ -370,7 +370,14 @@ def _add_plan_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_distill_parser(sub: argparse._SubParsersAction) -> None:
-    from climb_assets.lib.static_encoder import DEFAULT_DIM, DEFAULT_MODEL, DEFAULT_SIF
+    from climb_assets.lib.static_encoder import (
+        DEFAULT_DIM,
+        DEFAULT_MODEL,
+        DEFAULT_SIF,
+        DEFAULT_TUNE_DOCUMENTS,
+        TUNE_MODES,
+        TuneSettings,
+    )
 
     p = sub.add_parser(
         "distill-static",
@@ -394,10 +401,42 @@ def _add_distill_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", choices=["cpu", "cuda", "auto"], default="cpu")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    tune = TuneSettings()
+    p.add_argument(
+        "--tune-corpus",
+        metavar="FOLDER",
+        help="adapt the table to this corpus (a folder of Parquet/JSONL shards): per-token "
+        "weights and a linear map fitted so each sampled document's static vector points where "
+        "--model's vector of it points (default: no tuning)",
+    )
+    p.add_argument(
+        "--tune-documents",
+        type=int,
+        default=DEFAULT_TUNE_DOCUMENTS,
+        metavar="N",
+        help=f"documents sampled from --tune-corpus (default {DEFAULT_TUNE_DOCUMENTS:,}; the "
+        "encoder embeds each once, ~30 docs/s for MiniLM on 2 CPU cores; a few hundred overfit)",
+    )
+    p.add_argument("--tune-seed", type=int, default=tune.seed, help="sample and fit seed")
+    p.add_argument("--tune-text-column", default="text", help="text column of the shards")
+    p.add_argument("--tune-epochs", type=int, default=tune.epochs, help=f"default {tune.epochs}")
+    p.add_argument(
+        "--tune-mode",
+        choices=TUNE_MODES,
+        default=tune.mode,
+        help=f"weights: per-token weights and a map; table: the rows too (default {tune.mode})",
+    )
 
 
 def _distill_static(args: argparse.Namespace) -> int:
-    from climb_assets.lib.static_encoder import distill_static
+    from dataclasses import replace
+
+    from climb_assets.lib.static_encoder import (
+        MIN_TUNE_DOCUMENTS,
+        TuneSettings,
+        distill_static,
+        sample_corpus,
+    )
 
     step = {"next": 0.0}
 
@@ -406,6 +445,40 @@ def _distill_static(args: argparse.Namespace) -> int:
             print(f"  {done:,}/{total:,} tokens", flush=True)
             step["next"] = done / total + 0.1
 
+    docs_step = {"next": 0.0}
+
+    def tune_progress(done: int, total: int) -> None:
+        if done / total >= docs_step["next"] or done == total:
+            print(f"  {done:,}/{total:,} tuning documents embedded", flush=True)
+            docs_step["next"] = done / total + 0.1
+
+    sample = None
+    settings = None
+    if args.tune_corpus is not None:
+        sample = sample_corpus(
+            args.tune_corpus, args.tune_documents, args.tune_seed, args.tune_text_column
+        )
+        settings = replace(
+            TuneSettings(),
+            seed=args.tune_seed,
+            epochs=args.tune_epochs,
+            mode=args.tune_mode,
+            threads=args.threads or TuneSettings().threads,
+        )
+        settings.check()
+        if len(sample.texts) < MIN_TUNE_DOCUMENTS:
+            print(
+                f"warning: {len(sample.texts):,} tuning documents; with fewer than "
+                f"{MIN_TUNE_DOCUMENTS:,} the weights overfit and cluster worse than no tuning "
+                "(see bench/static_encoder.py)",
+                file=sys.stderr,
+                flush=True,
+            )
+        print(
+            f"tuning on {len(sample.texts):,} documents of {sample.documents_read:,} in "
+            f"{sample.shards} shard(s) of {sample.corpus} (seed {sample.seed})",
+            flush=True,
+        )
     print(f"distilling {args.model}: every token of its vocabulary through the encoder", flush=True)
     result = distill_static(
         args.out,
@@ -417,11 +490,32 @@ def _distill_static(args: argparse.Namespace) -> int:
         threads=args.threads,
         overwrite=args.overwrite,
         progress=progress,
+        tune_texts=None if sample is None else sample.texts,
+        tune_settings=settings,
+        tune_source=None
+        if sample is None
+        else {
+            "corpus": sample.corpus,
+            "text_column": args.tune_text_column,
+            "documents_requested": args.tune_documents,
+            "documents_read": sample.documents_read,
+            "shards": sample.shards,
+            "seed": sample.seed,
+            "corpus_digest": sample.corpus_digest,
+            "sample_digest": sample.sample_digest,
+        },
+        tune_progress=tune_progress,
     )
+    tuned = ""
+    if result.tuning is not None:
+        tuned = (
+            f", tuned on {result.tuning['documents']:,} documents (loss "
+            f"{result.tuning['loss_start']:.4f} -> {result.tuning['loss_end']:.4f})"
+        )
     print(
         f"wrote {result.folder}: {result.vocab_size:,} tokens x {result.dim} dims "
         f"({result.explained_variance:.1%} of the variance) from {args.model} "
-        f"({result.source_revision}) in {result.seconds:.0f}s\n"
+        f"({result.source_revision}){tuned} in {result.seconds:.0f}s\n"
         f"use it with  encoder: {{kind: static, model: {result.folder}}}"
     )
     return 0

@@ -5,6 +5,7 @@ A tiny random BERT (a WordPiece vocabulary of ~120 tokens, 32 wide) stands in fo
 whole distillation runs in a second; bench/static_encoder.py distils the real one.
 """
 
+import itertools
 import json
 import shutil
 import string
@@ -15,11 +16,17 @@ import pytest
 from climb_assets.config import ProfileError, load_profile
 from climb_assets.lib.embed import EncoderError, TextEncoder, folder_revision
 from climb_assets.lib.static_encoder import (
+    TUNE_MODES,
     StaticEncoder,
+    TuneSettings,
     check_static_folder,
     distill_static,
+    fit_static,
     pca,
+    sample_corpus,
     sif_weights,
+    token_bags,
+    tune_static,
 )
 from climb_assets_tests.conftest import write_jsonl, write_profile
 
@@ -518,3 +525,196 @@ def test_cli_distills_a_folder_the_encoder_loads(tiny_bert, tmp_path, capsys):
 
 def test_static_vectors_see_max_tokens_of_the_text(encoder):
     assert encoder.text_tokens == encoder.max_tokens == 12  # no special tokens added
+
+
+def _tune_texts(n, seed=0):
+    """`n` short seeded sentences of the tiny vocabulary's words (under the tiny BERT's 64
+    positions)."""
+    rng = np.random.default_rng(seed)
+    return [" ".join(rng.choice(WORDS, size=int(rng.integers(3, 12)))) for _ in range(n)]
+
+
+def _tensors(folder):
+    from safetensors.numpy import load_file
+
+    return load_file(str(folder / "model.safetensors"))
+
+
+@pytest.fixture(scope="module")
+def tuned_folder(tiny_bert, tmp_path_factory):
+    out = tmp_path_factory.mktemp("tuned") / "tuned"
+    settings = TuneSettings(epochs=15, seed=3)
+    distill_static(out, model=str(tiny_bert), dim=DIM, batch_size=16, threads=1,
+                   tune_texts=_tune_texts(120), tune_settings=settings,
+                   tune_source={"corpus": "tiny"})  # fmt: skip
+    return out
+
+
+def test_tuning_is_deterministic_for_a_seed_and_improves_the_fit(
+    tiny_bert, tuned_folder, static_folder, tmp_path
+):
+    config = json.loads((tuned_folder / "config.json").read_text())
+    tuning = config["climb"]["tuning"]
+    assert tuning["documents"] == 120 and tuning["seed"] == 3 == config["climb"]["seed"]
+    assert tuning["epochs"] == 15 and tuning["mode"] == "weights"
+    assert tuning["source"] == {"corpus": "tiny"}
+    assert tuning["loss_end"] < tuning["loss_start"]  # the fit moves towards the source encoder
+    assert tuning["epoch_losses"][-1] < tuning["epoch_losses"][0]
+    tensors = _tensors(tuned_folder)
+    assert tensors["weights"].shape == (len(VOCAB),) and (tensors["weights"] > 0).all()
+    assert tensors["embeddings"].shape == (len(VOCAB), DIM)
+    assert check_static_folder(tuned_folder).has_weights
+    again = distill_static(tmp_path / "again", model=str(tiny_bert), dim=DIM, batch_size=16,
+                           threads=1, tune_texts=_tune_texts(120),
+                           tune_settings=TuneSettings(epochs=15, seed=3))  # fmt: skip
+    assert (again.folder / "model.safetensors").read_bytes() == (
+        tuned_folder / "model.safetensors"
+    ).read_bytes()
+    other = distill_static(tmp_path / "seed4", model=str(tiny_bert), dim=DIM, batch_size=16,
+                           threads=1, tune_texts=_tune_texts(120),
+                           tune_settings=TuneSettings(epochs=15, seed=4))  # fmt: skip
+    assert not np.array_equal(_tensors(other.folder)["weights"], tensors["weights"])
+    # Untuned: the same table as before, and no weights.
+    assert "weights" not in _tensors(static_folder)
+    assert json.loads((static_folder / "config.json").read_text())["climb"]["tuning"] is None
+
+
+def test_fit_static_lowers_the_loss_and_its_table_carries_the_fitted_geometry(static_folder):
+    """The map folded into the table: the exported vectors through `readout` are the fitted
+    predictions, so the loss of the written model is the fit's final loss."""
+    from tokenizers import Tokenizer
+
+    table = _table(static_folder)
+    tok = Tokenizer.from_file(str(static_folder / "tokenizer.json"))
+    texts = _tune_texts(80, seed=1)
+    _, ids, offsets = token_bags(tok, texts, 128, VOCAB.index("[UNK]"))
+    rng = np.random.default_rng(0)
+    # Targets that favour some tokens: a weighted pooling the plain mean cannot give.
+    favour = rng.uniform(0.1, 3.0, len(VOCAB))
+    sums = np.stack([(table[ids[a:b]] * favour[ids[a:b], None]).sum(0)
+                     for a, b in itertools.pairwise(offsets)])  # fmt: skip
+    targets = sums @ rng.standard_normal((DIM, 12))
+    for mode in TUNE_MODES:
+        fit = fit_static(table, ids, offsets, targets, TuneSettings(mode=mode, epochs=30))
+        assert fit.loss_end < 0.7 * fit.loss_start, (mode, fit.loss_start, fit.loss_end)
+        encoder = StaticEncoder(str(static_folder), max_tokens=128)
+        encoder.table, encoder.weights = fit.table, fit.weights
+        pred = encoder.encode(texts) @ fit.readout
+        pred /= np.linalg.norm(pred, axis=1, keepdims=True)
+        unit = targets / np.linalg.norm(targets, axis=1, keepdims=True)
+        assert 1 - np.mean(np.sum(pred * unit, axis=1)) == pytest.approx(fit.loss_end, abs=1e-4)
+    with pytest.raises(EncoderError, match="mode must be one of"):
+        fit_static(table, ids, offsets, targets, TuneSettings(mode="rows"))
+    with pytest.raises(EncoderError, match="one target vector per document"):
+        fit_static(table, ids, offsets, targets[:-1])
+
+
+def test_tuned_folder_loads_in_model2vec_and_agrees_with_static_encoder(tuned_folder):
+    model2vec = pytest.importorskip("model2vec")
+
+    model = model2vec.StaticModel.from_pretrained(str(tuned_folder), force_download=False)
+    assert model.weights is not None
+    texts = [*TEXTS, *_tune_texts(20, seed=9)]
+    theirs = model.encode(texts, max_length=None)
+    ours = StaticEncoder(str(tuned_folder), max_tokens=100_000).encode(texts)
+    np.testing.assert_allclose(ours, theirs, atol=1e-6)
+    # The weights are applied per token: the vector is the weighted mean of the rows.
+    tensors = _tensors(tuned_folder)
+    ids = StaticEncoder(str(tuned_folder)).tokenizer.encode(TEXTS[0], add_special_tokens=False).ids
+    mean = (tensors["embeddings"][ids] * tensors["weights"][ids, None]).astype(np.float64).sum(0)
+    np.testing.assert_allclose(ours[0], mean / np.linalg.norm(mean), atol=1e-6)
+
+
+def test_sample_corpus_is_seeded_and_reads_every_shard(tmp_path):
+    corpus = tmp_path / "corpus"
+    texts = _tune_texts(50, seed=5)
+    write_jsonl(
+        corpus / "a.jsonl", [{"doc_id": str(i), "text": t} for i, t in enumerate(texts[:30])]
+    )
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"text": texts[30:]}), corpus / "b.parquet")
+    first = sample_corpus(str(corpus), 10, seed=1)
+    assert len(first.texts) == 10 and set(first.texts) <= set(texts)
+    assert first.shards == 2 and first.documents_read == len(set(texts))
+    assert sample_corpus(str(corpus), 10, seed=1) == first
+    assert sample_corpus(str(corpus), 10, seed=2).texts != first.texts
+    everything = sample_corpus(str(corpus), 1000, seed=1)
+    assert sorted(everything.texts) == sorted(set(texts))  # fewer than asked: all of them
+    assert first.sample_digest.startswith("sha256:") and first.corpus_digest.startswith("sha256:")
+
+
+def test_cli_tunes_on_a_corpus_and_records_it(tiny_bert, tmp_path, capsys):
+    from climb_assets.cli import main
+
+    corpus = tmp_path / "corpus"
+    write_jsonl(corpus / "shard-000.jsonl", [{"doc_id": str(i), "text": t}
+                                             for i, t in enumerate(_tune_texts(40))])  # fmt: skip
+    out = tmp_path / "tuned"
+    argv = ["distill-static", "--out", str(out), "--model", str(tiny_bert), "--dim", "4",
+            "--threads", "1", "--tune-corpus", str(corpus), "--tune-documents", "25",
+            "--tune-seed", "7", "--tune-epochs", "3"]  # fmt: skip
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    printed = captured.out
+    assert "tuning on 25 documents of 40 in 1 shard(s)" in printed and "tuned on 25" in printed
+    assert "warning: 25 tuning documents; with fewer than 1,000 the weights overfit" in (
+        captured.err
+    )
+    tuning = json.loads((out / "config.json").read_text())["climb"]["tuning"]
+    assert tuning["seed"] == 7 and tuning["epochs"] == 3 and tuning["documents"] == 25
+    source = tuning["source"]
+    assert source["corpus"] == str(corpus) and source["documents_read"] == 40
+    assert source["seed"] == 7 and source["sample_digest"] == sample_corpus(
+        str(corpus), 25, 7).sample_digest  # fmt: skip
+    assert StaticEncoder(str(out)).weights is not None
+
+
+@pytest.mark.parametrize(
+    ("make", "why"),
+    [
+        ("missing", "no such folder"),
+        ("empty", "no .parquet or .jsonl shards under it"),
+        ("no_text", "shard shard-000.jsonl has no text column 'text'"),
+        ("blank", "its shards hold 0 usable documents"),
+    ],
+)
+def test_cli_bad_tune_corpus_is_one_line_naming_the_fix(tiny_bert, tmp_path, capsys, make, why):
+    from climb_assets.cli import main
+
+    corpus = tmp_path / "corpus"
+    if make != "missing":
+        corpus.mkdir()
+    if make == "no_text":
+        write_jsonl(corpus / "shard-000.jsonl", [{"doc_id": "a", "body": "the cat"}])
+    elif make == "blank":
+        write_jsonl(corpus / "shard-000.jsonl", [{"doc_id": "a", "text": "  "}])
+    out = tmp_path / "out"
+    argv = ["distill-static", "--out", str(out), "--model", str(tiny_bert), "--dim", "4",
+            "--tune-corpus", str(corpus)]  # fmt: skip
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err, err
+    assert err.startswith(f"climb: error: distill-static: --tune-corpus {corpus}: {why}"), err
+    assert "pass a folder of Parquet or JSONL shards" in err and "--tune-text-column" in err
+    assert not out.exists()  # refused before any work
+
+
+def test_tune_static_refits_a_distilled_folder_as_distilling_with_tuning_does(
+    static_folder, tuned_folder, tmp_path
+):
+    out = tmp_path / "refit"
+    record = tune_static(static_folder, out, _tune_texts(120), settings=TuneSettings(epochs=15,
+                         seed=3), source={"corpus": "tiny"})  # fmt: skip
+    assert (out / "model.safetensors").read_bytes() == (
+        tuned_folder / "model.safetensors"
+    ).read_bytes()
+    config = json.loads((out / "config.json").read_text())
+    assert config["climb"]["tuning"] == record and record["seed"] == 3
+    assert record["tuned_from"]["revision"] == folder_revision(static_folder)
+    assert (out / "tokenizer.json").read_bytes() == (static_folder / "tokenizer.json").read_bytes()
+    with pytest.raises(EncoderError, match="already weighted or mapped; tune a plain table"):
+        tune_static(out, tmp_path / "twice", _tune_texts(10))
+    with pytest.raises(EncoderError, match="already exists; pass --overwrite"):
+        tune_static(static_folder, out, _tune_texts(10))
