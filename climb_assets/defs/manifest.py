@@ -65,6 +65,10 @@ def super_cluster_terms(store: Store, n: int) -> list[list[str]]:
     return [terms.get(i, []) for i in range(n)]
 
 
+TEXT_BATCH_ROWS = 8192
+"""Corpus rows whose text the manifest reads at a time while writing its parts."""
+
+
 def _rows_of(store: Store, rel: str, positions: np.ndarray, sc: int) -> pl.DataFrame:
     """The rows at increasing `positions` of a super-cluster's documents list, with its id."""
     table = store.take_parquet_rows(rel, positions, ["doc_id", "cluster_id", "n_tokens"])
@@ -162,9 +166,12 @@ def climbmix_manifest(
     if not accounting["within_tolerance"]:
         context.log.warning(f"token accounting: {accounting['note']}")
 
-    def texts_of(shard: str):
+    def texts_of(shard: str):  # one read batch of the shard's texts at a time
         rel = shard_file("corpus_documents", shard)
-        return lambda: pl.from_arrow(store.read_parquet(rel, ["doc_id", "text"]))
+        return lambda: (
+            pl.from_arrow(batch)
+            for batch in store.iter_parquet(rel, ["doc_id", "text"], TEXT_BATCH_ROWS)
+        )
 
     shards = registered_shards(context)
     splits = {"manifest/shards": (chosen, m.parquet_shards)}

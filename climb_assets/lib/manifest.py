@@ -350,7 +350,7 @@ def write_shuffled_parts(
 def write_shuffled_splits(
     store: Store,
     splits: dict[str, tuple[pl.DataFrame, int]],
-    shard_texts: Iterable[Callable[[], pl.DataFrame]],
+    shard_texts: Iterable[Callable[[], pl.DataFrame | Iterable[pl.DataFrame]]],
     seed: int,
     staging: str = "manifest/_staging",
 ) -> dict[str, list[str]]:
@@ -360,8 +360,9 @@ def write_shuffled_splits(
     document and pass) and its number of parts. Each selection is put in one seeded random
     order and split into contiguous parts: the same files as joining every text in memory,
     shuffling and splitting, but built one corpus shard at a time (each `shard_texts` loader
-    returns that shard's `doc_id` and `text`, read once for every output), so memory holds one
-    corpus shard or one output part, never a whole selection with its text. Rows go to per-part
+    returns that shard's `doc_id` and `text`, whole or as an iterable of read batches, read once
+    for every output), so memory holds one read batch and a shard's selected rows, or one output
+    part, never a whole selection with its text. Rows go to per-part
     staging files first; each part is then sorted into place and written atomically.
 
     Returns:
@@ -393,7 +394,13 @@ def write_shuffled_splits(
     store.remove(staging)
     found, schema = 0, None
     for j, load in enumerate(shard_texts):
-        joined = keyed.join(load().select("doc_id", "text"), on="doc_id", how="inner")
+        loaded = load()
+        batches = [loaded] if isinstance(loaded, pl.DataFrame) else loaded
+        pieces = [
+            keyed.join(batch.select("doc_id", "text"), on="doc_id", how="inner")
+            for batch in batches
+        ]
+        joined = pl.concat(pieces) if pieces else keyed.head(0).with_columns(text=pl.lit(""))
         found += joined.height
         schema = schema or joined.drop("_part", "_out").schema
         for (out, i), group in joined.partition_by("_out", "_part", as_dict=True).items():

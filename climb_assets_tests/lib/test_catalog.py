@@ -20,3 +20,30 @@ def test_views_over_parquet_and_reader_survives_rebuild(tmp_path):
     reader.close()
     assert query(db, "SELECT one FROM more") == [(1,)]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["catalog.duckdb", "data"]
+
+
+def test_run_summary_counts_dominant_sources_one_shard_at_a_time(tmp_path):
+    """`climb run`'s summary: each super-cluster's most frequent source and its share of the
+    kept documents, summed over shards (ties by name), without the catalog's global join."""
+    import pyarrow as pa
+
+    from climb_assets.cli import _dominant_sources
+    from climb_assets.lib.storage import Store
+
+    store = Store(str(tmp_path))
+    shards = {
+        "shard-000": (["a", "b", "c", "d"], [0, 0, 1, None], ["x", "y", "y", "x"]),
+        "shard-001": (["e", "f", "g"], [0, 1, 1], ["y", "z", "z"]),
+    }
+    for stem, (ids, groups, sources) in shards.items():
+        store.write_parquet(
+            f"super_clusters/members/{stem}.parquet",
+            pa.table({"doc_id": ids, "cluster_id": pa.array([0] * len(ids), pa.int32()),
+                      "super_cluster_id": pa.array(groups, pa.int32())}),
+        )  # fmt: skip
+        store.write_parquet(
+            f"corpus_documents/{stem}.parquet",
+            pa.table({"doc_id": ids[::-1], "text": ["t"] * len(ids), "source": sources[::-1]}),
+        )
+    # sc 0: x 1, y 2 of 3; sc 1: y 1, z 2 of 3; the unkept "d" counts nowhere.
+    assert _dominant_sources(store) == {0: "y 67%", 1: "z 67%"}
