@@ -176,6 +176,18 @@ def run_size(
         row["peak_over_baseline_mb"] = round(row["peak_rss_mb"] - baseline["peak_rss_mb"], 1)
         row["net_seconds"] = round(max(row["seconds"] - baseline["seconds"], 0.0), 2)
         row["net_docs_per_second"] = round(n_docs / max(row["net_seconds"], 1e-9), 1)
+    # The confirmation proxy trains nothing when its mixture was already a round's proxy: that
+    # size's seconds and peak are not the step's cost, and the goals leave them out.
+    confirmation = here / "out" / "search" / "confirmation.json"
+    if confirmation.exists():
+        run_id = json.loads(confirmation.read_text()).get("run_id")
+        rounds = sorted((here / "out" / "search").glob("iter_*/proxy_runs.parquet"))
+        earlier = {
+            r for p in rounds for r in pq.read_table(p, columns=["run_id"]).column(0).to_pylist()
+        }
+        for row in stages:
+            if row["stage"] == "confirmation_proxy":
+                row["reused"] = run_id in earlier
     manifest = json.loads((here / "out" / "manifest" / "climbmix.json").read_text())
     shutil.rmtree(here / "out" / "exports", ignore_errors=True)  # the largest outputs
     return {
@@ -199,6 +211,8 @@ def goals(sizes: list[dict[str, Any]]) -> dict[str, Any]:
     by_stage: dict[str, list[dict[str, Any]]] = {}
     for size in sizes:
         for row in size["stages"]:
+            if row.get("reused"):  # a reused confirmation measured nothing (see run_size)
+                continue
             by_stage.setdefault(row["stage"], []).append({**row, "documents": size["documents"]})
     memory, flat, cost = {}, {}, {}
     for stage, rows in by_stage.items():
