@@ -539,7 +539,6 @@ def distill_static(
         table *= weights[:, None]
     table = np.ascontiguousarray(table, dtype=np.float32)
 
-    from safetensors.numpy import save_file
     from tokenizers import Tokenizer
 
     tokenizer = Tokenizer.from_str(backend.to_str())
@@ -582,19 +581,7 @@ def distill_static(
             "versions": _versions(),
         },
     }
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
-    try:
-        save_file(tensors, str(tmp / "model.safetensors"))
-        tokenizer.save(str(tmp / "tokenizer.json"))
-        (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
-        os.chmod(tmp, 0o755)  # mkdtemp and save_file make private files; the model is for reading
-        for name in ("model.safetensors", "tokenizer.json", "config.json"):
-            os.chmod(tmp / name, 0o644)
-        _replace_folder(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    _write_model_folder(target, tensors, lambda path: tokenizer.save(str(path)), config)
     return DistillResult(
         folder=target,
         vocab_size=n_tokens,
@@ -606,6 +593,31 @@ def distill_static(
         seconds=time.perf_counter() - started,
         tuning=tuning,
     )
+
+
+def _write_model_folder(
+    target: Path,
+    tensors: dict[str, np.ndarray],
+    write_tokenizer: Callable[[Path], object],
+    config: dict[str, Any],
+) -> None:
+    """Writes a static model folder under a temporary name beside `target`, then renames it,
+    so `target` is whole or absent."""
+    from safetensors.numpy import save_file
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    try:
+        save_file(tensors, str(tmp / "model.safetensors"))
+        write_tokenizer(tmp / "tokenizer.json")
+        (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+        os.chmod(tmp, 0o755)  # mkdtemp and save_file make private files; the model is for reading
+        for name in ("model.safetensors", "tokenizer.json", "config.json"):
+            os.chmod(tmp / name, 0o644)
+        _replace_folder(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def _replace_folder(new: Path, target: Path) -> None:
@@ -1011,7 +1023,7 @@ def tune_static(
     Raises:
         EncoderError: a folder that is not a plain static model, bad settings, or `out` exists.
     """
-    from safetensors.numpy import load_file, save_file
+    from safetensors.numpy import load_file
 
     settings = settings or TuneSettings()
     settings.check()
@@ -1037,19 +1049,10 @@ def tune_static(
     record["tuned_from"] = {"folder": str(layout.folder), "revision": folder_revision(folder)}
     config = dict(layout.config)
     config["climb"] = {**config.get("climb", {}), "seed": settings.seed, "tuning": record}
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
-    try:
-        save_file(
-            {"embeddings": tuned.table, "weights": tuned.weights}, str(tmp / "model.safetensors")
-        )
-        shutil.copyfile(layout.folder / "tokenizer.json", tmp / "tokenizer.json")
-        (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
-        os.chmod(tmp, 0o755)
-        for name in ("model.safetensors", "tokenizer.json", "config.json"):
-            os.chmod(tmp / name, 0o644)
-        _replace_folder(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    _write_model_folder(
+        target,
+        {"embeddings": tuned.table, "weights": tuned.weights},
+        lambda path: shutil.copyfile(layout.folder / "tokenizer.json", path),
+        config,
+    )
     return record
