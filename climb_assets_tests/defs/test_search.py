@@ -323,6 +323,40 @@ def test_every_readme_query_runs_on_a_search_catalog(planted):
     assert ran >= 6 and skipped == 0
 
 
+def test_manifest_selects_what_selecting_by_ids_over_the_whole_lists_selects(planted):
+    """The manifest holds each super-cluster's documents as keys and counts; its parts hold the
+    rows the id-based selection picks over each super-cluster's whole documents list."""
+    from climb_assets.defs.manifest import climbmix_manifest
+    from climb_assets.lib.manifest import hold_out_validation, select_documents
+
+    _, _, climb, instance = planted
+    store, m = climb.store(), climb.settings().manifest
+    # other tests rewrite the shared manifest; build the module's own
+    dg.materialize([climbmix_manifest], instance=instance, resources={"climb": climb})
+    doc = store.read_json("manifest/climbmix.json")
+    chosen = pl.concat([pl.read_parquet(p) for p in doc["shards"]])
+    held_out = pl.concat([pl.read_parquet(p) for p in doc["validation"]["parts"]])
+    assert m.validation_share > 0 and held_out.height > 0
+    for sc, row in enumerate(doc["super_clusters"]):
+        listed = pl.from_arrow(store.read_parquet(f"cluster_tokens/sc_{sc:03d}.docs.parquet"))
+        ids = listed.get_column("doc_id").to_list()
+        held = hold_out_validation(ids, m.validation_share, m.seed)
+        train = listed.filter(pl.Series(~held))
+        picks, passes = select_documents(
+            train.get_column("doc_id").to_list(), train.get_column("n_tokens").to_numpy(),
+            row["tokens"], m.seed,
+        )  # fmt: skip
+        expected = sorted(
+            zip(train.get_column("doc_id").gather(picks).to_list(), passes.tolist(), strict=True)
+        )
+        mine = chosen.filter(pl.col("super_cluster_id") == sc)
+        assert sorted(mine.select("doc_id", "pass").rows()) == expected
+        validation = held_out.filter(pl.col("super_cluster_id") == sc)
+        assert sorted(validation.get_column("doc_id").to_list()) == sorted(
+            d for d, h in zip(ids, held.tolist(), strict=True) if h
+        )
+
+
 def test_manifest_lists_its_exports_and_its_blend_points_at_their_files(planted):
     from climb_assets.defs.exports import climbmix_exports
 
