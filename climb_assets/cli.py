@@ -22,7 +22,6 @@ from climb_assets.defs.resources import ClimbResource, climb_resource, default_p
 from climb_assets.lib.corpus_size import CorpusCount
 from climb_assets.lib.os_errors import describe_os_failure
 from climb_assets.lib.planner import DEFAULT_TOKENS_PER_DOC, CorpusSize, PlanOptions, plan
-from climb_assets.lib.storage import Store
 
 EXAMPLE_QUERY = (
     "SELECT super_cluster_id, documents, round(token_share, 3) AS share, top_terms[1:5] AS terms "
@@ -81,40 +80,8 @@ def _summary(climb: ClimbResource) -> None:
     print(f'  or: duckdb -readonly {catalog} "{EXAMPLE_QUERY}"')
 
 
-def _dominant_sources(store: Store) -> dict[int, str]:
-    """Each super-cluster's most frequent `source` and its share of the kept documents, counted
-    one shard at a time (the catalog's `documents` view joins the whole corpus at once)."""
-    import polars as pl
-
-    counts: pl.DataFrame | None = None
-    for rel in store.list("super_clusters/members"):
-        members = pl.from_arrow(store.read_parquet(rel, ["doc_id", "super_cluster_id"]))
-        texts = rel.replace("super_clusters/members", "corpus_documents", 1)
-        if not store.exists(texts) or "source" not in store.parquet_schema(texts).names:
-            continue
-        source = pl.from_arrow(store.read_parquet(texts, ["doc_id", "source"]))
-        shard = (
-            members.drop_nulls("super_cluster_id")
-            .join(source, on="doc_id")
-            .group_by("super_cluster_id", "source")
-            .len()
-        )
-        counts = shard if counts is None else pl.concat([counts, shard])
-        counts = counts.group_by("super_cluster_id", "source").agg(pl.col("len").sum())
-    if counts is None or counts.is_empty():
-        return {}
-    totals = counts.group_by("super_cluster_id").agg(pl.col("len").sum().alias("total"))
-    ranked = counts.join(totals, on="super_cluster_id").sort(
-        ["super_cluster_id", "len", "source"], descending=[False, True, False], nulls_last=True
-    )
-    out: dict[int, str] = {}
-    for sc, source, n, total in ranked.iter_rows():
-        out.setdefault(int(sc), f"{source} {n / total:.0%}")
-    return out
-
-
 def _print_manifest(climb: ClimbResource) -> None:
-    from climb_assets.defs.catalog import open_catalog
+    from climb_assets.defs.catalog import dominant_sources, open_catalog
 
     store = climb.store()
     doc = store.read_json("manifest/climbmix.json")
@@ -129,7 +96,7 @@ def _print_manifest(climb: ClimbResource) -> None:
     finally:
         con.close()
     if "source" in climb.settings().corpus.extra_columns:
-        sources = _dominant_sources(store)
+        sources = dominant_sources(store)
     label = "DoReMi" if doc["final"].get("method") == "doremi" else "ClimbMix"
     print(f"\n{label} weights (final) against natural token proportions:")
     print(f"  {'super-cluster':>13} {'natural':>8} {label.lower():>9}  dominant source   top terms")
@@ -439,7 +406,7 @@ def _add_distill_parser(sub: argparse._SubParsersAction) -> None:
         default=DEFAULT_TUNE_DOCUMENTS,
         metavar="N",
         help=f"documents sampled from --tune-corpus (default {DEFAULT_TUNE_DOCUMENTS:,}; the "
-        "encoder embeds each once, ~30 docs/s for MiniLM on 2 CPU cores; a few hundred overfit)",
+        "encoder embeds each once, 30-70 docs/s for MiniLM on 2 CPU cores; a few hundred overfit)",
     )
     p.add_argument("--tune-seed", type=int, default=tune.seed, help="sample and fit seed")
     p.add_argument("--tune-text-column", default="text", help="text column of the shards")

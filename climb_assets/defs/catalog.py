@@ -4,6 +4,7 @@ from collections.abc import Sequence
 
 import dagster as dg
 import duckdb
+import polars as pl
 
 from climb_assets.defs.common import (
     CORPUS_STATE_FILE,
@@ -151,6 +152,36 @@ def open_catalog(climb: ClimbResource) -> duckdb.DuckDBPyConnection:
     if store.is_local:
         return connect(store.local_path(CATALOG_FILE))
     return connect(store.local_copy(CATALOG_FILE), filesystem=store.fs)
+
+
+def dominant_sources(store: Store) -> dict[int, str]:
+    """Each super-cluster's most frequent `source` and its share of the kept documents, counted
+    one shard at a time (the catalog's `documents` view joins the whole corpus at once)."""
+    counts: pl.DataFrame | None = None
+    for rel in store.list("super_clusters/members"):
+        members = pl.from_arrow(store.read_parquet(rel, ["doc_id", "super_cluster_id"]))
+        texts = rel.replace("super_clusters/members", "corpus_documents", 1)
+        if not store.exists(texts) or "source" not in store.parquet_schema(texts).names:
+            continue
+        source = pl.from_arrow(store.read_parquet(texts, ["doc_id", "source"]))
+        shard = (
+            members.drop_nulls("super_cluster_id")
+            .join(source, on="doc_id")
+            .group_by("super_cluster_id", "source")
+            .len()
+        )
+        counts = shard if counts is None else pl.concat([counts, shard])
+        counts = counts.group_by("super_cluster_id", "source").agg(pl.col("len").sum())
+    if counts is None or counts.is_empty():
+        return {}
+    totals = counts.group_by("super_cluster_id").agg(pl.col("len").sum().alias("total"))
+    ranked = counts.join(totals, on="super_cluster_id").sort(
+        ["super_cluster_id", "len", "source"], descending=[False, True, False], nulls_last=True
+    )
+    out: dict[int, str] = {}
+    for sc, source, n, total in ranked.iter_rows():
+        out.setdefault(int(sc), f"{source} {n / total:.0%}")
+    return out
 
 
 def _sql_text(value: str) -> str:

@@ -286,10 +286,10 @@ def cluster_tokens(context: dg.AssetExecutionContext, climb: ClimbResource) -> d
     # Which documents are pooled: the per-group fill in key order, in two passes over the
     # shards' ids (a histogram of keys, then the rows of each group's boundary bin).
     fill = sampling.StreamedFill(limit)
+    columns = ("super_cluster_id", "key", "counted")
     for _, _, rows in kept_rows():
-        fill.count(*(rows.get_column(c).to_numpy() for c in ("super_cluster_id", "key", "counted")))
+        fill.count(*(rows.get_column(c).to_numpy() for c in columns))
     for j, _, rows in kept_rows():
-        columns = ("super_cluster_id", "key", "counted")
         fill.offer(j, *(rows.get_column(c).to_numpy() for c in columns))
     fill.resolve()
     n_super = fill.n_groups
@@ -332,7 +332,6 @@ def cluster_tokens(context: dg.AssetExecutionContext, climb: ClimbResource) -> d
         staging.close()
         pool_sizes, pool_documents, pool_lengths = [], [], []
         for sc in range(n_super):
-            pool_ids, _ = staging.documents(sc)
             pool_lengths.append(staging.lengths_as_added(sc))
             store.write_npy_chunks(
                 f"cluster_tokens/sc_{sc:03d}.tokens.npy",
@@ -341,7 +340,7 @@ def cluster_tokens(context: dg.AssetExecutionContext, climb: ClimbResource) -> d
                 staging.tokens(sc),
             )
             pool_sizes.append(staging.size(sc))
-            pool_documents.append(len(pool_ids))
+            pool_documents.append(pool_lengths[sc].size)
             staging.remove(sc)
         # Every document with its proxy-token count, in corpus order (shard, then row), one
         # shard at a time: exact for the pooled ones (in the order they were added), else

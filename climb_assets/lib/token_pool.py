@@ -47,11 +47,6 @@ class PoolStaging:
         for fh in self._files:
             fh.close()
 
-    def documents(self, group: int) -> tuple[list[str], np.ndarray]:
-        """The group's document ids and token counts, in `doc_id` order."""
-        ids, _, lengths = self._ordered(group)
-        return ids, lengths
-
     def size(self, group: int) -> int:
         return self._size[group]
 
@@ -62,7 +57,7 @@ class PoolStaging:
         starts = np.concatenate(self._starts[group]) if ids else np.zeros(0, np.int64)
         lengths = np.concatenate(self._lengths[group]) if ids else np.zeros(0, np.int64)
         order = sorted(range(len(ids)), key=ids.__getitem__)
-        # Sorted once per group, after every shard was added (`documents`, then `tokens`).
+        # Sorted once per group, after every shard was added.
         self._order[group] = ([ids[i] for i in order], starts[order], lengths[order])
         return self._order[group]
 

@@ -27,7 +27,7 @@ def test_run_summary_counts_dominant_sources_one_shard_at_a_time(tmp_path):
     kept documents, summed over shards (ties by name), without the catalog's global join."""
     import pyarrow as pa
 
-    from climb_assets.cli import _dominant_sources
+    from climb_assets.defs.catalog import dominant_sources
     from climb_assets.lib.storage import Store
 
     store = Store(str(tmp_path))
@@ -46,4 +46,4 @@ def test_run_summary_counts_dominant_sources_one_shard_at_a_time(tmp_path):
             pa.table({"doc_id": ids[::-1], "text": ["t"] * len(ids), "source": sources[::-1]}),
         )
     # sc 0: x 1, y 2 of 3; sc 1: y 1, z 2 of 3; the unkept "d" counts nowhere.
-    assert _dominant_sources(store) == {0: "y 67%", 1: "z 67%"}
+    assert dominant_sources(store) == {0: "y 67%", 1: "z 67%"}
