@@ -46,7 +46,11 @@ ASSET_SECTIONS = {
 EXECUTION_ONLY = {"quality": ("workers", "read_batch_rows"), "manifest": ("export_workers",)}
 
 # Bumped when an asset's output format changes, so finished work from older code is redone.
-ASSET_VERSIONS = {"corpus_documents": 2, "embeddings": 2, "search_round": 2}
+ASSET_VERSIONS = {
+    "corpus_documents": 2, "embeddings": 2, "search_round": 2,
+    # 2: documents lists name each document's shard and row; parts in part-order-key order.
+    "cluster_tokens": 2, "climbmix_manifest": 2,
+}  # fmt: skip
 
 
 def fingerprint(profile: Profile, asset: str) -> str:

@@ -70,8 +70,10 @@ TEXT_BATCH_ROWS = 8192
 
 
 def _rows_of(store: Store, rel: str, positions: np.ndarray, sc: int) -> pl.DataFrame:
-    """The rows at increasing `positions` of a super-cluster's documents list, with its id."""
-    table = store.take_parquet_rows(rel, positions, ["doc_id", "cluster_id", "n_tokens"])
+    """The rows at increasing `positions` of a super-cluster's documents list, with its id and
+    where the document lies in the corpus."""
+    columns = ["doc_id", "cluster_id", "n_tokens", "shard", "row"]
+    table = store.take_parquet_rows(rel, positions, columns)
     return pl.from_arrow(table).with_columns(pl.lit(sc, pl.Int32).alias("super_cluster_id"))
 
 
@@ -121,16 +123,25 @@ def climbmix_manifest(
         )
 
     # Each super-cluster's documents are held as numbers (counts, keys) while its selection is
-    # drawn; only the selected and validation rows are read back with their ids.
-    selected, validation, dominated = [], [], {}
-    for sc in range(len(weights)):
+    # drawn; only the selected and validation rows are read back with their ids, and staged by
+    # corpus shard for the parts (`ShuffledSplits`), so no step holds the whole selection.
+    outputs = {"manifest/shards": m.parquet_shards, "manifest/validation": 1}
+    splits = manifest.ShuffledSplits(store, outputs, m.seed, optional=["manifest/validation"])
+    # Validation rows enter the digest as pass -1: a new hold-out is a new manifest.
+    identity = manifest.SelectionDigest(weights, m.seed)
+    n_super = len(weights)
+    exported_tokens = np.zeros(n_super, np.int64)
+    held_documents = np.zeros(n_super, np.int64)
+    n_selected, dominated = 0, {}
+    for sc in range(n_super):
         docs = super_cluster_documents(store, profile, sc, selection_keys=True)
         assert docs.keys is not None
-        validation.append(
-            _rows_of(store, docs.rel, np.flatnonzero(docs.held), sc)
-            .sort("doc_id")  # as the documents list was ordered before it was in corpus order
-            .with_columns(pl.lit(0, pl.Int32).alias("pass"))
+        held = _rows_of(store, docs.rel, np.flatnonzero(docs.held), sc).with_columns(
+            pl.lit(0, pl.Int32).alias("pass")
         )
+        held_documents[sc] = held.height
+        identity.add(held.with_columns(pl.lit(-1, pl.Int32).alias("pass")))
+        splits.add("manifest/validation", held)
         train = np.flatnonzero(~docs.held)
         n_tokens = docs.n_tokens[train]
         share = manifest.dominated_by_few(n_tokens)
@@ -144,44 +155,35 @@ def climbmix_manifest(
         positions = train[rows]
         unique = np.unique(positions)
         picked = _rows_of(store, docs.rel, unique, sc)
-        selected.append(
-            picked[np.searchsorted(unique, positions).tolist()].with_columns(
-                pl.Series("pass", passes)
-            )
+        chosen = picked[np.searchsorted(unique, positions).tolist()].with_columns(
+            pl.Series("pass", passes)
         )
-    chosen = pl.concat(selected)
-    held_out = pl.concat(validation)
-    exported = (
-        chosen.group_by("super_cluster_id").agg(pl.col("n_tokens").sum())
-        .sort("super_cluster_id")
-    )  # fmt: skip
-    exported_tokens = np.zeros(len(weights), np.int64)
-    exported_tokens[exported.get_column("super_cluster_id").to_numpy()] = exported.get_column(
-        "n_tokens"
-    ).to_numpy()
-    held_documents = np.bincount(
-        held_out.get_column("super_cluster_id").to_numpy(), minlength=len(weights)
-    )
+        exported_tokens[sc] = int(chosen.get_column("n_tokens").sum())
+        n_selected += chosen.height
+        identity.add(chosen)
+        splits.add("manifest/shards", chosen)
+    n_held = int(held_documents.sum())
     accounting = manifest.check_token_accounting(budget.granted, exported_tokens)
     if not accounting["within_tolerance"]:
         context.log.warning(f"token accounting: {accounting['note']}")
 
-    def texts_of(shard: str):  # one read batch of the shard's texts at a time
-        rel = shard_file("corpus_documents", shard)
-        return lambda: (
-            pl.from_arrow(batch)
-            for batch in store.iter_parquet(rel, ["doc_id", "text"], TEXT_BATCH_ROWS)
+    # The documents lists number the shards cluster_tokens read; the parts read each one's
+    # texts by row, checked against the ids.
+    listed = store.read_json("cluster_tokens/summary.json").get("shards")
+    if listed is None:
+        raise manifest.ManifestError(
+            "cluster_tokens was built by an older climb (its documents lists do not say where "
+            "each document is): re-materialize cluster_tokens (climb run redoes it)"
         )
 
-    shards = registered_shards(context)
-    splits = {"manifest/shards": (chosen, m.parquet_shards)}
-    if held_out.height:
-        splits["manifest/validation"] = (held_out, 1)
-    else:
-        for old in store.list("manifest/validation"):
-            store.remove(old)
-    written = manifest.write_shuffled_splits(store, splits, [texts_of(sh) for sh in shards], m.seed)
+    def texts_of(j: int, rows: np.ndarray):  # one read batch of the shard's texts at a time
+        rel = shard_file("corpus_documents", listed[j])
+        return store.iter_parquet_rows(rel, rows, ["doc_id", "text"], TEXT_BATCH_ROWS)
+
+    written = splits.write(len(listed), texts_of)
     shard_paths = written["manifest/shards"]
+    digest = identity.hexdigest()
+    shards = registered_shards(context)
 
     rounds = choice.rounds
     terms = super_cluster_terms(store, len(weights))
@@ -197,11 +199,6 @@ def climbmix_manifest(
     # train_blend.txt is: Megatron's epochs over each prefix then repeat what the budget asks.
     # A super-cluster whose budget selected no document has no dataset and leaves the blend.
     blend = manifest.megatron_blend(exported_tokens / max(1, exported_tokens.sum()), prefixes)
-    # Validation rows enter the digest as pass -1: a new hold-out is a new manifest.
-    digest = manifest.selection_digest(
-        pl.concat([chosen, held_out.with_columns(pl.lit(-1, pl.Int32).alias("pass"))]),
-        weights, m.seed,
-    )  # fmt: skip
     built_from = corpus_state(store, shards)
     doc = {
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -256,10 +253,10 @@ def climbmix_manifest(
         "dominated_super_clusters": dominated,
         "max_epochs": m.max_epochs,
         "license": m.license,
-        "documents": chosen.height,
+        "documents": n_selected,
         "shards": shard_paths,
         "validation": {
-            "share": m.validation_share, "documents": held_out.height,
+            "share": m.validation_share, "documents": n_held,
             "tokens": int(held_tokens.sum()),
             "parts": written.get("manifest/validation", []),
             "note": "held out of each super-cluster before selection (seeded by "
@@ -339,8 +336,8 @@ def climbmix_manifest(
                 ]
             ),
             "predictor_used": choice.predictor_used or "none",
-            "documents": chosen.height,
-            "validation_documents": held_out.height,
+            "documents": n_selected,
+            "validation_documents": n_held,
             "tokens": int(budget.granted.sum()),
             "exported_tokens": int(exported_tokens.sum()),
             "token_accounting": accounting["note"],

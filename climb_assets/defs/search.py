@@ -255,8 +255,10 @@ def _kept_rows(store: Store, shard: str, j: int, seed: int) -> pl.DataFrame:
 
 DOCS_SCHEMA = pa.schema(
     [("doc_id", pa.large_string()), ("cluster_id", pa.int32()), ("n_tokens", pa.int64()),
-     ("pooled", pa.bool_())]
+     ("pooled", pa.bool_()), ("shard", pa.int32()), ("row", pa.int64())]
 )  # fmt: skip
+"""A super-cluster's documents list; `shard` numbers `summary.json`'s `shards` and `row` is the
+document's position in that shard, so the manifest reads a selection's texts by place."""
 
 
 @dg.asset(group_name=GROUP, deps=[proxy_tokenizer, super_clusters], kinds={"numpy"})
@@ -374,7 +376,9 @@ def cluster_tokens(context: dg.AssetExecutionContext, climb: ClimbResource) -> d
                         pa.table(
                             [part.get_column("doc_id").to_arrow().cast(pa.large_string()),
                              part.get_column("cluster_id").to_arrow().cast(pa.int32()),
-                             pa.array(n_tokens, pa.int64()), pa.array(pooled)],
+                             pa.array(n_tokens, pa.int64()), pa.array(pooled),
+                             part.get_column("shard").to_arrow(),
+                             part.get_column("row").to_arrow()],
                             schema=DOCS_SCHEMA,
                         )
                     )  # fmt: skip
@@ -401,6 +405,7 @@ def cluster_tokens(context: dg.AssetExecutionContext, climb: ClimbResource) -> d
         "sampled_super_clusters": sampled,
         "tokenizer_hash": tok_hash,
         "digest": f"{tok_hash}-{digest}",
+        "shards": shards,
     }
     store.write_json("cluster_tokens/summary.json", summary)
     prior = mixture.natural_prior(available)

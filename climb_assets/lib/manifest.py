@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import polars as pl
+import pyarrow as pa
 
 from climb_assets.lib.storage import Store
 
@@ -305,20 +306,30 @@ def check_token_accounting(
     return {"within_tolerance": ok, "relative_error": rel, "off_super_clusters": off, "note": note}
 
 
-def selection_digest(chosen: pl.DataFrame, weights: np.ndarray, seed: int) -> str:
-    """Identity of a manifest: its weights, seed and selected (document, pass) rows.
+class SelectionDigest:
+    """Identity of a manifest: its weights, seed and selected (document, pass) rows, fed one
+    super-cluster's rows at a time in the order they were selected (`add`).
 
     Exports built from a manifest with the same digest are complete and are not rebuilt.
     """
-    digest = hashlib.sha256()
-    digest.update(np.round(np.asarray(weights, np.float64), 12).tobytes())
-    digest.update(str(seed).encode())
-    rows = chosen.select("doc_id", "super_cluster_id", "pass").sort(
-        "super_cluster_id", "doc_id", "pass"
-    )
-    for column in rows.iter_columns():
-        digest.update(column.cast(pl.String).str.join("\x1f").item().encode())
-    return digest.hexdigest()[:16]
+
+    # Part of the identity: manifests written by an earlier order of rows or parts are new.
+    FORMAT = "rows in selection order; parts in part-order-key order"
+
+    def __init__(self, weights: np.ndarray, seed: int) -> None:
+        self._hash = hashlib.sha256(self.FORMAT.encode())
+        self._hash.update(np.round(np.asarray(weights, np.float64), 12).tobytes())
+        self._hash.update(str(seed).encode())
+
+    def add(self, rows: pl.DataFrame) -> None:
+        """Rows with `doc_id`, `super_cluster_id` and `pass`."""
+        for name in ("doc_id", "super_cluster_id", "pass"):
+            column = rows.get_column(name).cast(pl.String)
+            self._hash.update(f"{name}:{rows.height}\x1e".encode())
+            self._hash.update(column.str.join("\x1f").item().encode())
+
+    def hexdigest(self) -> str:
+        return self._hash.hexdigest()[:16]
 
 
 def megatron_blend(weights: np.ndarray, prefixes: Sequence[str]) -> list[float | str]:
@@ -330,100 +341,181 @@ def megatron_blend(weights: np.ndarray, prefixes: Sequence[str]) -> list[float |
     return blend
 
 
-def write_shuffled_parts(
-    store: Store,
-    chosen: pl.DataFrame,
-    shard_texts: Iterable[Callable[[], pl.DataFrame]],
-    n_parts: int,
-    seed: int,
-    folder: str = "manifest/shards",
-    staging: str = "manifest/_staging",
-) -> list[str]:
-    """Writes the selected documents with their text as `n_parts` shuffled Parquet files.
+PART_ORDER_SALT = "part-order:"
 
-    One output of `write_shuffled_splits`; returns the URIs of the parts, in order.
+
+def part_order_keys(doc_ids: Sequence[str], passes: np.ndarray, seed: int) -> np.ndarray:
+    """Each selected row's 64-bit key in its output's seeded order: `order_keys` of its pass and
+    id, so a row's place depends on nothing else that was selected, and a document's passes are
+    spread independently."""
+    rows = zip(np.asarray(passes, np.int64).tolist(), doc_ids, strict=True)
+    return order_keys([f"{p}:{d}" for p, d in rows], seed, PART_ORDER_SALT)
+
+
+PART_SCHEMA = {
+    "doc_id": pl.String, "cluster_id": pl.Int32, "n_tokens": pl.Int64,
+    "super_cluster_id": pl.Int32, "pass": pl.Int32, "text": pl.String,
+}  # fmt: skip
+"""The columns of a manifest part."""
+
+ROW_COLUMNS = tuple(PART_SCHEMA)[:-1]
+"""What a selected row brings to `ShuffledSplits.add`, besides where it was read from."""
+
+TextReader = Callable[[int, np.ndarray], Iterable[tuple[slice, pa.Table]]]
+"""`(shard, rows)` -> the corpus shard's `doc_id` and `text` at the increasing positions `rows`,
+as `(span, table)` read batches (`Store.iter_parquet_rows`)."""
+
+
+class ShuffledSplits:
+    """Selected rows written with their text as shuffled Parquet parts, in one corpus pass.
+
+    Each output (a folder and its number of parts) puts its rows in one seeded order, by key
+    (`part_order_keys`), cut into contiguous parts of equal size (as `np.array_split`). Rows are
+    added a super-cluster at a time (`add`, with the corpus shard and row each was read from)
+    and staged by corpus shard; `write` finds each output's part boundaries from a key
+    histogram and its boundary bins, reads each corpus shard's texts for its staged rows only
+    (by row position, checked by id), then sorts each part into place and writes it atomically.
+    Memory holds the histograms, one shard's staged rows with their texts, or one part: never
+    a whole selection.
     """
-    splits = {folder: (chosen, n_parts)}
-    return write_shuffled_splits(store, splits, shard_texts, seed, staging)[folder]
 
+    BITS = 16  # histogram bins: the keys' top bits
 
-def write_shuffled_splits(
-    store: Store,
-    splits: dict[str, tuple[pl.DataFrame, int]],
-    shard_texts: Iterable[Callable[[], pl.DataFrame | Iterable[pl.DataFrame]]],
-    seed: int,
-    staging: str = "manifest/_staging",
-) -> dict[str, list[str]]:
-    """Writes each selection with its text as shuffled Parquet parts, in one pass over the corpus.
-
-    `splits` maps an output folder to its selection (rows with `doc_id`, one per selected
-    document and pass) and its number of parts. Each selection is put in one seeded random
-    order and split into contiguous parts: the same files as joining every text in memory,
-    shuffling and splitting, but built one corpus shard at a time (each `shard_texts` loader
-    returns that shard's `doc_id` and `text`, whole or as an iterable of read batches, read once
-    for every output), so memory holds one read batch and a shard's selected rows, or one output
-    part, never a whole selection with its text. Rows go to per-part
-    staging files first; each part is then sorted into place and written atomically.
-
-    Returns:
-        The URIs of each folder's parts, in order.
-
-    Raises:
-        ManifestError: A selected document has no text in the corpus (the corpus changed after
-            the clusters were tokenized).
-    """
-    keyed_splits = []
-    for out, (chosen, n_parts) in enumerate(splits.values()):
-        if n_parts < 1:
-            raise ManifestError(f"manifest.parquet_shards = {n_parts}; write at least 1 part")
-        n = chosen.height
-        order = np.random.default_rng(seed).permutation(n)
-        position = np.empty(n, dtype=np.int64)
-        position[order] = np.arange(n)
-        part_of = np.empty(n, dtype=np.int32)
-        for i, span in enumerate(np.array_split(np.arange(n), n_parts)):
-            part_of[span] = i
-        keyed_splits.append(
-            chosen.with_columns(
-                pl.Series("_pos", position),
-                pl.Series("_part", part_of[position]),
-                pl.lit(out, pl.Int32).alias("_out"),
-            )
-        )
-    keyed = pl.concat(keyed_splits) if keyed_splits else pl.DataFrame()
-    store.remove(staging)
-    found, schema = 0, None
-    for j, load in enumerate(shard_texts):
-        loaded = load()
-        batches = [loaded] if isinstance(loaded, pl.DataFrame) else loaded
-        pieces = [
-            keyed.join(batch.select("doc_id", "text"), on="doc_id", how="inner")
-            for batch in batches
-        ]
-        joined = pl.concat(pieces) if pieces else keyed.head(0).with_columns(text=pl.lit(""))
-        found += joined.height
-        schema = schema or joined.drop("_part", "_out").schema
-        for (out, i), group in joined.partition_by("_out", "_part", as_dict=True).items():
-            rel = f"{staging}/out-{int(out)}/part-{int(i):05d}/s{j:05d}.parquet"
-            store.write_parquet(rel, group.drop("_part", "_out").to_arrow())
-    if found != keyed.height:
+    def __init__(
+        self,
+        store: Store,
+        outputs: dict[str, int],
+        seed: int,
+        optional: Iterable[str] = (),
+        staging: str = "manifest/_staging",
+    ) -> None:
+        """`outputs` maps a folder to its number of parts; an `optional` folder is written only
+        when rows were added to it (else its old parts are removed)."""
+        for folder, n_parts in outputs.items():
+            if n_parts < 1:
+                raise ManifestError(f"{folder}: {n_parts} parts asked; write at least 1 part")
+        self.store, self.outputs, self.seed, self.staging = store, dict(outputs), seed, staging
+        self.optional = set(optional)
+        self._out = {folder: i for i, folder in enumerate(outputs)}
+        self._hist = np.zeros((len(outputs), 1 << self.BITS), np.int64)
+        self._added = 0
         store.remove(staging)
-        raise ManifestError(
-            f"{keyed.height - found} of {keyed.height} selected rows have no text in the "
-            "corpus: the corpus changed after cluster_tokens was built; re-run the data side "
-            "and the search"
+
+    def _bin(self, keys: np.ndarray) -> np.ndarray:
+        return (np.asarray(keys, np.uint64) >> np.uint64(64 - self.BITS)).astype(np.int64)
+
+    def add(self, folder: str, rows: pl.DataFrame) -> None:
+        """Rows of `ROW_COLUMNS` plus `shard` (the corpus shard's number in `write`'s reader)
+        and `row` (the document's position in that shard)."""
+        if not rows.height:
+            return
+        keys = part_order_keys(
+            rows.get_column("doc_id").to_list(), rows.get_column("pass").to_numpy(), self.seed
         )
-    written: dict[str, list[str]] = {}
-    for out, (folder, (_, n_parts)) in enumerate(splits.items()):
-        for old in store.list(folder):
-            store.remove(old)
-        paths = []
-        for i in range(n_parts):
-            files = store.list(f"{staging}/out-{out}/part-{i:05d}")
-            frames = [pl.from_arrow(store.read_parquet(f)) for f in files]
-            part = pl.concat(frames) if frames else pl.DataFrame(schema=schema)
-            part = part.sort("_pos").drop("_pos")
-            paths.append(store.write_parquet(f"{folder}/part-{i:05d}.parquet", part.to_arrow()))
-        written[folder] = paths
-    store.remove(staging)
-    return written
+        out = self._out[folder]
+        self._hist[out] += np.bincount(self._bin(keys), minlength=self._hist.shape[1])
+        staged = rows.select(*ROW_COLUMNS, "shard", "row").with_columns(
+            pl.Series("_key", keys, pl.UInt64), pl.lit(out, pl.Int32).alias("_out")
+        )
+        for (shard,), group in staged.partition_by("shard", as_dict=True).items():
+            rel = f"{self.staging}/rows/s{int(shard):05d}/a{self._added:06d}.parquet"
+            self.store.write_parquet(rel, group.drop("shard").to_arrow())
+        self._added += 1
+
+    def _boundaries(self) -> list[np.ndarray]:
+        """Each output's part boundaries: the key at the first rank of each later part (ranks
+        past the last row left out), from the histogram and the keys of the boundary bins."""
+        running = np.cumsum(self._hist, axis=1)
+        ranks, wanted = [], set()
+        for out, n_parts in enumerate(self.outputs.values()):
+            n = int(running[out, -1])
+            sizes = [len(a) for a in np.array_split(np.arange(n), n_parts)]
+            starts = [r for r in np.cumsum(sizes)[:-1].tolist() if r < n]
+            bins = np.searchsorted(running[out], starts, side="right").tolist()
+            ranks.append(list(zip(starts, bins, strict=True)))
+            wanted |= {(out, b) for b in bins}
+        found: dict[tuple[int, int], list[np.ndarray]] = {w: [] for w in wanted}
+        if wanted:
+            for rel in self.store.list(f"{self.staging}/rows", (".parquet",)):
+                table = self.store.read_parquet(rel, ["_key", "_out"])
+                keys = table.column("_key").to_numpy()
+                outs = table.column("_out").to_numpy()
+                bins = self._bin(keys)
+                for out, b in wanted:
+                    at = (outs == out) & (bins == b)
+                    if at.any():
+                        found[(out, b)].append(keys[at])
+        bounds = []
+        for out, pairs in enumerate(ranks):
+            edges = []
+            for rank, b in pairs:
+                before = int(running[out, b - 1]) if b else 0
+                keys = np.sort(np.concatenate(found[(out, b)]))
+                edges.append(keys[rank - before])
+            bounds.append(np.asarray(edges, np.uint64))
+        return bounds
+
+    def write(self, n_shards: int, texts: TextReader) -> dict[str, list[str]]:
+        """Reads the staged rows' texts from each of the `n_shards` corpus shards and writes
+        every output's parts; returns the URIs of each folder's parts, in order.
+
+        Raises:
+            ManifestError: A staged row's document is not at its place in the corpus (the corpus
+                changed after the clusters were tokenized).
+        """
+        store, staging = self.store, self.staging
+        bounds = self._boundaries()
+        total, found = int(self._hist.sum()), 0
+        columns = [*PART_SCHEMA, "_key"]
+        for j in range(n_shards):
+            files = store.list(f"{staging}/rows/s{j:05d}", (".parquet",))
+            if not files:
+                continue
+            rows = pl.concat([pl.from_arrow(store.read_parquet(f)) for f in files])
+            unique = np.unique(rows.get_column("row").to_numpy())
+            ids, text = np.empty(unique.size, object), np.empty(unique.size, object)
+            for span, batch in texts(j, unique):
+                ids[span] = batch.column("doc_id").to_pylist()
+                text[span] = batch.column("text").to_pylist()
+            read = pl.DataFrame(
+                {"row": unique, "_doc": ids.tolist(), "text": text.tolist()},
+                schema={"row": pl.Int64, "_doc": pl.String, "text": pl.String},
+            )
+            joined = rows.join(read, on="row", how="left").filter(
+                pl.col("_doc") == pl.col("doc_id")  # a row read elsewhere, or not at all: null
+            )
+            found += joined.height
+            keys, outs = joined.get_column("_key").to_numpy(), joined.get_column("_out").to_numpy()
+            part = np.zeros(joined.height, np.int32)
+            for out, edges in enumerate(bounds):
+                at = outs == out
+                part[at] = np.searchsorted(edges, keys[at], side="right")
+            joined = joined.with_columns(pl.Series("_part", part))
+            for (out, i), group in joined.partition_by("_out", "_part", as_dict=True).items():
+                rel = f"{staging}/out-{int(out)}/part-{int(i):05d}/s{j:05d}.parquet"
+                store.write_parquet(rel, group.select(columns).cast(PART_SCHEMA).to_arrow())
+        if found != total:
+            store.remove(staging)
+            raise ManifestError(
+                f"{total - found} of {total} selected rows have no text in the corpus: the "
+                "corpus changed after cluster_tokens was built; re-run the data side and the search"
+            )
+        written: dict[str, list[str]] = {}
+        for out, (folder, n_parts) in enumerate(self.outputs.items()):
+            for old in store.list(folder):
+                store.remove(old)
+            if folder in self.optional and not self._hist[out].any():
+                continue
+            paths = []
+            for i in range(n_parts):
+                files = store.list(f"{staging}/out-{out}/part-{i:05d}")
+                frames = [pl.from_arrow(store.read_parquet(f)) for f in files]
+                part = (
+                    pl.concat(frames).sort("_key", "doc_id", "pass").drop("_key")
+                    if frames
+                    else pl.DataFrame(schema=PART_SCHEMA)
+                )
+                paths.append(store.write_parquet(f"{folder}/part-{i:05d}.parquet", part.to_arrow()))
+            written[folder] = paths
+        store.remove(staging)
+        return written

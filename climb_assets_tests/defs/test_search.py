@@ -599,9 +599,15 @@ def test_unsampled_token_pools_are_the_whole_super_clusters(planted):
         stored = store.read_npy(f"cluster_tokens/sc_{sc:03d}.tokens.npy")
         assert stored.dtype == ids.dtype and np.array_equal(stored, ids)
         listed = pl.from_arrow(store.read_parquet(f"cluster_tokens/sc_{sc:03d}.docs.parquet"))
-        listed = listed.sort("doc_id")  # listed in corpus order
+        # Listed in corpus order: each row names the shard and the row its document is at.
+        assert listed.select("shard", "row").equals(listed.select("shard", "row").sort("*"))
+        for (j,), rows in listed.partition_by("shard", as_dict=True).items():
+            rel = shard_file("corpus_documents", summary["shards"][j])
+            at = store.take_parquet_rows(rel, rows.get_column("row").to_numpy(), ["doc_id"])
+            assert at.column("doc_id").to_pylist() == rows.get_column("doc_id").to_list()
+        listed = listed.sort("doc_id")
         assert listed.get_column("pooled").all()
-        assert listed.drop("pooled").equals(docs)
+        assert listed.drop("pooled", "shard", "row").equals(docs)
         assert summary["tokens"][sc] == ids.size
 
 

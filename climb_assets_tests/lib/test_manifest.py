@@ -4,19 +4,21 @@ import numpy as np
 import pytest
 
 from climb_assets.lib.manifest import (
+    PART_SCHEMA,
     ManifestError,
+    SelectionDigest,
+    ShuffledSplits,
     check_token_accounting,
     dominated_by_few,
     hold_out_validation,
     megatron_blend,
     order_keys,
+    part_order_keys,
     select_by_keys,
     select_documents,
     stable_order,
     token_budget,
     validation_count,
-    write_shuffled_parts,
-    write_shuffled_splits,
 )
 
 
@@ -72,6 +74,8 @@ def test_megatron_blend_pairs_weights_and_prefixes():
 
 
 def _selection(n_docs: int = 40, repeats: int = 2):
+    """Selected rows (each document in `repeats` passes) of documents spread over 3 corpus
+    shards, and those shards written as the corpus would be."""
     import polars as pl
 
     ids = [f"d{i:03d}" for i in range(n_docs)]
@@ -82,7 +86,10 @@ def _selection(n_docs: int = 40, repeats: int = 2):
             "n_tokens": list(range(n_docs)) * repeats,
             "super_cluster_id": [i % 3 for i in range(n_docs)] * repeats,
             "pass": [p for p in range(repeats) for _ in range(n_docs)],
-        }
+            "shard": [i % 3 for i in range(n_docs)] * repeats,
+            "row": [i // 3 for i in range(n_docs)] * repeats,
+        },
+        schema_overrides={"cluster_id": pl.Int32, "super_cluster_id": pl.Int32, "pass": pl.Int32},
     )
     shards = [
         pl.DataFrame({"doc_id": ids[s::3], "text": [f"text of {d}" for d in ids[s::3]]})
@@ -91,29 +98,70 @@ def _selection(n_docs: int = 40, repeats: int = 2):
     return chosen, shards
 
 
-def test_shuffled_parts_match_the_in_memory_shuffle_and_leave_no_staging(tmp_path):
+def _corpus(tmp_path, shards, batch_rows: int = 4096):
+    """A reader of `shards` stored as Parquet (`ShuffledSplits.write`'s `texts`), and the
+    shards it was asked for, in order."""
+    from climb_assets.lib.storage import Store
+
+    corpus = Store(str(tmp_path / "corpus"))
+    for j, shard in enumerate(shards):
+        corpus.write_parquet(f"s{j}.parquet", shard.to_arrow())
+    asked = []
+
+    def texts(j, rows):
+        asked.append(j)
+        return corpus.iter_parquet_rows(f"s{j}.parquet", rows, ["doc_id", "text"], batch_rows)
+
+    return texts, asked
+
+
+def _expected_parts(rows, shards, seed: int, n_parts: int):
+    import polars as pl
+
+    everything = rows.join(pl.concat(shards), on="doc_id", how="left").drop("shard", "row")
+    keys = part_order_keys(everything["doc_id"].to_list(), everything["pass"].to_numpy(), seed)
+    ordered = everything[np.argsort(keys, kind="stable").tolist()]
+    return [ordered[span.tolist()] for span in np.array_split(np.arange(rows.height), n_parts)]
+
+
+@pytest.mark.parametrize("bits", [3, ShuffledSplits.BITS])
+def test_shuffled_parts_are_the_key_order_cut_in_equal_parts_and_leave_no_staging(tmp_path, bits):
     import polars as pl
 
     from climb_assets.lib.storage import Store
 
+    class Splits(ShuffledSplits):  # 3 bits: every part boundary falls inside a crowded bin
+        BITS = bits
+
     chosen, shards = _selection()
-    store = Store(str(tmp_path))
+    texts, asked = _corpus(tmp_path, shards)
+    store = Store(str(tmp_path / "out"))
     store.write_bytes("manifest/shards/part-00009.parquet", b"stale part from a larger run")
-    paths = write_shuffled_parts(store, chosen, [lambda s=s: s for s in shards], 4, seed=7)
+    splits = Splits(store, {"manifest/shards": 4}, seed=7)
+    for sc in range(3):  # a super-cluster at a time, as the manifest adds them
+        splits.add("manifest/shards", chosen.filter(pl.col("super_cluster_id") == sc))
+    paths = splits.write(len(shards), texts)["manifest/shards"]
+    assert asked == [0, 1, 2]
     got = [pl.read_parquet(p) for p in paths]
-    everything = chosen.join(pl.concat(shards), on="doc_id", how="left")
-    expected = everything[np.random.default_rng(7).permutation(chosen.height).tolist()]
-    bounds = np.array_split(np.arange(chosen.height), 4)
-    for part, span in zip(got, bounds, strict=True):
-        assert part.columns == expected.columns
-        assert part.equals(expected[span.tolist()])
+    for part, want in zip(got, _expected_parts(chosen, shards, 7, 4), strict=True):
+        assert part.schema == pl.Schema(PART_SCHEMA)
+        assert part.equals(want)
+    assert [p.height for p in got] == [20, 20, 20, 20]
     assert store.list("manifest") == [f"manifest/shards/part-{i:05d}.parquet" for i in range(4)]
     assert not store.exists("manifest/_staging")
-    # Loaders may give a shard in read batches (one empty): the same bytes.
-    batched = [lambda s=s: (s.slice(i, 3) for i in range(0, s.height + 3, 3)) for s in shards]
-    other = Store(str(tmp_path / "batched"))
-    again = write_shuffled_parts(other, chosen, batched, 4, seed=7)
-    assert [Path(p).read_bytes() for p in again] == [Path(p).read_bytes() for p in paths]
+    # A row's place depends on its id, pass and the seed only: other batches, another
+    # addition order and texts read 3 rows at a time give the same bytes.
+    texts3, _ = _corpus(tmp_path / "batched", shards, batch_rows=3)
+    other = Store(str(tmp_path / "other"))
+    again = Splits(other, {"manifest/shards": 4}, seed=7)
+    for piece in (chosen.slice(50), chosen.slice(0, 13), chosen.slice(13, 37)):
+        again.add("manifest/shards", piece)
+    paths2 = again.write(len(shards), texts3)["manifest/shards"]
+    assert [Path(p).read_bytes() for p in paths2] == [Path(p).read_bytes() for p in paths]
+    reseeded = ShuffledSplits(Store(str(tmp_path / "seed8")), {"manifest/shards": 4}, seed=8)
+    reseeded.add("manifest/shards", chosen)
+    other_seed = reseeded.write(len(shards), texts)["manifest/shards"]
+    assert pl.read_parquet(other_seed[0])["doc_id"].to_list() != got[0]["doc_id"].to_list()
 
 
 def test_splits_are_written_in_one_corpus_pass_each_as_its_own_shuffle(tmp_path):
@@ -123,29 +171,52 @@ def test_splits_are_written_in_one_corpus_pass_each_as_its_own_shuffle(tmp_path)
 
     chosen, shards = _selection()
     held, train = chosen.head(5), chosen.slice(5)
-    reads = []
-
-    def loader(shard):
-        def load():
-            reads.append(shard.height)
-            return shard
-
-        return load
-
-    store = Store(str(tmp_path))
-    splits = {"manifest/shards": (train, 3), "manifest/validation": (held, 1)}
-    paths = write_shuffled_splits(store, splits, [loader(s) for s in shards], seed=7)
-    assert len(reads) == len(shards)  # each corpus shard read once for both outputs
+    texts, asked = _corpus(tmp_path, shards)
+    store = Store(str(tmp_path / "out"))
+    outputs = {"manifest/shards": 3, "manifest/validation": 1}
+    splits = ShuffledSplits(store, outputs, seed=7, optional=["manifest/validation"])
+    splits.add("manifest/shards", train)
+    splits.add("manifest/validation", held)
+    paths = splits.write(len(shards), texts)
+    assert asked == [0, 1, 2]  # each corpus shard read once for both outputs
     assert [len(v) for v in paths.values()] == [3, 1]
-    for folder, (rows, _) in splits.items():
+    for folder, rows in (("manifest/shards", train), ("manifest/validation", held)):
         got = pl.concat([pl.read_parquet(p) for p in paths[folder]])
-        everything = rows.join(pl.concat(shards), on="doc_id", how="left")
-        assert got.equals(everything[np.random.default_rng(7).permutation(rows.height).tolist()])
-    assert (
-        write_shuffled_parts(store, train, [loader(s) for s in shards], 3, seed=7)
-        == paths["manifest/shards"]
-    )
+        assert got.equals(pl.concat(_expected_parts(rows, shards, 7, 1)))
     assert not store.exists("manifest/_staging")
+    # An optional output that got no rows is not written, and its old parts go.
+    splits = ShuffledSplits(store, outputs, seed=7, optional=["manifest/validation"])
+    splits.add("manifest/shards", train)
+    again = splits.write(len(shards), texts)
+    assert (
+        list(again) == ["manifest/shards"] and again["manifest/shards"] == paths["manifest/shards"]
+    )
+    assert not store.exists("manifest/validation/part-00000.parquet")
+    # Fewer rows than parts: the later parts are empty, with the parts' columns.
+    few = ShuffledSplits(Store(str(tmp_path / "few")), {"manifest/shards": 4}, seed=7)
+    few.add("manifest/shards", train.head(2))
+    sizes = [pl.read_parquet(p).height for p in few.write(3, texts)["manifest/shards"]]
+    assert sizes == [1, 1, 0, 0]
+    nothing = ShuffledSplits(Store(str(tmp_path / "none")), {"manifest/shards": 2}, seed=7)
+    empty = [pl.read_parquet(p) for p in nothing.write(3, texts)["manifest/shards"]]
+    assert all(p.height == 0 and p.schema == pl.Schema(PART_SCHEMA) for p in empty)
+
+
+def test_selection_digest_names_the_rows_weights_and_seed():
+    import polars as pl
+
+    chosen, _ = _selection()
+
+    def digest(rows=chosen, weights=(0.5, 0.5), seed=1):
+        identity = SelectionDigest(np.array(weights), seed)
+        identity.add(rows)
+        return identity.hexdigest()
+
+    base = digest()
+    assert base == digest() and len(base) == 16
+    assert len({base, digest(weights=(0.6, 0.4)), digest(seed=2), digest(chosen.head(79))}) == 4
+    bumped = chosen.with_columns(chosen["pass"] + (chosen["doc_id"] == "d001").cast(pl.Int32))
+    assert digest(bumped) != base
 
 
 def test_validation_hold_out_is_seeded_by_id_and_never_takes_a_whole_cluster():
@@ -177,14 +248,21 @@ def test_keys_hashed_a_batch_at_a_time_select_what_the_ids_select():
         assert all(np.array_equal(a, b) for a, b in zip(by_ids, by_keys, strict=True))
 
 
-def test_shuffled_parts_refuse_documents_without_text(tmp_path):
+def test_shuffled_parts_refuse_rows_whose_document_is_not_at_its_place(tmp_path):
+    import polars as pl
+
     from climb_assets.lib.storage import Store
 
     chosen, shards = _selection()
-    store = Store(str(tmp_path))
-    with pytest.raises(ManifestError, match="no text in the corpus"):
-        write_shuffled_parts(store, chosen, [lambda s=s: s for s in shards[:2]], 2, seed=0)
+    texts, _ = _corpus(tmp_path, [shards[0], shards[1].slice(2), shards[2]])
+    store = Store(str(tmp_path / "out"))
+    splits = ShuffledSplits(store, {"manifest/shards": 2}, seed=0)
+    splits.add("manifest/shards", chosen)
+    # Shard 1 lost its first two rows: its documents moved up or past its end.
+    with pytest.raises(ManifestError, match="26 of 80 selected rows have no text in the corpus"):
+        splits.write(3, texts)
     assert not store.exists("manifest/_staging") and not store.exists("manifest/shards")
+    assert pl.concat(shards).height == 40
 
 
 def test_one_giant_document_does_not_overshoot_the_budget():
