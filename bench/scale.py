@@ -280,6 +280,8 @@ def summary_rows(sizes: list[dict[str, Any]], met: dict[str, Any]) -> list[dict[
             }
         )
     timed = {s: r for s, r in met["cost_ratio_across_sizes"].items() if r["growth"] is not None}
+    if not timed:  # one size so far: no growth to show
+        return rows
     worst_cost = max(timed.items(), key=lambda kv: kv[1]["growth"])
     rows.append(
         {

@@ -1,6 +1,7 @@
 """The `climbmix_manifest` asset: the final mixture and everything a training team needs."""
 
 import time
+from collections.abc import Iterator
 
 import dagster as dg
 import numpy as np
@@ -19,6 +20,7 @@ from climb_assets.defs.final_choice import choose_final
 from climb_assets.defs.references import reference_mixtures
 from climb_assets.defs.resources import ClimbResource
 from climb_assets.defs.search import (
+    DOCS_BATCH_ROWS,
     GROUP,
     cluster_summary,
     cluster_tokens,
@@ -69,12 +71,16 @@ TEXT_BATCH_ROWS = 8192
 """Corpus rows whose text the manifest reads at a time while writing its parts."""
 
 
-def _rows_of(store: Store, rel: str, positions: np.ndarray, sc: int) -> pl.DataFrame:
+def _rows_of(
+    store: Store, rel: str, positions: np.ndarray, sc: int, pass_: int
+) -> Iterator[pl.DataFrame]:
     """The rows at increasing `positions` of a super-cluster's documents list, with its id and
-    where the document lies in the corpus."""
+    where the document lies in the corpus, as `pass_` of the selection: one read batch at a time."""
     columns = ["doc_id", "cluster_id", "n_tokens", "shard", "row"]
-    table = store.take_parquet_rows(rel, positions, columns)
-    return pl.from_arrow(table).with_columns(pl.lit(sc, pl.Int32).alias("super_cluster_id"))
+    for _, table in store.iter_parquet_rows(rel, positions, columns, DOCS_BATCH_ROWS):
+        yield pl.from_arrow(table).with_columns(
+            pl.lit(sc, pl.Int32).alias("super_cluster_id"), pl.lit(pass_, pl.Int32).alias("pass")
+        )
 
 
 @dg.asset(
@@ -122,9 +128,19 @@ def climbmix_manifest(
             f"{budget.available[idx]} exist; capped at {m.max_epochs} epochs, excess redistributed"
         )
 
+    # The documents lists number the shards cluster_tokens read; the parts read each one's
+    # texts by row, checked against the ids.
+    listed = store.read_json("cluster_tokens/summary.json").get("shards")
+    if listed is None:
+        raise manifest.ManifestError(
+            "cluster_tokens was built by an older climb (its documents lists do not say where "
+            "each document is): re-materialize cluster_tokens (climb run redoes it)"
+        )
+
     # Each super-cluster's documents are held as numbers (counts, keys) while its selection is
-    # drawn; only the selected and validation rows are read back with their ids, and staged by
-    # corpus shard for the parts (`ShuffledSplits`), so no step holds the whole selection.
+    # drawn; the selected and validation rows are then read back with their ids one read batch
+    # at a time and staged by corpus shard for the parts (`ShuffledSplits`): no step holds a
+    # super-cluster's selected rows, let alone the whole selection.
     outputs = {"manifest/shards": m.parquet_shards, "manifest/validation": 1}
     splits = manifest.ShuffledSplits(store, outputs, m.seed, optional=["manifest/validation"])
     # Validation rows enter the digest as pass -1: a new hold-out is a new manifest.
@@ -136,12 +152,10 @@ def climbmix_manifest(
     for sc in range(n_super):
         docs = super_cluster_documents(store, profile, sc, selection_keys=True)
         assert docs.keys is not None
-        held = _rows_of(store, docs.rel, np.flatnonzero(docs.held), sc).with_columns(
-            pl.lit(0, pl.Int32).alias("pass")
-        )
-        held_documents[sc] = held.height
-        identity.add(held.with_columns(pl.lit(-1, pl.Int32).alias("pass")))
-        splits.add("manifest/validation", held)
+        for held in _rows_of(store, docs.rel, np.flatnonzero(docs.held), sc, 0):
+            held_documents[sc] += held.height
+            identity.add(held.with_columns(pl.lit(-1, pl.Int32).alias("pass")))
+            splits.add("manifest/validation", held)
         train = np.flatnonzero(~docs.held)
         n_tokens = docs.n_tokens[train]
         share = manifest.dominated_by_few(n_tokens)
@@ -153,28 +167,16 @@ def climbmix_manifest(
             )
         rows, passes = manifest.select_by_keys(docs.keys[train], n_tokens, int(budget.granted[sc]))
         positions = train[rows]
-        unique = np.unique(positions)
-        picked = _rows_of(store, docs.rel, unique, sc)
-        chosen = picked[np.searchsorted(unique, positions).tolist()].with_columns(
-            pl.Series("pass", passes)
-        )
-        exported_tokens[sc] = int(chosen.get_column("n_tokens").sum())
-        n_selected += chosen.height
-        identity.add(chosen)
-        splits.add("manifest/shards", chosen)
+        for p in np.unique(passes).tolist():  # each pass's documents in list order
+            for chosen in _rows_of(store, docs.rel, np.sort(positions[passes == p]), sc, p):
+                exported_tokens[sc] += int(chosen.get_column("n_tokens").sum())
+                n_selected += chosen.height
+                identity.add(chosen)
+                splits.add("manifest/shards", chosen)
     n_held = int(held_documents.sum())
     accounting = manifest.check_token_accounting(budget.granted, exported_tokens)
     if not accounting["within_tolerance"]:
         context.log.warning(f"token accounting: {accounting['note']}")
-
-    # The documents lists number the shards cluster_tokens read; the parts read each one's
-    # texts by row, checked against the ids.
-    listed = store.read_json("cluster_tokens/summary.json").get("shards")
-    if listed is None:
-        raise manifest.ManifestError(
-            "cluster_tokens was built by an older climb (its documents lists do not say where "
-            "each document is): re-materialize cluster_tokens (climb run redoes it)"
-        )
 
     def texts_of(j: int, rows: np.ndarray):  # one read batch of the shard's texts at a time
         rel = shard_file("corpus_documents", listed[j])

@@ -307,8 +307,8 @@ def check_token_accounting(
 
 
 class SelectionDigest:
-    """Identity of a manifest: its weights, seed and selected (document, pass) rows, fed one
-    super-cluster's rows at a time in the order they were selected (`add`).
+    """Identity of a manifest: its weights, seed and selected (document, pass) rows, fed in the
+    order they were selected, any number of rows at a time (`add`).
 
     Exports built from a manifest with the same digest are complete and are not rebuilt.
     """
@@ -322,11 +322,17 @@ class SelectionDigest:
         self._hash.update(str(seed).encode())
 
     def add(self, rows: pl.DataFrame) -> None:
-        """Rows with `doc_id`, `super_cluster_id` and `pass`."""
-        for name in ("doc_id", "super_cluster_id", "pass"):
-            column = rows.get_column(name).cast(pl.String)
-            self._hash.update(f"{name}:{rows.height}\x1e".encode())
-            self._hash.update(column.str.join("\x1f").item().encode())
+        """Rows with `doc_id`, `super_cluster_id` and `pass`; each row is hashed on its own, so
+        how the rows are batched does not matter."""
+        if not rows.height:
+            return
+        line = pl.concat_str(
+            [pl.col("doc_id"), pl.col("super_cluster_id").cast(pl.String),
+             pl.col("pass").cast(pl.String)],
+            separator="\x1f",
+        )  # fmt: skip
+        text = rows.select(line).to_series().str.join("\x1e").item()
+        self._hash.update(f"{text}\x1e".encode())
 
     def hexdigest(self) -> str:
         return self._hash.hexdigest()[:16]

@@ -214,6 +214,10 @@ def test_selection_digest_names_the_rows_weights_and_seed():
 
     base = digest()
     assert base == digest() and len(base) == 16
+    pieces = SelectionDigest(np.array((0.5, 0.5)), 1)
+    for piece in (chosen.head(0), chosen.head(30), chosen.slice(30)):  # batching does not matter
+        pieces.add(piece)
+    assert pieces.hexdigest() == base
     assert len({base, digest(weights=(0.6, 0.4)), digest(seed=2), digest(chosen.head(79))}) == 4
     bumped = chosen.with_columns(chosen["pass"] + (chosen["doc_id"] == "d001").cast(pl.Int32))
     assert digest(bumped) != base
