@@ -199,6 +199,7 @@ def run_size(
     shutil.rmtree(here / "out" / "exports", ignore_errors=True)  # the largest outputs
     return {
         "documents": n_docs,
+        "measured": time.strftime("%Y-%m-%d", time.gmtime()),
         "corpus": corpus,
         "baseline": baseline,
         "stages": stages,
@@ -303,6 +304,10 @@ def main(argv: Sequence[str] | None = None, quick: bool = False) -> dict[str, An
     parser.add_argument("--seed", type=int, default=0, help="resampling seed")
     parser.add_argument("--static-folder", help="a static model (default: distil one)")
     parser.add_argument("--workdir", help="keep the runs here (default: a temporary folder)")
+    parser.add_argument(
+        "--add", action="store_true",
+        help="keep the other sizes of the existing result (a larger size run in a later session)",
+    )  # fmt: skip
     add_run_options(parser)
     args = parser.parse_args(argv)
     quick = quick or args.quick
@@ -329,6 +334,9 @@ def main(argv: Sequence[str] | None = None, quick: bool = False) -> dict[str, An
             distill = [sys.executable, "-m", "climb_assets.cli", "distill-static", "--out", static]
             subprocess.run([*distill, "--overwrite"], check=True, stdout=subprocess.DEVNULL)
             distill_s = round(time.perf_counter() - start, 1)
+        # With --add, the sizes measured before (each with its date) stay in the result, so a
+        # size too long for one session is added to the others instead of replacing them.
+        kept = _earlier_sizes(quick, exclude=sizes) if args.add else []
         runs: list[dict[str, Any]] = []
         for n in sizes:
             print(f"== {n:,} documents", flush=True)
@@ -338,6 +346,7 @@ def main(argv: Sequence[str] | None = None, quick: bool = False) -> dict[str, An
             params = {
                 "sizes": sizes,
                 "sizes_done": [r["documents"] for r in runs],
+                "sizes_kept": [r["documents"] for r in kept],
                 "shard_docs": shard_docs,
                 "seed": args.seed,
                 "base_documents": base.num_rows,
@@ -348,7 +357,8 @@ def main(argv: Sequence[str] | None = None, quick: bool = False) -> dict[str, An
                 "rss_source": "wait4 ru_maxrss: the largest of the stage process and its waited "
                 "workers (not their sum)",
             }
-            result = _result(params, runs, monitor, load, machine, quick)
+            measured = sorted([*kept, *runs], key=lambda r: r["documents"])
+            result = _result(params, measured, monitor, load, machine, quick)
     for row in result["summary"]:
         print(f"{row['what']}: {row['ours']} vs {row['baseline']} -> {row['ratio']}")
     return result
@@ -383,6 +393,15 @@ def _result(
     }
     write_result(NAME, result, QUICK_DIR if quick else RESULTS_DIR)
     return result
+
+
+def _earlier_sizes(quick: bool, exclude: Sequence[int]) -> list[dict[str, Any]]:
+    """The sizes of the existing result other than `exclude` (none when there is no result)."""
+    path = (QUICK_DIR if quick else RESULTS_DIR) / f"{NAME}.json"
+    if not path.exists():
+        return []
+    earlier = json.loads(path.read_text())["sizes"]
+    return [r for r in earlier if r["documents"] not in set(exclude)]
 
 
 def _jsonl_table(path: Path) -> pa.Table:
