@@ -381,11 +381,16 @@ class ShuffledSplits:
     and staged by corpus shard; `write` finds each output's part boundaries from a key
     histogram and its boundary bins, reads each corpus shard's texts for its staged rows only
     (by row position, checked by id), then sorts each part into place and writes it atomically.
-    Memory holds the histograms, one shard's staged rows with their texts, or one part: never
-    a whole selection.
+    A part of more than `SORT_BYTES` of text is sorted out of core: its rows are spread over
+    key ranges of about half that (keys are uniform hashes, so equal-width ranges hold about
+    equal rows), and each range is sorted and appended to the part as row groups. Memory holds
+    the histograms, one shard's staged rows with their texts, or `SORT_BYTES` of text: never a
+    whole selection, nor a whole part.
     """
 
     BITS = 16  # histogram bins: the keys' top bits
+    SORT_BYTES = 64 << 20
+    """Text a part is sorted in memory up to; a larger part is sorted a key range at a time."""
 
     def __init__(
         self,
@@ -473,6 +478,7 @@ class ShuffledSplits:
         bounds = self._boundaries()
         total, found = int(self._hist.sum()), 0
         columns = [*PART_SCHEMA, "_key"]
+        part_bytes: dict[tuple[int, int], int] = {}
         for j in range(n_shards):
             files = store.list(f"{staging}/rows/s{j:05d}", (".parquet",))
             if not files:
@@ -500,6 +506,8 @@ class ShuffledSplits:
             for (out, i), group in joined.partition_by("_out", "_part", as_dict=True).items():
                 rel = f"{staging}/out-{int(out)}/part-{int(i):05d}/s{j:05d}.parquet"
                 store.write_parquet(rel, group.select(columns).cast(PART_SCHEMA).to_arrow())
+                at = (int(out), int(i))
+                part_bytes[at] = part_bytes.get(at, 0) + _text_bytes(group)
         if found != total:
             store.remove(staging)
             raise ManifestError(
@@ -514,14 +522,68 @@ class ShuffledSplits:
                 continue
             paths = []
             for i in range(n_parts):
+                rel = f"{folder}/part-{i:05d}.parquet"
+                size = part_bytes.get((out, i), 0)
+                if size > self.SORT_BYTES:
+                    span = (
+                        bounds[out][i - 1] if i else 0,
+                        bounds[out][i] if i < len(bounds[out]) else 1 << 64,
+                    )
+                    paths.append(self._write_by_ranges(out, i, size, span, rel))
+                    continue
                 files = store.list(f"{staging}/out-{out}/part-{i:05d}")
                 frames = [pl.from_arrow(store.read_parquet(f)) for f in files]
                 part = (
-                    pl.concat(frames).sort("_key", "doc_id", "pass").drop("_key")
-                    if frames
-                    else pl.DataFrame(schema=PART_SCHEMA)
+                    _in_key_order(pl.concat(frames)) if frames else pl.DataFrame(schema=PART_SCHEMA)
                 )
-                paths.append(store.write_parquet(f"{folder}/part-{i:05d}.parquet", part.to_arrow()))
+                paths.append(store.write_parquet(rel, part.to_arrow()))
             written[folder] = paths
         store.remove(staging)
         return written
+
+    def _write_by_ranges(self, out: int, i: int, size: int, span: tuple[int, int], rel: str) -> str:
+        """Writes part `i` of output `out` (`size` bytes of text, keys in `span` = [lo, hi))
+        a key range at a time: the same rows in the same order as sorting it whole."""
+        store, staged = self.store, f"{self.staging}/out-{out}/part-{i:05d}"
+        ranges = -(-2 * size // self.SORT_BYTES)
+        lo, hi = (int(x) for x in span)
+        width = -(-(hi - lo) // ranges)
+        held: list[pl.DataFrame] = []
+        held_bytes, batch = 0, 0
+
+        def spread() -> None:  # the held rows to their key ranges' files
+            nonlocal held, held_bytes, batch
+            rows = pl.concat(held)
+            offset = rows.get_column("_key").to_numpy() - np.uint64(lo)
+            which = (offset // np.uint64(width)).astype(np.int32)
+            rows = rows.with_columns(pl.Series("_range", which))
+            for (g,), group in rows.partition_by("_range", as_dict=True).items():
+                name = f"{staged}/ranges/r{int(g):05d}/b{batch:05d}.parquet"
+                store.write_parquet(name, group.drop("_range").to_arrow())
+            held, held_bytes, batch = [], 0, batch + 1
+
+        for f in store.list(staged, (".parquet",)):
+            frame = pl.from_arrow(store.read_parquet(f))
+            held.append(frame)
+            held_bytes += _text_bytes(frame)
+            if held_bytes >= self.SORT_BYTES // 2:
+                spread()
+        if held:
+            spread()
+        schema = pl.DataFrame(schema=PART_SCHEMA).to_arrow().schema
+        with store.parquet_writer(rel, schema) as writer:
+            for g in range(ranges):
+                files = store.list(f"{staged}/ranges/r{g:05d}", (".parquet",))
+                if files:
+                    frames = [pl.from_arrow(store.read_parquet(f)) for f in files]
+                    writer.write_table(_in_key_order(pl.concat(frames)).to_arrow())
+        return store.uri(rel)
+
+
+def _in_key_order(rows: pl.DataFrame) -> pl.DataFrame:
+    """Staged rows in their part's order, without the key."""
+    return rows.sort("_key", "doc_id", "pass").drop("_key")
+
+
+def _text_bytes(rows: pl.DataFrame) -> int:
+    return int(rows.get_column("text").str.len_bytes().sum() or 0)

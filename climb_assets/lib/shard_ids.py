@@ -50,9 +50,10 @@ IDS_FOLDER = "corpus_ids"
 DOCUMENTS_FOLDER = "corpus_documents"
 INDEX_FOLDER = f"{IDS_FOLDER}/_index"
 """The runs of the index; the leading underscore keeps it apart from the per-shard files."""
-MERGE_BATCH = 1 << 23
-"""Rows (of all merged runs together) one range of a merge holds: 64 MiB of hashes, about
-300 MiB with their member indexes while they are sorted."""
+MERGE_BATCH = 1 << 21
+"""Rows (of all merged runs together) one range of a merge holds: 16 MiB of hashes, about
+75 MiB with their member indexes while they are sorted (a range more costs a binary search
+in each run, nothing in memory)."""
 REPAIR_FANIN = 256
 """Hash files one repair run is built from (each is memory-mapped, an open descriptor each)."""
 DOCUMENTS_LISTING_FROM = 32
@@ -734,13 +735,13 @@ def _stale(
 
 
 def shared_ids_anywhere(
-    store: Store, shards: Sequence[str], max_batch: int = 1 << 23
+    store: Store, shards: Sequence[str], max_batch: int = MERGE_BATCH
 ) -> tuple[str, list[str], int] | None:
     """A doc_id more than one of `shards` holds, the shards holding it, and how many ids are
     shared; None when every id is in one shard.
 
     The backstop behind the ingestion check (two shards ingested at the same moment both pass
-    it). Memory is bounded by `max_batch` hashes (64 MiB), not by the corpus: the 64-bit hash
+    it). Memory is bounded by `max_batch` hashes (16 MiB), not by the corpus: the 64-bit hash
     space is cut into ranges holding about `max_batch` hashes of all shards together, and each
     range is gathered from every shard's sorted, memory-mapped hash file by binary search.
     """

@@ -189,6 +189,16 @@ class Store:
             for batch in pq.ParquetFile(fh).iter_batches(batch_size=batch_rows, columns=columns):
                 yield pa.Table.from_batches([batch])
 
+    def iter_row_groups(self, rel: str, columns: list[str] | None = None) -> Iterator[pa.Table]:
+        """`rel`'s row groups in order, one table each (one empty table for a file with none):
+        copied one at a time, a file keeps its row groups and memory holds one."""
+        with self.fs.open(self.path(rel), "rb") as fh:
+            file = pq.ParquetFile(fh)
+            if file.num_row_groups == 0:
+                yield file.read(columns=columns)
+            for group in range(file.num_row_groups):
+                yield file.read_row_group(group, columns=columns)
+
     def iter_parquet_rows(
         self, rel: str, rows: np.ndarray, columns: list[str] | None = None, batch_rows: int = 4096
     ) -> Iterator[tuple[slice, pa.Table]]:

@@ -277,7 +277,8 @@ def _megatron_builder_reference(ctx, out: Path) -> None:
     tok = tokens.load_tokenizer(ctx.tokenizer)
     eod, dtype = tokens.eos_id(tok), index_dtype(tok.get_vocab_size())
     builders = {}
-    for part in ctx.read_parts(["super_cluster_id", "pass", "text"]):
+    for rel in ctx.parts:
+        part = ctx.store.read_parquet(rel, ["super_cluster_id", "pass", "text"])
         groups = part.column("super_cluster_id").to_numpy()
         groups = np.where(part.column("pass").to_numpy() == 0, groups, -1)  # each document once
         texts = part.column("text").to_pylist()

@@ -164,6 +164,39 @@ def test_shuffled_parts_are_the_key_order_cut_in_equal_parts_and_leave_no_stagin
     assert pl.read_parquet(other_seed[0])["doc_id"].to_list() != got[0]["doc_id"].to_list()
 
 
+def test_a_part_larger_than_the_sort_bound_is_sorted_a_key_range_at_a_time(tmp_path, monkeypatch):
+    """Same rows in the same order as sorting each part whole, while no sort holds more than
+    about half the bound: the part is written as several row groups."""
+    import polars as pl
+    import pyarrow.parquet as pq
+
+    from climb_assets.lib import manifest
+    from climb_assets.lib.storage import Store
+
+    class Splits(ShuffledSplits):
+        SORT_BYTES = 120  # a part holds ~20 rows of ~15 bytes: ~300 bytes, 5 ranges
+
+    sorted_rows = []
+    real = manifest._in_key_order
+
+    def counted(rows):
+        sorted_rows.append(rows.height)
+        return real(rows)
+
+    monkeypatch.setattr(manifest, "_in_key_order", counted)
+    chosen, shards = _selection()
+    texts, _ = _corpus(tmp_path, shards)
+    store = Store(str(tmp_path / "out"))
+    splits = Splits(store, {"manifest/shards": 4}, seed=7)
+    splits.add("manifest/shards", chosen)
+    paths = splits.write(len(shards), texts)["manifest/shards"]
+    for path, want in zip(paths, _expected_parts(chosen, shards, 7, 4), strict=True):
+        assert pl.read_parquet(path).equals(want)
+        assert pq.ParquetFile(path).metadata.num_row_groups > 2
+    assert 0 < max(sorted_rows) < 10  # ranges of ~4 rows, never a part of 20
+    assert not store.exists("manifest/_staging")
+
+
 def test_splits_are_written_in_one_corpus_pass_each_as_its_own_shuffle(tmp_path):
     import polars as pl
 

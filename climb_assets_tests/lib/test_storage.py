@@ -68,3 +68,27 @@ def test_read_npy_rows_gathers_the_rows_a_memory_map_would(tmp_path):
     np.testing.assert_array_equal(got, data[rows])
     assert store.read_npy_rows("x.npy", np.zeros(0, np.int64)).shape == (0, 7)
     np.testing.assert_array_equal(store.read_npy_rows("x.npy", [0, 999]), data[[0, 999]])
+
+
+def test_row_groups_are_read_one_at_a_time_and_copy_byte_for_byte(tmp_path):
+    import pyarrow.parquet as pq
+
+    store = Store(str(tmp_path))
+    table = pa.table({"x": list(range(10)), "y": [str(i) for i in range(10)]})
+    with store.parquet_writer("grouped.parquet", table.schema) as writer:
+        for start in (0, 3, 7):
+            writer.write_table(table.slice(start, {0: 3, 3: 4, 7: 3}[start]))
+    groups = list(store.iter_row_groups("grouped.parquet", ["x"]))
+    assert [g.num_rows for g in groups] == [3, 4, 3]
+    assert pa.concat_tables(groups).column("x").to_pylist() == list(range(10))
+    # A one-group file copied group by group is the same bytes as the whole table written.
+    store.write_parquet("whole.parquet", table)
+    with pq.ParquetWriter(tmp_path / "copy.parquet", table.schema, compression="zstd") as out:
+        for group in store.iter_row_groups("whole.parquet"):
+            out.write_table(group)
+    assert (tmp_path / "copy.parquet").read_bytes() == (tmp_path / "whole.parquet").read_bytes()
+    # A file without row groups still gives its columns.
+    with store.parquet_writer("empty.parquet", table.schema):
+        pass
+    (empty,) = store.iter_row_groups("empty.parquet")
+    assert empty.num_rows == 0 and empty.schema.names == ["x", "y"]

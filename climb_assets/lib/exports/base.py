@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
-import pyarrow as pa
 
 from climb_assets.lib.storage import Store
 
@@ -90,11 +89,6 @@ class ExportContext:
                 "the manifest grants no tokens, so there is nothing to export; raise "
                 "manifest.total_tokens"
             )
-
-    def read_parts(self, columns: list[str] | None = None) -> Iterator[pa.Table]:
-        """The selected documents, one manifest part at a time (memory: one part)."""
-        for rel in self.parts:
-            yield self.store.read_parquet(rel, columns)
 
 
 class Exporter(ABC):

@@ -104,23 +104,31 @@ class HFExport(Exporter):
             (out / split).mkdir()
             totals = splits.setdefault(split, {"documents": 0, "unique_documents": 0, "tokens": 0})
             for i, rel in enumerate(parts):
-                table = ctx.store.read_parquet(rel, COLUMNS)
-                pq.write_table(table, out / split / f"part-{i:05d}.parquet", compression="zstd")
-                groups = table.column("super_cluster_id").to_numpy()
-                passes = table.column("pass").to_numpy()
-                n_tokens = table.column("n_tokens").to_numpy()
-                totals["documents"] += table.num_rows
-                totals["unique_documents"] += int((passes == 0).sum())
-                totals["tokens"] += int(n_tokens.sum())
-                if split == "train":
-                    per_sc["rows"] += np.bincount(groups, minlength=n_super)
-                    per_sc["first"] += np.bincount(groups[passes == 0], minlength=n_super)
-                    per_sc["tokens"] += np.bincount(groups, n_tokens, minlength=n_super).astype(
-                        np.int64
-                    )
-                    max_repeats = max(max_repeats, int(passes.max(initial=-1)) + 1)
-                else:
-                    per_sc["valid"] += np.bincount(groups, minlength=n_super)
+                # A row group at a time: the copy keeps the part's row groups (so its bytes
+                # match a whole-table write of a one-group part) and memory holds one.
+                writer = None
+                for table in ctx.store.iter_row_groups(rel, COLUMNS):
+                    if writer is None:
+                        path = out / split / f"part-{i:05d}.parquet"
+                        writer = pq.ParquetWriter(path, table.schema, compression="zstd")
+                    writer.write_table(table)
+                    groups = table.column("super_cluster_id").to_numpy()
+                    passes = table.column("pass").to_numpy()
+                    n_tokens = table.column("n_tokens").to_numpy()
+                    totals["documents"] += table.num_rows
+                    totals["unique_documents"] += int((passes == 0).sum())
+                    totals["tokens"] += int(n_tokens.sum())
+                    if split == "train":
+                        per_sc["rows"] += np.bincount(groups, minlength=n_super)
+                        per_sc["first"] += np.bincount(groups[passes == 0], minlength=n_super)
+                        per_sc["tokens"] += np.bincount(groups, n_tokens, minlength=n_super).astype(
+                            np.int64
+                        )
+                        max_repeats = max(max_repeats, int(passes.max(initial=-1)) + 1)
+                    else:
+                        per_sc["valid"] += np.bincount(groups, minlength=n_super)
+                if writer is not None:
+                    writer.close()
         train_tokens = max(1, int(per_sc["tokens"].sum()))
         super_clusters = {
             prefix_name(sc): {
