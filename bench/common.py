@@ -239,6 +239,29 @@ def write_result(name: str, payload: dict[str, Any], results_dir: Path = RESULTS
     return path
 
 
+def finish_result(
+    name: str,
+    result: dict[str, Any],
+    monitor: CpuMonitor,
+    load: list[float],
+    machine: dict[str, Any],
+    quick: bool,
+) -> dict[str, Any]:
+    """Adds the run's CPU use, load and machine to `result`, writes it (the quick folder when
+    `quick`) and prints its summary rows; returns it."""
+    result.update(
+        cpu=monitor.stop(),
+        load_average_start=load,
+        load_average_end=load_average(),
+        high_load_at_start=bool(load and load[0] > HIGH_LOAD),
+        machine=machine,
+    )
+    write_result(name, result, QUICK_DIR if quick else RESULTS_DIR)
+    for row in result.get("summary", []):
+        print(f"{row['what']}: {row['ours']} vs {row['baseline']} -> {row['ratio']}")
+    return result
+
+
 def gpu_name() -> str | None:
     """The name of CUDA device 0 when torch sees a GPU, else None."""
     try:

@@ -30,15 +30,12 @@ import pyarrow.parquet as pq
 import yaml
 
 from bench.common import (
-    HIGH_LOAD,
-    QUICK_DIR,
-    RESULTS_DIR,
     CpuMonitor,
     add_run_options,
+    finish_result,
     load_average,
     machine_info,
     wait_for_quiet,
-    write_result,
 )
 from bench.scale import FLAT_SHARE, run_stage
 
@@ -199,16 +196,8 @@ def main(argv: Sequence[str] | None = None, quick: bool = False) -> dict[str, An
         "runs": rows,
         "goals": met,
         "summary": summary_rows(rows, met, documents),
-        "cpu": monitor.stop(),
-        "load_average_start": load,
-        "load_average_end": load_average(),
-        "high_load_at_start": bool(load and load[0] > HIGH_LOAD),
-        "machine": machine,
     }
-    write_result(NAME, result, QUICK_DIR if quick else RESULTS_DIR)
-    for row in result["summary"]:
-        print(f"{row['what']}: {row['ours']} vs {row['baseline']} -> {row['ratio']}")
-    return result
+    return finish_result(NAME, result, monitor, load, machine, quick)
 
 
 if __name__ == "__main__":

@@ -50,15 +50,14 @@ import pyarrow.parquet as pq
 import yaml
 
 from bench.common import (
-    HIGH_LOAD,
     QUICK_DIR,
     RESULTS_DIR,
     CpuMonitor,
     add_run_options,
+    finish_result,
     load_average,
     machine_info,
     wait_for_quiet,
-    write_result,
 )
 
 NAME = "scale"
@@ -359,8 +358,6 @@ def main(argv: Sequence[str] | None = None, quick: bool = False) -> dict[str, An
             }
             measured = sorted([*kept, *runs], key=lambda r: r["documents"])
             result = _result(params, measured, monitor, load, machine, quick)
-    for row in result["summary"]:
-        print(f"{row['what']}: {row['ours']} vs {row['baseline']} -> {row['ratio']}")
     return result
 
 
@@ -385,14 +382,9 @@ def _result(
         "goals": met,
         "summary": summary_rows(runs, met),
         "own_max_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-        "cpu": monitor.stop(),  # so far: it keeps counting
-        "load_average_start": load,
-        "load_average_end": load_average(),
-        "high_load_at_start": bool(load and load[0] > HIGH_LOAD),
-        "machine": machine,
     }
-    write_result(NAME, result, QUICK_DIR if quick else RESULTS_DIR)
-    return result
+    # The CPU monitor's figures so far: it keeps counting for the next size.
+    return finish_result(NAME, result, monitor, load, machine, quick)
 
 
 def _earlier_sizes(quick: bool, exclude: Sequence[int]) -> list[dict[str, Any]]:
